@@ -1,0 +1,66 @@
+"""The cost guard: worst-case estimates in, yes/no to each attempt out (pure; no I/O, no loop).
+
+Every attempt reserves its worst-case cost before it is sent and settles to its actual cost when
+it ends; an attempt whose cost is unknown keeps its whole reservation as spent. A reservation that
+does not fit in what is left is refused, so the money actually spent can never exceed the budget,
+however many attempts are in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    usd: float
+
+
+class Budget:
+    """A run's budget in USD (None: unlimited, but still counted)."""
+
+    __slots__ = ("budget_usd", "spent_usd", "reserved_usd", "refused", "overruns")
+
+    def __init__(self, budget_usd: float | None) -> None:
+        self.budget_usd = budget_usd
+        self.spent_usd = 0.0
+        self.reserved_usd = 0.0     # held by attempts in flight
+        self.refused = 0
+        self.overruns = 0           # attempts whose actual cost exceeded their reservation
+
+    def reserve(self, worst_case_usd: float) -> Reservation | None:
+        """Hold `worst_case_usd` for one attempt, or None when it would not fit."""
+        if self.budget_usd is not None and \
+                self.spent_usd + self.reserved_usd + worst_case_usd > self.budget_usd:
+            self.refused += 1
+            return None
+        self.reserved_usd += worst_case_usd
+        return Reservation(worst_case_usd)
+
+    def settle(self, reservation: Reservation, actual_usd: float | None) -> None:
+        """Release a reservation and count what the attempt really cost."""
+        self.reserved_usd = max(0.0, self.reserved_usd - reservation.usd)
+        if actual_usd is None:
+            self.spent_usd += reservation.usd
+            return
+        if actual_usd > reservation.usd + 1e-12:
+            self.overruns += 1
+        self.spent_usd += actual_usd
+
+    @property
+    def remaining_usd(self) -> float | None:
+        if self.budget_usd is None:
+            return None
+        return max(0.0, self.budget_usd - self.spent_usd - self.reserved_usd)
+
+    def figures(self) -> dict[str, float | int | None]:
+        """Budget, spent and utilisation for the manifest and the summary."""
+        return {
+            "budget_usd": self.budget_usd,
+            "spent_usd": round(self.spent_usd, 10),
+            "reserved_in_flight_usd": round(self.reserved_usd, 10),
+            "remaining_usd": self.remaining_usd,
+            "utilisation": (self.spent_usd / self.budget_usd) if self.budget_usd else None,
+            "refused_reservations": self.refused,
+            "cost_overruns": self.overruns,
+        }

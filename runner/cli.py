@@ -1,0 +1,194 @@
+"""The command line: argv in, output and an exit code out (the only module that prints or exits).
+
+Exit codes: 0 the run completed (failed requests are data), 1 a quality threshold was broken,
+2 bad input (job file, flags, missing key, unusable endpoint), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import RunnerError
+
+EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"runner: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {value})")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {text})")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="runner", description="Run prompts x models against LLM APIs and "
+                     "collect one row per request (latency, TTFT, tokens, cost, status).")
+    parser.add_argument("--version", action="version", version=f"runner {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a job file")
+    run.add_argument("job", type=Path)
+    run.add_argument("--out", type=Path, help="results root (default: the job's output.dir)")
+    run.add_argument("--concurrency", type=_positive_int, help="requests in flight")
+    run.add_argument("--rpm", type=_positive_float, help="requests per minute, whole job")
+    run.add_argument("--budget-usd", type=_positive_float, help="never spend more than this")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+
+    validate = sub.add_parser("validate", help="check a job file without sending anything")
+    validate.add_argument("job", type=Path)
+
+    plan = sub.add_parser("plan", help="show what a job would send")
+    plan.add_argument("job", type=Path)
+    plan.add_argument("--json", action="store_true", help="print a JSON object")
+
+    sim = sub.add_parser("simulate", help="serve the OpenRouter-compatible simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8787)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--ttft-s", type=float, help="override every model's time to first token")
+    sim.add_argument("--tokens-per-s", type=float, help="override every model's speed (0: max)")
+    for name in ("error-rate", "rate-limit-rate", "hang-rate", "disconnect-rate",
+                 "stream-error-rate", "error-body-rate", "malformed-rate"):
+        sim.add_argument(f"--{name}", type=float, default=0.0, help="probability 0..1")
+    sim.add_argument("--retry-after-s", type=float, default=1.0)
+    sim.add_argument("--request-log", type=Path, help="append one JSON line per request")
+
+    models = sub.add_parser("models", help="list a provider's models and prices")
+    models.add_argument("--provider", default="simulated",
+                        help="openrouter or simulated (default), or a job's provider with --job")
+    models.add_argument("--job", type=Path, help="job file defining custom providers")
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `runner` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        handler = {"run": _cmd_run, "validate": _cmd_validate, "plan": _cmd_plan,
+                   "simulate": _cmd_simulate, "models": _cmd_models}[args.command]
+        return handler(args)
+    except RunnerError as exc:
+        print(f"runner: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("runner: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .config import load_job
+    from .plan import Plan
+
+    job = load_job(args.job)
+    plan = Plan(job)
+    print(f"{args.job}: ok — {len(job.models)} models x {len(job.prompts)} prompts "
+          f"-> {len(plan)} requests")
+    return EXIT_OK
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from .config import load_job
+    from .plan import Plan
+
+    job = load_job(args.job)
+    plan = Plan(job)
+    per_model = plan.count_by_model()
+    if args.json:
+        print(json.dumps({"job": job.name, "requests": len(plan), "per_model": per_model,
+                          "repeats": job.repeats, "budget_usd": job.budget_usd}))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{job.name}: {len(plan)} requests")
+    table.add_column("model")
+    table.add_column("provider")
+    table.add_column("requests", justify="right")
+    for model in job.models:
+        table.add_row(model.label, model.provider, str(per_model[model.label]))
+    Console().print(table)
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from .config import load_job
+    from .console import RunProgress, print_summary
+    from .engine import run_job
+
+    job = load_job(args.job)
+    progress = None if args.quiet else RunProgress()
+
+    async def go() -> Any:
+        return await run_job(job, out_dir=args.out, concurrency=args.concurrency, rpm=args.rpm,
+                             budget_usd=args.budget_usd, progress=progress)
+
+    outcome = anyio.run(go)
+    print_summary(outcome)
+    return EXIT_OK
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import anyio
+
+    from .simulator import DEFAULT_MODELS, Faults, serve
+
+    faults = Faults(error_rate=args.error_rate, rate_limit_rate=args.rate_limit_rate,
+                    retry_after_s=args.retry_after_s, hang_rate=args.hang_rate,
+                    disconnect_rate=args.disconnect_rate,
+                    stream_error_rate=args.stream_error_rate,
+                    error_body_rate=args.error_body_rate, malformed_rate=args.malformed_rate)
+    changes: dict[str, Any] = {"faults": faults}
+    if args.ttft_s is not None:
+        changes["ttft_s"] = args.ttft_s
+    if args.tokens_per_s is not None:
+        changes["tokens_per_s"] = args.tokens_per_s
+    models = [dataclasses.replace(m, **changes) for m in DEFAULT_MODELS]
+    print(f"simulator: OpenRouter dialect at http://{args.host}:{args.port}/api/v1, "
+          f"OpenAI dialect at http://{args.host}:{args.port}/v1 (any bearer key; Ctrl-C stops)",
+          flush=True)
+    try:
+        anyio.run(lambda: serve(models, host=args.host, port=args.port, seed=args.seed,
+                                request_log=args.request_log))
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    import anyio
+
+    from .console import print_models
+    from .inventory import list_models
+
+    rows = anyio.run(lambda: list_models(args.provider, args.job))
+    print_models(args.provider, rows)
+    return EXIT_OK

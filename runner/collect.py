@@ -1,0 +1,139 @@
+"""The only module that writes result files: `Result` rows in, a run directory out.
+
+    results/<job>/<run id>/
+        run.json            manifest: status, job snapshot (no secrets), versions, counts, totals
+        parts/part-*.parquet  rows as they finish, in batches (each written, then renamed)
+        requests.parquet    all rows, written at the end
+        requests.csv        the same, for spreadsheets
+        summary.csv         one line per model
+
+Every file is written to a temporary name and renamed, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from .errors import ResultsError
+from .result import SCHEMA, Result
+
+_PLAIN = pa.schema([
+    pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
+    for f in SCHEMA
+])
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A run id that sorts by start time: `20261125T231755Z-3fa9`."""
+    now = now or datetime.now(UTC)
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+
+
+def run_dir_for(root: Path, job_name: str, run_id: str) -> Path:
+    """`root/job_name/run_id`, refusing anything that would land outside `root`."""
+    root = root.resolve()
+    target = (root / job_name / run_id).resolve()
+    if root not in target.parents:
+        raise ResultsError(f"refusing to write outside {root}: job name {job_name!r}")
+    return target
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Mapping[str, Any]) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, default=str).encode() + b"\n")
+
+
+class Collector:
+    """Buffers rows and writes them in batches; `finish()` writes the final files."""
+
+    __slots__ = ("run_dir", "_parts_dir", "_rows", "_part_no", "write_csv", "flush_rows")
+
+    def __init__(self, run_dir: Path, *, write_csv: bool = True, flush_rows: int = 500) -> None:
+        self.run_dir = run_dir
+        self._parts_dir = run_dir / "parts"
+        self._rows: list[dict[str, Any]] = []
+        self.write_csv = write_csv
+        self.flush_rows = flush_rows
+        self._part_no = 0
+        self._parts_dir.mkdir(parents=True, exist_ok=True)
+        existing = sorted(self._parts_dir.glob("part-*.parquet"))
+        if existing:
+            self._part_no = int(existing[-1].stem.split("-")[1])
+
+    def add(self, result: Result) -> None:
+        self._rows.append(result.as_row())
+
+    @property
+    def pending(self) -> int:
+        return len(self._rows)
+
+    def take(self) -> list[dict[str, Any]]:
+        """Hand over the buffered rows (the event loop keeps going while they are written)."""
+        rows, self._rows = self._rows, []
+        return rows
+
+    def write_part(self, rows: list[dict[str, Any]]) -> None:
+        """Write one batch as the next part file (run this in a worker thread)."""
+        if not rows:
+            return
+        self._part_no += 1
+        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        path = self._parts_dir / f"part-{self._part_no:06d}.parquet"
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+
+    def part_files(self) -> list[Path]:
+        return sorted(self._parts_dir.glob("part-*.parquet"))
+
+    def finish(self) -> Path:
+        """Merge the parts into requests.parquet (and .csv), part by part to keep memory flat."""
+        self.write_part(self.take())
+        final = self.run_dir / "requests.parquet"
+        tmp = self.run_dir / ".requests.parquet.tmp"
+        csv_tmp = self.run_dir / ".requests.csv.tmp"
+        csv_writer = pacsv.CSVWriter(csv_tmp, _PLAIN) if self.write_csv else None
+        with pq.ParquetWriter(tmp, SCHEMA) as writer:
+            for part in self.part_files():
+                table = pq.read_table(part, schema=SCHEMA)
+                writer.write_table(table)
+                if csv_writer is not None:
+                    csv_writer.write_table(table.cast(_PLAIN))
+        if csv_writer is not None:
+            csv_writer.close()
+            os.replace(csv_tmp, self.run_dir / "requests.csv")
+        os.replace(tmp, final)
+        return final
+
+
+def versions() -> dict[str, str]:
+    """Versions of the runner and the libraries that shape its numbers."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("runner", "openai", "aiohttp", "anyio", "aiolimiter", "pandas", "pyarrow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "unknown"
+    return out

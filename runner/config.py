@@ -1,0 +1,317 @@
+"""Job files: a YAML path in, a validated, frozen `Job` out (or one `JobFileError` line).
+
+The dataclasses here are what flows through the rest of the runner; `schema.py` holds the pydantic
+models that check the YAML on the way in.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from . import schema
+from .errors import ConfigError, JobFileError
+from .prompt_files import read_prompt_file
+from .templates import check_template
+
+OPENROUTER_URL = "https://openrouter.ai/api/v1"
+SIMULATED = "simulated"
+DEFAULT_CONCURRENCY = 8
+DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_STALL_TIMEOUT_S = 60.0
+DEFAULT_RETRIES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    concurrency: int | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+    timeout_s: float | None = None
+    stall_timeout_s: float | None = None
+    retries: int | None = None
+
+    def over(self, base: Limits) -> Limits:
+        """These limits with unset fields taken from `base`."""
+        return Limits(*(
+            mine if mine is not None else theirs
+            for mine, theirs in zip(_astuple(self), _astuple(base), strict=True)
+        ))
+
+
+def _astuple(limits: Limits) -> tuple[Any, ...]:
+    return (limits.concurrency, limits.rpm, limits.tpm, limits.timeout_s,
+            limits.stall_timeout_s, limits.retries)
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    name: str
+    base_url: str | None          # None for `simulated`: known once the simulator listens
+    api_key_env: str | None
+    headers: Mapping[str, str]
+    openrouter: bool              # speaks OpenRouter's extensions (provider/models/usage/cost)
+    stream_usage: bool            # send stream_options.include_usage when streaming
+    limits: Limits = Limits()
+
+    @property
+    def simulated(self) -> bool:
+        return self.name == SIMULATED
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    id: str
+    provider: str
+    label: str                    # the `model` column: alias if given, else id
+    params: Mapping[str, Any]     # merged job + model params, None values dropped
+    extra_body: Mapping[str, Any]
+    limits: Limits = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str                  # a Jinja2 template until the plan renders it
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    id: str
+    messages: tuple[Message, ...]
+    vars: Mapping[str, tuple[Any, ...]]   # only the vars the templates use, each a value list
+    expected: Any = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    name: str
+    description: str
+    path: Path
+    providers: Mapping[str, Provider]
+    models: tuple[ModelSpec, ...]
+    prompts: tuple[Prompt, ...]
+    repeats: int
+    limits: Limits
+    budget_usd: float | None
+    max_cost_per_request_usd: float | None
+    output_dir: Path
+    write_csv: bool
+    simulator: schema.SimulatorIn
+    snapshot: Mapping[str, Any]   # the job file as parsed (it holds env var names, never keys)
+
+
+def load_job(path: str | os.PathLike[str]) -> Job:
+    """Read, validate and resolve a job file; raise `JobFileError` naming file and field."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    try:
+        job_in = schema.JobIn.model_validate(raw)
+    except ValidationError as exc:
+        raise _translate(path, exc) from None
+    return _resolve(path, job_in, raw)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise JobFileError(path, "", "no such job file (check the path)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise JobFileError(path, "", f"{line}invalid YAML: {problem}") from None
+    except UnicodeDecodeError:
+        raise JobFileError(path, "", "not UTF-8 text") from None
+    if not isinstance(raw, dict):
+        raise JobFileError(path, "", "must be a YAML mapping with name:, models: and prompts:")
+    return raw
+
+
+def _loc(parts: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _translate(path: Path, exc: ValidationError) -> JobFileError:
+    err = exc.errors()[0]
+    # pydantic adds the union member tried ("str", "ModelIn") to the location; drop those
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper()
+                                              or p in {"str", "list[...]", "int", "float", "bool"}))
+    field_name = _loc(loc)
+    if err["type"] == "extra_forbidden":
+        key = str(loc[-1]) if loc else "?"
+        close = difflib.get_close_matches(key, schema.field_names(), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "remove it or check the README"
+        return JobFileError(path, field_name, f"unknown key ({hint})")
+    if err["type"] == "missing":
+        return JobFileError(path, field_name, "required field is missing")
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    value = err.get("input")
+    shown = f" (got {value!r})" if isinstance(value, str | int | float | bool) and \
+        "got" not in msg else ""
+    return JobFileError(path, field_name, f"{msg[:1].lower()}{msg[1:]}{shown}")
+
+
+def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any]) -> Job:
+    providers = _providers(path, job)
+    if job.provider not in providers:
+        raise _unknown_provider(path, "provider", job.provider, providers)
+    base_params = _params(job.params)
+    models = []
+    labels: set[str] = set()
+    for i, item in enumerate(job.models):
+        model = schema.ModelIn(id=item) if isinstance(item, str) else item
+        provider = model.provider or job.provider
+        if provider not in providers:
+            raise _unknown_provider(path, f"models[{i}].provider", provider, providers)
+        label = model.alias or model.id
+        if label in labels:
+            raise JobFileError(path, f"models[{i}]", f"duplicate model {label!r} "
+                               "(give one of them an alias:)")
+        labels.add(label)
+        extra = dict(model.extra_body)
+        if model.max_price is not None:
+            extra.setdefault("provider", {})["max_price"] = dict(model.max_price)
+        if extra and not providers[provider].openrouter:
+            bad = sorted(set(extra) & {"provider", "models", "usage", "transforms", "route",
+                                       "reasoning", "plugins"})
+            if bad:
+                raise JobFileError(path, f"models[{i}].extra_body.{bad[0]}",
+                                   f"OpenRouter-only field, but provider {provider!r} does not "
+                                   "speak OpenRouter (set openrouter: true on it or remove it)")
+        params = {**base_params, **(_params(model.params) if model.params else {})}
+        models.append(ModelSpec(id=model.id, provider=provider, label=label, params=params,
+                                extra_body=extra, limits=_limits(model.limits)))
+    prompts = _prompts(path, job)
+    return Job(
+        name=job.name, description=job.description, path=path.resolve(),
+        providers=providers, models=tuple(models), prompts=prompts, repeats=job.repeats,
+        limits=_limits(job.limits), budget_usd=job.budget_usd,
+        max_cost_per_request_usd=job.max_cost_per_request_usd,
+        output_dir=Path(job.output.dir) if Path(job.output.dir).is_absolute()
+        else Path.cwd() / job.output.dir,
+        write_csv=job.output.csv, simulator=job.simulator, snapshot=raw,
+    )
+
+
+def _unknown_provider(path: Path, field_name: str, name: str,
+                      providers: Mapping[str, Provider]) -> JobFileError:
+    known = ", ".join(sorted(providers))
+    return JobFileError(path, field_name, f"unknown provider {name!r} (known: {known}; "
+                        "define it under providers:)")
+
+
+def _params(params: schema.ParamsIn) -> dict[str, Any]:
+    return {k: v for k, v in params.model_dump().items() if v is not None}
+
+
+def _limits(limits: schema.LimitsIn | None) -> Limits:
+    return Limits(**limits.model_dump()) if limits is not None else Limits()
+
+
+def _providers(path: Path, job: schema.JobIn) -> dict[str, Provider]:
+    builtin = {
+        "openrouter": Provider("openrouter", OPENROUTER_URL, "OPENROUTER_API_KEY", {}, True, True),
+        SIMULATED: Provider(SIMULATED, None, None, {}, True, True),
+    }
+    out = dict(builtin)
+    for name, spec in job.providers.items():
+        base = builtin.get(name)
+        if base is None and spec.base_url is None:
+            raise JobFileError(path, f"providers.{name}.base_url",
+                               "required for a custom provider (e.g. http://localhost:8000/v1)")
+        if name == SIMULATED and (spec.base_url or spec.api_key_env):
+            raise JobFileError(path, f"providers.{name}", "the simulated provider takes only "
+                               "headers/limits (its URL is chosen at run time)")
+        out[name] = Provider(
+            name=name,
+            base_url=(spec.base_url or (base.base_url if base else None)),
+            api_key_env=spec.api_key_env or (base.api_key_env if base else None),
+            headers=dict(spec.headers),
+            openrouter=spec.openrouter if spec.openrouter is not None
+            else (base.openrouter if base else False),
+            stream_usage=spec.stream_usage,
+            limits=_limits(spec.limits),
+        )
+    return out
+
+
+def _prompts(path: Path, job: schema.JobIn) -> tuple[Prompt, ...]:
+    items: list[tuple[str, schema.PromptIn]] = []
+    for i, item in enumerate(job.prompts):
+        where = f"prompts[{i}]"
+        if isinstance(item, str):
+            item = schema.PromptIn(text=item)
+        if item.file is not None:
+            file_path = (path.parent / item.file).resolve()
+            for row_no, row in enumerate(read_prompt_file(file_path, f"{where}.file"), 1):
+                items.append((f"{file_path.name}: row {row_no}", row))
+        else:
+            items.append((where, item))
+    prompts: list[Prompt] = []
+    seen: dict[str, str] = {}
+    for where, item in items:
+        prompt = _prompt(path, where, item, job)
+        if prompt.id in seen:
+            raise JobFileError(path, f"{where}.id", f"duplicate prompt id {prompt.id!r} "
+                               f"(also at {seen[prompt.id]}); ids must be unique")
+        seen[prompt.id] = where
+        prompts.append(prompt)
+    return tuple(prompts)
+
+
+def _prompt(path: Path, where: str, item: schema.PromptIn, job: schema.JobIn) -> Prompt:
+    messages: list[Message] = []
+    system = item.system if item.system is not None else job.system
+    if item.messages is not None:
+        if system is not None and not any(m.role == "system" for m in item.messages):
+            messages.append(Message("system", system))
+        messages += [Message(m.role, m.content) for m in item.messages]
+    else:
+        if system is not None:
+            messages.append(Message("system", system))
+        messages.append(Message("user", item.text or ""))
+    available = {**job.vars, **item.vars}
+    used: dict[str, tuple[Any, ...]] = {}
+    for n, message in enumerate(messages):
+        field_name = (f"{where}.messages[{n}].content" if item.messages is not None
+                      else f"{where}.text" if message.role == "user" else f"{where}.system")
+        for var in check_template(path, field_name, message.content, available):
+            value = available[var]
+            used[var] = tuple(value) if isinstance(value, list) else (value,)
+            if not used[var]:
+                raise JobFileError(path, f"vars.{var}", "empty list: give at least one value")
+    prompt_id = item.id or "p-" + hashlib.sha256(
+        "\x1f".join(m.content for m in messages).encode()).hexdigest()[:10]
+    return Prompt(id=prompt_id, messages=tuple(messages), vars=dict(sorted(used.items())),
+                  expected=item.expected, metadata=dict(item.metadata))
+
+
+def api_key(provider: Provider) -> str:
+    """The provider's key from its environment variable; the simulator takes any value."""
+    if provider.simulated:
+        return "sim-key"
+    if provider.api_key_env is None:
+        return "EMPTY"  # servers without auth (local vLLM, Ollama) still want a bearer header
+    value = os.environ.get(provider.api_key_env, "").strip()
+    if not value:
+        raise ConfigError(f"provider {provider.name!r} needs an API key: set the environment "
+                          f"variable {provider.api_key_env} (e.g. export "
+                          f"{provider.api_key_env}=...)")
+    return value

@@ -1,0 +1,117 @@
+"""The CLI's terminal output: a live progress bar (rich) on a terminal, plain lines otherwise,
+and the tables printed at the end. Only `cli.py` uses this module.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from .result import ERROR, OK, SKIPPED, Result
+
+
+class RunProgress:
+    """Progress of a run: done, errors, cost so far and ETA."""
+
+    def __init__(self, interval_s: float = 5.0) -> None:
+        self._tty = sys.stdout.isatty()
+        self._interval_s = interval_s
+        self._counts = {OK: 0, ERROR: 0, SKIPPED: 0}
+        self._total = 0
+        self._last = 0.0
+        self._t0 = 0.0
+        self._bar: Any = None
+        self._task: Any = None
+
+    def start(self, total: int) -> None:
+        self._total = total
+        self._t0 = self._last = time.monotonic()
+        if self._tty:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeRemainingColumn)
+
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                 TimeRemainingColumn())
+            self._task = self._bar.add_task("running", total=total, info="")
+            self._bar.start()
+        else:
+            print(f"running {total} requests", flush=True)
+
+    def advance(self, result: Result, spent_usd: float) -> None:
+        self._counts[result.status] = self._counts.get(result.status, 0) + 1
+        done = sum(self._counts.values())
+        info = (f"errors {self._counts[ERROR]}  skipped {self._counts[SKIPPED]}  "
+                f"${spent_usd:.4f}")
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, info=info)
+            return
+        now = time.monotonic()
+        if now - self._last >= self._interval_s or done == self._total:
+            self._last = now
+            rate = done / max(now - self._t0, 1e-9)
+            eta = (self._total - done) / rate if rate > 0 else 0.0
+            print(f"{done}/{self._total} done  {info}  eta {eta:.0f}s", flush=True)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def print_summary(outcome: Any) -> None:
+    """The per-model table at the end of a run, and where the files are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .report import read_results, summarize
+
+    console = Console()
+    try:
+        summary = summarize(read_results(outcome.run_dir))
+    except Exception:  # an empty run has no rows to summarise
+        summary = None
+    if summary is not None and len(summary):
+        table = Table(title=f"{outcome.manifest['job']} — run {outcome.run_id} "
+                      f"({outcome.status})")
+        for name in ("model", "n", "ok", "errors", "skipped", "latency p50", "latency p90",
+                     "ttft p50", "tok/s p50", "cost $"):
+            table.add_column(name, justify="left" if name == "model" else "right")
+        for row in summary.to_dict("records"):
+            table.add_row(str(row["model"]), str(row["n"]), str(row["ok"]), str(row["errors"]),
+                          str(row["skipped"]), _s(row["latency_p50_s"]),
+                          _s(row["latency_p90_s"]), _s(row["ttft_p50_s"]),
+                          _num(row["output_tokens_per_s_p50"]), f"{row['cost_usd']:.6f}")
+        console.print(table)
+    budget = outcome.manifest.get("budget") or {}
+    if budget.get("budget_usd"):
+        console.print(f"budget ${budget['budget_usd']:g}: spent ${budget['spent_usd']:.6f} "
+                      f"({(budget['utilisation'] or 0) * 100:.1f}%)")
+    console.print(f"results: {outcome.run_dir}/requests.parquet (also requests.csv, "
+                  "summary.csv, run.json)", soft_wrap=True)
+
+
+def _s(value: Any) -> str:
+    return "-" if value is None or value != value else f"{value:.3f}s"
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None or value != value else f"{value:.0f}"
+
+
+def print_models(provider: str, rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{provider}: {len(rows)} models (USD per million tokens)")
+    for name in ("id", "prompt", "completion", "per request", "max output"):
+        table.add_column(name, justify="left" if name == "id" else "right")
+    for row in rows:
+        table.add_row(row["id"], _price(row["usd_per_mtok_prompt"]),
+                      _price(row["usd_per_mtok_completion"]), _price(row["usd_per_request"]),
+                      str(row["max_completion_tokens"] or "-"))
+    Console().print(table)
+
+
+def _price(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"

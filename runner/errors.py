@@ -1,0 +1,43 @@
+"""The exception hierarchy: every error a user can meet is one of these, with a message that says
+what to fix.
+
+    RunnerError
+    ├── JobFileError        bad job file: names the file, the field and the fix (exit 2)
+    ├── ConfigError         bad command-line input or environment, e.g. a missing API key (exit 2)
+    ├── ProviderError       an endpoint that cannot be used at all (unreachable, bad key) (exit 2)
+    └── ResultsError        a results folder that cannot be read or written
+
+A failed *request* is never an exception that escapes the engine: it becomes a result row with an
+`error_type` (see `client.classify_status`).
+"""
+
+from __future__ import annotations
+
+
+class RunnerError(Exception):
+    """Base of every error the runner raises on purpose."""
+
+    exit_code = 2
+
+
+class JobFileError(RunnerError):
+    """A job file that cannot be used; the message is one line: `path: field: problem (fix)`."""
+
+    def __init__(self, path: object, field: str, problem: str) -> None:
+        self.path = str(path)
+        self.field = field
+        self.problem = problem
+        where = f"{self.path}: {field}: " if field else f"{self.path}: "
+        super().__init__(where + problem)
+
+
+class ConfigError(RunnerError):
+    """Bad input that is not in a job file: command-line flags, environment variables."""
+
+
+class ProviderError(RunnerError):
+    """An endpoint that cannot serve the run at all (not a single failed request)."""
+
+
+class ResultsError(RunnerError):
+    """A results folder that is missing, unreadable, or would be written outside its root."""

@@ -1,0 +1,119 @@
+"""The plan: a `Job` in, a lazy, indexable sequence of `Request`s out (pure; no I/O).
+
+Request i of N is computed from i alone (no expansion of the ones before it), so a run can be
+split into shards or chunks and big jobs never sit in memory as a list. The order interleaves
+models (prompt combination -> repeat -> model) so that a run stopped early, by a budget or a
+signal, still has comparable data for every model.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
+
+from .config import Job, Message, ModelSpec, Prompt
+from .templates import render
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    index: int
+    request_id: str
+    model: ModelSpec
+    prompt_id: str
+    repeat: int
+    vars: Mapping[str, Any]
+    messages: tuple[Message, ...]   # rendered
+
+    @property
+    def params(self) -> Mapping[str, Any]:
+        return self.model.params
+
+
+class Plan(Sequence[Request]):
+    """All requests of a job, computed on demand."""
+
+    __slots__ = ("job", "_prefix", "_units", "_models", "_repeats")
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self._models = len(job.models)
+        self._repeats = job.repeats
+        self._prefix: list[int] = [0]
+        for prompt in job.prompts:
+            self._prefix.append(self._prefix[-1] + _combinations(prompt))
+        self._units = self._prefix[-1]
+
+    def __len__(self) -> int:
+        return self._units * self._repeats * self._models
+
+    @overload
+    def __getitem__(self, i: int) -> Request: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Request]: ...
+
+    def __getitem__(self, i: int | slice) -> Request | Sequence[Request]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"request {i} out of range (plan has {n})")
+        rest, m = divmod(i, self._models)
+        unit, repeat = divmod(rest, self._repeats)
+        p = bisect.bisect_right(self._prefix, unit) - 1
+        prompt = self.job.prompts[p]
+        variables = _combination(prompt, unit - self._prefix[p])
+        model = self.job.models[m]
+        messages = tuple(Message(msg.role, render(msg.content, variables))
+                         for msg in prompt.messages)
+        return Request(index=i, request_id=request_id(model, prompt.id, messages, repeat),
+                       model=model, prompt_id=prompt.id, repeat=repeat, vars=variables,
+                       messages=messages)
+
+    def __iter__(self) -> Iterator[Request]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def shard(self, k: int, n: int) -> Iterator[Request]:
+        """Requests of shard k of n (k in 0..n-1): every n-th request starting at k."""
+        for i in range(k, len(self), n):
+            yield self[i]
+
+    def count_by_model(self) -> dict[str, int]:
+        """Requests per model label, without expanding the plan."""
+        per_model = self._units * self._repeats
+        return {model.label: per_model for model in self.job.models}
+
+
+def _combinations(prompt: Prompt) -> int:
+    count = 1
+    for values in prompt.vars.values():
+        count *= len(values)
+    return count
+
+
+def _combination(prompt: Prompt, c: int) -> dict[str, Any]:
+    """The c-th combination of a prompt's var values (mixed radix, last var fastest)."""
+    out: dict[str, Any] = {}
+    for name in reversed(list(prompt.vars)):
+        values = prompt.vars[name]
+        c, k = divmod(c, len(values))
+        out[name] = values[k]
+    return dict(reversed(list(out.items())))
+
+
+def request_id(model: ModelSpec, prompt_id: str, messages: tuple[Message, ...],
+               repeat: int) -> str:
+    """A stable id: the same request in a rerun or a resume gets the same id."""
+    key = json.dumps(
+        [model.id, model.provider, prompt_id, [[m.role, m.content] for m in messages],
+         dict(model.params), dict(model.extra_body), repeat],
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str,
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:20]

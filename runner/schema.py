@@ -1,0 +1,183 @@
+"""Pydantic models of a job file as written in YAML; `config.load_job` turns them into a `Job`.
+
+Every model forbids unknown keys so that a typo is an error, never a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+SCALAR = str | int | float | bool
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParamsIn(Strict):
+    """Sampling parameters; a model's own `params` override the job's."""
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, gt=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    response_format: dict[str, Any] | None = None
+    stream: bool | None = None
+
+
+class LimitsIn(Strict):
+    """How hard the runner may push an endpoint (job-, provider- or model-level)."""
+
+    concurrency: int | None = Field(default=None, gt=0, le=10_000)
+    rpm: float | None = Field(default=None, gt=0)
+    tpm: float | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    stall_timeout_s: float | None = Field(default=None, gt=0)
+    retries: int | None = Field(default=None, ge=0, le=20)
+
+
+class ProviderIn(Strict):
+    """A named endpoint. Built-ins `openrouter` and `simulated` need no entry at all."""
+
+    base_url: str | None = None
+    api_key_env: str | None = None
+    headers: dict[str, str] = {}
+    openrouter: bool | None = None
+    stream_usage: bool = True
+    limits: LimitsIn | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https:// (got {value!r})")
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(
+                f"must be the NAME of an environment variable, not a key (got {len(value)} chars)"
+            )
+        return value
+
+
+class FaultsIn(Strict):
+    """Fault injection of a simulated model: probabilities per request, 0..1."""
+
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    error_statuses: list[int] = [500, 502, 503]
+    rate_limit_rate: float = Field(default=0.0, ge=0, le=1)
+    retry_after_s: float = Field(default=1.0, ge=0)
+    hang_rate: float = Field(default=0.0, ge=0, le=1)
+    disconnect_rate: float = Field(default=0.0, ge=0, le=1)
+    stream_error_rate: float = Field(default=0.0, ge=0, le=1)
+    error_body_rate: float = Field(default=0.0, ge=0, le=1)
+    malformed_rate: float = Field(default=0.0, ge=0, le=1)
+
+
+class SimModelIn(Strict):
+    """A simulated model: a new one, or overrides of a built-in one with the same id."""
+
+    id: str
+    usd_per_mtok_prompt: float | None = Field(default=None, ge=0)
+    usd_per_mtok_completion: float | None = Field(default=None, ge=0)
+    usd_per_request: float | None = Field(default=None, ge=0)
+    ttft_s: float | None = Field(default=None, ge=0)
+    tokens_per_s: float | None = Field(default=None, ge=0)
+    jitter_s: float | None = Field(default=None, ge=0)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+    reasoning: bool | None = None
+    faults: FaultsIn | None = None
+
+
+class SimulatorIn(Strict):
+    seed: int = 0
+    models: list[SimModelIn] = []
+
+
+class ModelIn(Strict):
+    id: str = Field(min_length=1)
+    provider: str | None = None
+    alias: str | None = Field(default=None, min_length=1)
+    params: ParamsIn | None = None
+    extra_body: dict[str, Any] = {}
+    limits: LimitsIn | None = None
+    max_price: dict[str, float] | None = None
+
+
+class MessageIn(Strict):
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str
+
+
+class PromptIn(Strict):
+    id: str | None = Field(default=None, min_length=1)
+    text: str | None = None
+    messages: list[MessageIn] | None = None
+    system: str | None = None
+    vars: dict[str, SCALAR | list[SCALAR]] = {}
+    expected: Any = None
+    metadata: dict[str, Any] = {}
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptIn:
+        given = [k for k in ("text", "messages", "file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of text, messages or file"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.file is not None and (self.id or self.system or self.vars or self.expected):
+            raise ValueError("a `file:` item takes no other keys; put them in the file's rows")
+        return self
+
+
+class OutputIn(Strict):
+    dir: str = "results"
+    csv: bool = True
+
+
+class JobIn(Strict):
+    name: str
+    description: str = ""
+    provider: str = "openrouter"
+    providers: dict[str, ProviderIn] = {}
+    simulator: SimulatorIn = SimulatorIn()
+    models: list[str | ModelIn] = Field(min_length=1)
+    system: str | None = None
+    prompts: list[str | PromptIn] = Field(min_length=1)
+    vars: dict[str, SCALAR | list[SCALAR]] = {}
+    params: ParamsIn = ParamsIn()
+    repeats: int = Field(default=1, ge=1, le=100_000)
+    limits: LimitsIn = LimitsIn()
+    budget_usd: float | None = Field(default=None, gt=0)
+    max_cost_per_request_usd: float | None = Field(default=None, gt=0)
+    output: OutputIn = OutputIn()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not SAFE_NAME.fullmatch(value) or value in {".", ".."}:
+            raise ValueError(
+                f"must be one safe folder name: letters, digits, '.', '_', '-' (got {value!r})"
+            )
+        return value
+
+
+def field_names() -> set[str]:
+    """Every key any job-file section accepts (for 'did you mean' hints)."""
+    names: set[str] = set()
+    for model in (ParamsIn, LimitsIn, ProviderIn, FaultsIn, SimModelIn, SimulatorIn, ModelIn,
+                  MessageIn, PromptIn, OutputIn, JobIn):
+        names.update(model.model_fields)
+    return names

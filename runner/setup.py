@@ -1,0 +1,114 @@
+"""Run set-up: a `Job` in, ready endpoints (keys checked, simulator up, catalogues read) out.
+
+Everything that can stop a run before it starts happens here, before a single request is sent:
+a missing API key, an unreachable endpoint, a model the provider does not offer, a budget that
+cannot be enforced because a model has no price.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+import anyio
+
+from .client import Endpoint
+from .config import SIMULATED, Job, api_key
+from .errors import JobFileError
+from .pricing import Price
+from .schema import SimulatorIn
+
+
+@dataclass(slots=True)
+class Providers:
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    prices: dict[tuple[str, str], Price] = field(default_factory=dict)   # (provider, model id)
+    catalogues: dict[str, set[str]] = field(default_factory=dict)
+    simulator_url: str | None = None
+
+
+def simulated_models(settings: SimulatorIn) -> tuple[object, ...]:
+    """The built-in simulated models with the job's overrides and additions applied."""
+    from .simulator import DEFAULT_MODELS, Faults, SimModel
+
+    models = {m.id: m for m in DEFAULT_MODELS}
+    for spec in settings.models:
+        base = models.get(spec.id) or SimModel(
+            id=spec.id, name=spec.id, prompt_usd_per_token=1e-6, completion_usd_per_token=2e-6)
+        changes: dict[str, object] = {}
+        if spec.usd_per_mtok_prompt is not None:
+            changes["prompt_usd_per_token"] = spec.usd_per_mtok_prompt / 1e6
+        if spec.usd_per_mtok_completion is not None:
+            changes["completion_usd_per_token"] = spec.usd_per_mtok_completion / 1e6
+        if spec.usd_per_request is not None:
+            changes["request_usd"] = spec.usd_per_request
+        for name in ("ttft_s", "tokens_per_s", "jitter_s", "max_completion_tokens",
+                     "reasoning"):
+            if getattr(spec, name) is not None:
+                changes[name] = getattr(spec, name)
+        if spec.faults is not None:
+            faults = spec.faults.model_dump()
+            faults["error_statuses"] = tuple(faults["error_statuses"])
+            changes["faults"] = Faults(**faults)
+        models[spec.id] = dataclasses.replace(base, **changes)  # type: ignore[type-var]
+    return tuple(models.values())
+
+
+async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
+                         clock: Callable[[], float] = time.perf_counter,
+                         need_prices: bool = False) -> Providers:
+    """Open an endpoint per provider the job uses; register their shutdown on `stack`."""
+    used = sorted({m.provider for m in job.models})
+    keys = {name: api_key(job.providers[name]) for name in used}  # missing keys fail first
+    out = Providers()
+    if SIMULATED in used:
+        from .simulator import Simulator
+
+        simulator = Simulator(simulated_models(job.simulator),  # type: ignore[arg-type]
+                              seed=job.simulator.seed).start()
+        stack.callback(simulator.stop)
+        out.simulator_url = simulator.base_url
+    for name in used:
+        provider = job.providers[name]
+        base_url = out.simulator_url if provider.simulated else provider.base_url
+        assert base_url is not None
+        endpoint = Endpoint(provider, base_url, keys[name], connections=connections,
+                            clock=clock)
+        stack.push_async_callback(endpoint.aclose)
+        out.endpoints[name] = endpoint
+
+    async def read(name: str) -> None:
+        ids, prices = await out.endpoints[name].catalogue()
+        out.catalogues[name] = ids
+        for model_id, price in prices.items():
+            out.prices[(name, model_id)] = price
+
+    async with anyio.create_task_group() as tg:
+        for name in used:
+            tg.start_soon(read, name)
+    _check_models(job, out, need_prices)
+    return out
+
+
+def _check_models(job: Job, out: Providers, need_prices: bool) -> None:
+    for i, model in enumerate(job.models):
+        ids = out.catalogues.get(model.provider) or set()
+        if ids and model.id not in ids:
+            close = sorted(m for m in ids if model.id.split("/")[-1][:4] in m)[:3]
+            hint = f"; close: {', '.join(close)}" if close else ""
+            raise JobFileError(job.path, f"models[{i}].id", f"{model.id!r} is not offered by "
+                               f"provider {model.provider!r} (see `runner models --provider "
+                               f"{model.provider}`{hint})")
+        if not need_prices:
+            continue
+        price = out.prices.get((model.provider, model.id))
+        if price is None:
+            raise JobFileError(job.path, f"models[{i}]", f"{model.id!r} has no known price, so "
+                               "the budget cannot be enforced (add it to pricing:)")
+        if model.params.get("max_tokens") is None and price.max_completion_tokens is None:
+            raise JobFileError(job.path, f"models[{i}].params.max_tokens", f"{model.id!r} has "
+                               "no output limit, so its worst-case cost is unbounded: set "
+                               "max_tokens (job params or the model's params)")
