@@ -124,20 +124,6 @@ class Endpoint:
         entries = [m.model_dump() for m in page.data]
         return {e["id"] for e in entries}, catalogue_prices(entries)
 
-    def body(self, request: Request, stream: bool) -> bytes:
-        params = dict(request.params)
-        params.pop("stream", None)
-        body: dict[str, Any] = {
-            "model": request.model.id,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            **params,
-            "stream": stream,
-        }
-        if stream and self.provider.stream_usage:
-            body["stream_options"] = {"include_usage": True}
-        body.update(request.model.extra_body)
-        return orjson.dumps(body)
-
     async def send(self, request: Request, *, timeout_s: float, stall_timeout_s: float) -> Attempt:
         """One HTTP attempt; never raises for a failed request (it returns a failed Attempt)."""
         stream = bool(request.params.get("stream", True))
@@ -146,7 +132,7 @@ class Endpoint:
         t0 = self._clock()
         try:
             async with self._session.post(
-                self._url, data=self.body(request, stream), timeout=timeout,
+                self._url, data=build_body(self.provider, request, stream), timeout=timeout,
                 headers={"X-Runner-Request-Id": request.request_id},
             ) as resp:
                 attempt.http_status = resp.status
@@ -254,6 +240,22 @@ class Endpoint:
             attempt.retry_after_s = retry_after_s({}, metadata, time.time())
             return
         parse_completion(body, attempt)
+
+
+def build_body(provider: Provider, request: Request, stream: bool) -> bytes:
+    """The JSON body of a chat completion; OpenRouter-only fields only go to OpenRouter."""
+    params = dict(request.params)
+    params.pop("stream", None)
+    body: dict[str, Any] = {
+        "model": request.model.id,
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        **params,
+        "stream": stream,
+    }
+    if stream and provider.stream_usage:
+        body["stream_options"] = {"include_usage": True}
+    body.update(request.model.extra_body)
+    return orjson.dumps(body)
 
 
 def parse_completion(body: Mapping[str, Any], attempt: Attempt) -> Attempt:

@@ -12,6 +12,7 @@ Every file is written to a temporary name and renamed, so a crash never leaves h
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -31,6 +32,30 @@ _PLAIN = pa.schema([
     pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
     for f in SCHEMA
 ])
+
+
+@functools.cache
+def file_schema() -> pa.Schema:
+    """SCHEMA plus pandas metadata, so `pd.read_parquet` gives nullable Int64/boolean columns
+    (unknown token counts stay <NA> instead of turning the column into floats)."""
+    import pandas as pd
+
+    def dtype(t: pa.DataType) -> str:
+        if pa.types.is_integer(t):
+            return "Int64"
+        if pa.types.is_boolean(t):
+            return "boolean"
+        if pa.types.is_dictionary(t):
+            return "category"
+        if pa.types.is_floating(t):
+            return "float64"
+        if pa.types.is_timestamp(t):
+            return "datetime64[us, UTC]"
+        return "str"
+
+    empty = pd.DataFrame({f.name: pd.Series([], dtype=dtype(f.type)) for f in SCHEMA})
+    meta = pa.Schema.from_pandas(empty, preserve_index=False).metadata
+    return SCHEMA.with_metadata(meta)
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -96,7 +121,7 @@ class Collector:
         if not rows:
             return
         self._part_no += 1
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        table = pa.Table.from_pylist(rows, schema=file_schema())
         path = self._parts_dir / f"part-{self._part_no:06d}.parquet"
         tmp = path.with_name(f".{path.name}.tmp")
         pq.write_table(table, tmp)
@@ -112,9 +137,9 @@ class Collector:
         tmp = self.run_dir / ".requests.parquet.tmp"
         csv_tmp = self.run_dir / ".requests.csv.tmp"
         csv_writer = pacsv.CSVWriter(csv_tmp, _PLAIN) if self.write_csv else None
-        with pq.ParquetWriter(tmp, SCHEMA) as writer:
+        with pq.ParquetWriter(tmp, file_schema()) as writer:
             for part in self.part_files():
-                table = pq.read_table(part, schema=SCHEMA)
+                table = pq.read_table(part, schema=file_schema())
                 writer.write_table(table)
                 if csv_writer is not None:
                     csv_writer.write_table(table.cast(_PLAIN))
@@ -123,6 +148,11 @@ class Collector:
             os.replace(csv_tmp, self.run_dir / "requests.csv")
         os.replace(tmp, final)
         return final
+
+
+def write_summary(run_dir: Path, summary: Any) -> None:
+    """summary.csv: one line per model (a pandas DataFrame from `report.summarize`)."""
+    write_atomic(run_dir / "summary.csv", summary.to_csv(index=False).encode())
 
 
 def versions() -> dict[str, str]:

@@ -61,12 +61,11 @@ class RunProgress:
 
 def print_summary(outcome: Any) -> None:
     """The per-model table at the end of a run, and where the files are."""
-    from rich.console import Console
     from rich.table import Table
 
     from .report import read_results, summarize
 
-    console = Console()
+    console = _console()
     try:
         summary = summarize(read_results(outcome.run_dir))
     except Exception:  # an empty run has no rows to summarise
@@ -91,6 +90,13 @@ def print_summary(outcome: Any) -> None:
                   "summary.csv, run.json)", soft_wrap=True)
 
 
+def _console() -> Any:
+    from rich.console import Console
+
+    # a log or a pipe is not 80 columns wide: do not squeeze model names into ellipses
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def _s(value: Any) -> str:
     return "-" if value is None or value != value else f"{value:.3f}s"
 
@@ -100,7 +106,6 @@ def _num(value: Any) -> str:
 
 
 def print_models(provider: str, rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{provider}: {len(rows)} models (USD per million tokens)")
@@ -110,7 +115,7 @@ def print_models(provider: str, rows: list[dict[str, Any]]) -> None:
         table.add_row(row["id"], _price(row["usd_per_mtok_prompt"]),
                       _price(row["usd_per_mtok_completion"]), _price(row["usd_per_request"]),
                       str(row["max_completion_tokens"] or "-"))
-    Console().print(table)
+    _console().print(table)
 
 
 def _price(value: float | None) -> str:

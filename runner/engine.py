@@ -113,9 +113,9 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
             if progress is not None:
                 progress.stop()
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(collector.finish)
+                totals = await anyio.to_thread.run_sync(_finish_files, collector)
                 final = manifest.write(status, budget=budget.figures(), counts=run.counts,
-                                       stopped=run.stop_reason)
+                                       totals=totals, stopped=run.stop_reason)
     return RunOutcome(run_dir, run_id, status, dict(run.counts), final)
 
 
@@ -146,6 +146,30 @@ async def _pool(run: _Run, plan: Plan, flush_s: float) -> None:
                 tg.start_soon(work, receive.clone())
             receive.close()
         outer.cancel_scope.cancel()
+
+
+def _finish_files(collector: Collector) -> dict[str, Any]:
+    """Write the final files and summary.csv; return the run's totals for the manifest."""
+    import pyarrow.parquet as pq
+
+    from .collect import write_summary
+    from .report import summarize
+
+    final = collector.finish()
+    df = pq.read_table(final).to_pandas()
+    if not len(df):
+        return {"requests": 0}
+    summary = summarize(df)
+    write_summary(collector.run_dir, summary)
+    return {
+        "requests": len(df),
+        "cost_usd": float(df["cost_usd"].sum()),
+        "prompt_tokens": int(df["prompt_tokens"].sum()),
+        "completion_tokens": int(df["completion_tokens"].sum()),
+        "per_model": {str(r["model"]): {"n": int(r["n"]), "ok": int(r["ok"]),
+                                         "cost_usd": float(r["cost_usd"])}
+                      for r in summary.to_dict("records")},
+    }
 
 
 async def _flush(run: _Run) -> None:

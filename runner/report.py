@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import ResultsError
-from .result import SCHEMA
+from .collect import file_schema
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -19,11 +19,11 @@ if TYPE_CHECKING:
 def _run_table(run_dir: Path) -> pa.Table | None:
     final = run_dir / "requests.parquet"
     if final.is_file():
-        return pq.read_table(final, schema=SCHEMA)
+        return pq.read_table(final, schema=file_schema())
     parts = sorted((run_dir / "parts").glob("part-*.parquet"))
     if not parts:
         return None
-    return pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in parts])
+    return pa.concat_tables([pq.read_table(p, schema=file_schema()) for p in parts])
 
 
 def run_dirs(path: Path) -> list[Path]:

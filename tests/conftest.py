@@ -1,0 +1,76 @@
+"""Shared fixtures: the shared OpenRouter captures, a canned HTTP server, fast simulators."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parents[1]
+CAPTURES = ROOT.parent / "shared" / "openrouter"
+
+
+@pytest.fixture
+def captures() -> Path:
+    if not CAPTURES.is_dir():
+        pytest.fail(f"the shared OpenRouter captures are missing: {CAPTURES}")
+    return CAPTURES
+
+
+Reply = tuple[int, dict[str, str], bytes]
+
+
+@pytest.fixture
+async def canned() -> AsyncIterator[Callable[[Reply], str]]:
+    """A real loopback HTTP server answering every request with one canned reply.
+
+    Call the fixture with (status, headers, body) to get the base URL to point a client at.
+    """
+    runners: list[web.AppRunner] = []
+
+    async def start(reply: Reply) -> str:
+        status, headers, body = reply
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            await request.read()
+            return web.Response(status=status, headers=headers, body=body)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}/api/v1"
+
+    yield start  # type: ignore[misc]
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+def write_job(tmp_path: Path) -> Callable[..., Path]:
+    """Write a job file (dedented YAML) into tmp_path; extra files by name as keywords."""
+
+    def write(text: str, name: str = "job.yaml", **files: str) -> Path:
+        for file_name, content in files.items():
+            target = tmp_path / file_name.replace("__", "/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(textwrap.dedent(content))
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path) -> Iterator[Path]:
+    out = tmp_path / "results"
+    out.mkdir()
+    yield out
