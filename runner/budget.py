@@ -37,6 +37,10 @@ class Budget:
         self.reserved_usd += worst_case_usd
         return Reservation(worst_case_usd)
 
+    def could_fit(self, worst_case_usd: float) -> bool:
+        """Whether the reservation would fit once every in-flight attempt has settled."""
+        return self.budget_usd is None or self.spent_usd + worst_case_usd <= self.budget_usd
+
     def settle(self, reservation: Reservation, actual_usd: float | None) -> None:
         """Release a reservation and count what the attempt really cost."""
         self.reserved_usd = max(0.0, self.reserved_usd - reservation.usd)

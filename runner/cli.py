@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import RunnerError
+from .errors import ConfigError, RunnerError
 
 EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -161,25 +161,33 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     from .simulator import DEFAULT_MODELS, Faults, serve
 
-    faults = Faults(error_rate=args.error_rate, rate_limit_rate=args.rate_limit_rate,
+    try:
+        faults = Faults(error_rate=args.error_rate, rate_limit_rate=args.rate_limit_rate,
                     retry_after_s=args.retry_after_s, hang_rate=args.hang_rate,
                     disconnect_rate=args.disconnect_rate,
                     stream_error_rate=args.stream_error_rate,
                     error_body_rate=args.error_body_rate, malformed_rate=args.malformed_rate)
+    except ValueError as exc:
+        raise ConfigError(f"fault flags: {exc}") from None
     changes: dict[str, Any] = {"faults": faults}
     if args.ttft_s is not None:
         changes["ttft_s"] = args.ttft_s
     if args.tokens_per_s is not None:
         changes["tokens_per_s"] = args.tokens_per_s
     models = [dataclasses.replace(m, **changes) for m in DEFAULT_MODELS]
-    print(f"simulator: OpenRouter dialect at http://{args.host}:{args.port}/api/v1, "
-          f"OpenAI dialect at http://{args.host}:{args.port}/v1 (any bearer key; Ctrl-C stops)",
-          flush=True)
+
+    def ready(port: int) -> None:
+        print(f"simulator: OpenRouter dialect at http://{args.host}:{port}/api/v1, "
+              f"OpenAI dialect at http://{args.host}:{port}/v1 (any bearer key; Ctrl-C stops)",
+              flush=True)
+
     try:
         anyio.run(lambda: serve(models, host=args.host, port=args.port, seed=args.seed,
-                                request_log=args.request_log))
+                                request_log=args.request_log, on_ready=ready))
     except KeyboardInterrupt:
         pass
+    except OSError as exc:
+        raise ConfigError(f"--port {args.port}: cannot listen ({exc.strerror})") from None
     return EXIT_OK
 
 

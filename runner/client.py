@@ -9,7 +9,7 @@ the latencies we measure. Timestamps are taken right where the bytes are read.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +47,7 @@ class Attempt:
     error_message: str | None = None
     http_status: int | None = None
     retry_after_s: float | None = None
+    http_error: bool = False      # a non-200 answer: no model ran, so nothing was billed
     ttft_s: float | None = None
     latency_s: float | None = None
     model_served: str | None = None
@@ -142,7 +143,7 @@ class Endpoint:
                     await self._read_stream(resp, attempt, t0)
                 else:
                     self._parse_body(await resp.read(), attempt)
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             elapsed = self._clock() - t0
             kind = "timeout" if elapsed >= timeout_s * 0.99 else "stall"
             limit = timeout_s if kind == "timeout" else stall_timeout_s
@@ -161,6 +162,7 @@ class Endpoint:
         raw = await resp.read()
         message, metadata = _error_details(raw)
         attempt.fail(classify_status(resp.status), message or f"HTTP {resp.status}", resp.status)
+        attempt.http_error = True
         attempt.retry_after_s = retry_after_s(resp.headers, metadata, time.time())
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, attempt: Attempt,
@@ -190,8 +192,7 @@ class Endpoint:
                 message, _ = _error_fields(chunk["error"])
                 code = chunk["error"].get("code") if isinstance(chunk["error"], dict) else None
                 attempt.text = "".join(parts)
-                attempt.fail("stream_error", message or "error chunk in stream",
-                             code if isinstance(code, int) else None)
+                attempt.fail("stream_error", _with_code(message or "error chunk in stream", code))
                 return
             choices = chunk.get("choices")
             if choices:
@@ -235,8 +236,7 @@ class Endpoint:
         if "error" in body and not body.get("choices"):
             message, metadata = _error_fields(body["error"])
             code = body["error"].get("code") if isinstance(body["error"], dict) else None
-            attempt.fail("error_body", message or "error in a 200 response",
-                         code if isinstance(code, int) else None)
+            attempt.fail("error_body", _with_code(message or "error in a 200 response", code))
             attempt.retry_after_s = retry_after_s({}, metadata, time.time())
             return
         parse_completion(body, attempt)
@@ -291,6 +291,10 @@ def _take_usage(usage: Mapping[str, Any], attempt: Attempt) -> None:
         attempt.cost_usd = float(cost)
 
 
+def _with_code(message: str, code: object) -> str:
+    return f"{message} (code {code})" if code is not None else message
+
+
 def _error_fields(error: Any) -> tuple[str | None, Mapping[str, Any]]:
     if isinstance(error, dict):
         metadata = error.get("metadata")
@@ -325,19 +329,15 @@ def retry_after_s(headers: Mapping[str, str], metadata: Mapping[str, Any],
         try:
             hints.append(float(value))
         except ValueError:
-            try:
+            with contextlib.suppress(TypeError, ValueError):
                 hints.append(parsedate_to_datetime(value).timestamp() - now_unix)
-            except (TypeError, ValueError):
-                pass
     inner = metadata.get("headers")
     inner_headers = inner if isinstance(inner, Mapping) else {}
     for source in (headers, inner_headers):
         reset = source.get("X-RateLimit-Reset")
         if reset:
-            try:
+            with contextlib.suppress(ValueError):
                 hints.append(float(reset) / 1000.0 - now_unix)  # epoch milliseconds
-            except ValueError:
-                pass
     seconds = metadata.get("retry_after_seconds")
     if isinstance(seconds, int | float) and not isinstance(seconds, bool):
         hints.append(float(seconds))

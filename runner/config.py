@@ -148,11 +148,27 @@ def _loc(parts: tuple[int | str, ...]) -> str:
     return out
 
 
+# pydantic puts the union member it tried into the location: "str", "ModelIn",
+# "function-after[_one_source(), PromptIn]", "list[union[...]]"; user keys ("Local") stay
+_SCALAR_TAGS = {"str", "int", "float", "bool"}
+_MODEL_TAGS = {model.__name__ for model in schema.Strict.__subclasses__()}
+
+
+def _union_tag(part: int | str) -> bool:
+    return isinstance(part, str) and (part in _SCALAR_TAGS or part in _MODEL_TAGS
+                                      or part.startswith(("list[", "function-")))
+
+
+def _inside_mapping(err: Any) -> bool:
+    """An error inside a mapping given for `str | ModelIn` (it says more than "not a string")."""
+    return err["type"] != "model_type" and any(
+        isinstance(p, str) and (p in _MODEL_TAGS or p.startswith("function-")) for p in err["loc"])
+
+
 def _translate(path: Path, exc: ValidationError) -> JobFileError:
-    err = exc.errors()[0]
-    # pydantic adds the union member tried ("str", "ModelIn") to the location; drop those
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper()
-                                              or p in {"str", "list[...]", "int", "float", "bool"}))
+    errors = exc.errors()
+    err = next((e for e in errors if _inside_mapping(e)), errors[0])
+    loc = tuple(p for p in err["loc"] if not _union_tag(p))
     field_name = _loc(loc)
     if err["type"] == "extra_forbidden":
         key = str(loc[-1]) if loc else "?"
@@ -294,9 +310,14 @@ def _prompt(path: Path, where: str, item: schema.PromptIn, job: schema.JobIn) ->
                       else f"{where}.text" if message.role == "user" else f"{where}.system")
         for var in check_template(path, field_name, message.content, available):
             value = available[var]
-            used[var] = tuple(value) if isinstance(value, list) else (value,)
-            if not used[var]:
-                raise JobFileError(path, f"vars.{var}", "empty list: give at least one value")
+            values = used[var] = tuple(value) if isinstance(value, list) else (value,)
+            var_field = f"{where}.vars.{var}" if var in item.vars else f"vars.{var}"
+            if not values:
+                raise JobFileError(path, var_field, "empty list: give at least one value")
+            # a repeated value would plan the same request twice under one request_id
+            if len({(type(v), v) for v in values}) < len(values):
+                raise JobFileError(path, var_field, "duplicate value in the list (use repeats: "
+                                   "to send a request more than once)")
     prompt_id = item.id or "p-" + hashlib.sha256(
         "\x1f".join(m.content for m in messages).encode()).hexdigest()[:10]
     return Prompt(id=prompt_id, messages=tuple(messages), vars=dict(sorted(used.items())),

@@ -19,15 +19,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from .budget import Budget
-from .client import Attempt, Endpoint
+from .budget import Budget, Reservation
+from .client import Attempt
 from .collect import Collector, new_run_id, run_dir_for
-from .config import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, DEFAULT_STALL_TIMEOUT_S, \
-    DEFAULT_TIMEOUT_S, Job, Limits
+from .config import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_RETRIES,
+    DEFAULT_STALL_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    Job,
+    Limits,
+)
 from .limits import Gates
 from .manifest import Manifest
 from .plan import Plan, Request
-from .pricing import Price, estimate_prompt_tokens, worst_case_usd
+from .pricing import Price, typical_prompt_tokens, worst_case_usd
 from .result import ERROR, OK, SKIPPED, Result
 from .setup import Providers, open_providers
 
@@ -79,6 +85,7 @@ class _Run:
     progress: Progress | None
     counts: dict[str, int] = field(default_factory=lambda: {OK: 0, ERROR: 0, SKIPPED: 0})
     stop_reason: dict[str, str] = field(default_factory=dict)   # provider -> why it stopped
+    budget_changed: anyio.Event = field(default_factory=anyio.Event)
 
 
 async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | None = None,
@@ -199,49 +206,70 @@ async def _handle(run: _Run, request: Request) -> None:
     limits = model.limits.over(run.job.providers[model.provider].limits).over(run.limits)
     worst = worst_case_usd(request, price) if price is not None else None
     result.estimated_cost_usd = worst
-    tokens = estimate_prompt_tokens(request.messages) + int(request.params.get("max_tokens")
-                                                            or 0)
+    tokens = typical_prompt_tokens(request.messages) + int(request.params.get("max_tokens") or 0)
     retries = limits.retries or 0
     attempt: Attempt | None = None
     for n in range(1, retries + 2):
-        reason = _refusal(run, model.provider, worst)
-        if reason is not None:
-            _skip(result, *reason)
+        if _refused(run, result, model.provider, worst):
             break
         async with run.gates.slot(model, tokens):
             if result.queue_s is None:
                 result.queue_s = run.clock() - t_ready
                 started = datetime.now(UTC)
-            reason = _refusal(run, model.provider, worst)
-            if reason is not None:
-                _skip(result, *reason)
+            if _refused(run, result, model.provider, worst):
                 break
-            reservation = run.budget.reserve(worst or 0.0)
+            reservation = await _reserve(run, worst or 0.0)
             if reservation is None:
-                _skip(result, "budget", "the run's budget_usd would be exceeded by this "
-                      f"request's worst case (${worst:.6f})")
+                _skip(result, "budget", f"not sent: its worst case (${worst or 0:.6f}) does not "
+                      "fit in what is left of budget_usd")
                 run.stop_reason.setdefault("*", "budget")
                 break
-            attempt = await endpoint.send(request, timeout_s=limits.timeout_s or 0,
-                                          stall_timeout_s=limits.stall_timeout_s or 0)
+            try:
+                attempt = await endpoint.send(request, timeout_s=limits.timeout_s or 0,
+                                              stall_timeout_s=limits.stall_timeout_s or 0)
+            finally:
+                if attempt is None:  # cancelled mid-request: the cost is unknown, keep it spent
+                    _settle(run, reservation, None)
             cost, source = _cost(attempt, price)
-            run.budget.settle(reservation, cost if cost is not None or worst is None else None)
+            _settle(run, reservation, cost)
         result.attempts = n
         _fold(result, attempt, cost, source, worst)
-        if attempt.ok or attempt.error_type not in RETRIABLE or n > retries:
+        if attempt.ok:
             break
         _on_failure(run, model.provider, attempt)
         if attempt.error_type == "rate_limited" and attempt.retry_after_s:
             run.gates.pause(model, attempt.retry_after_s)  # before sleeping: others must see it
+        if attempt.error_type not in RETRIABLE or n > retries:
+            break
         await anyio.sleep(_backoff_s(n, attempt.retry_after_s))
-    if attempt is not None and not attempt.ok:
-        _on_failure(run, model.provider, attempt)
     result.wall_s = run.clock() - t_ready - (result.queue_s or 0.0)
     result.started_at = started
     result.ended_at = started + timedelta(seconds=result.wall_s or 0.0)
     _record(run, result)
     if run.collector.pending >= run.collector.flush_rows:
         await _flush(run)
+
+
+def _refused(run: _Run, result: Result, provider: str, worst: float | None) -> bool:
+    reason = _refusal(run, provider, worst)
+    if reason is not None:
+        _skip(result, *reason)
+    return reason is not None
+
+
+async def _reserve(run: _Run, worst: float) -> Reservation | None:
+    """Reserve `worst` USD; wait while in-flight reservations might free enough room."""
+    while True:
+        reservation = run.budget.reserve(worst)
+        if reservation is not None or not run.budget.could_fit(worst):
+            return reservation
+        await run.budget_changed.wait()
+
+
+def _settle(run: _Run, reservation: Reservation, cost: float | None) -> None:
+    run.budget.settle(reservation, cost)
+    run.budget_changed.set()
+    run.budget_changed = anyio.Event()
 
 
 def _refusal(run: _Run, provider: str, worst: float | None) -> tuple[str, str] | None:
@@ -267,6 +295,8 @@ def _skip(result: Result, error_type: str, message: str) -> None:
 def _cost(attempt: Attempt, price: Price | None) -> tuple[float | None, str | None]:
     if attempt.cost_usd is not None:
         return attempt.cost_usd, "provider"
+    if attempt.http_error:
+        return 0.0, "not_billed"  # an HTTP error status: no model ran
     if price is not None and attempt.prompt_tokens is not None \
             and attempt.completion_tokens is not None:
         return price.cost_usd(attempt.prompt_tokens, attempt.completion_tokens), "price_table"

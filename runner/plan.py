@@ -72,7 +72,8 @@ class Plan(Sequence[Request]):
         model = self.job.models[m]
         messages = tuple(Message(msg.role, render(msg.content, variables))
                          for msg in prompt.messages)
-        return Request(index=i, request_id=request_id(model, prompt.id, messages, repeat),
+        return Request(index=i,
+                       request_id=request_id(model, prompt.id, variables, messages, repeat),
                        model=model, prompt_id=prompt.id, repeat=repeat, vars=variables,
                        messages=messages)
 
@@ -108,12 +109,15 @@ def _combination(prompt: Prompt, c: int) -> dict[str, Any]:
     return dict(reversed(list(out.items())))
 
 
-def request_id(model: ModelSpec, prompt_id: str, messages: tuple[Message, ...],
-               repeat: int) -> str:
+def request_id(model: ModelSpec, prompt_id: str, variables: Mapping[str, Any],
+               messages: tuple[Message, ...], repeat: int) -> str:
     """A stable id: the same request in a rerun or a resume gets the same id."""
+    # label and vars too: one model under two aliases, or two var values that render the same
+    # text, are still different requests
     key = json.dumps(
-        [model.id, model.provider, prompt_id, [[m.role, m.content] for m in messages],
-         dict(model.params), dict(model.extra_body), repeat],
+        [model.id, model.provider, model.label, prompt_id, dict(variables),
+         [[m.role, m.content] for m in messages], dict(model.params), dict(model.extra_body),
+         repeat],
         sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str,
     )
     return hashlib.sha256(key.encode()).hexdigest()[:20]

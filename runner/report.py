@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import ResultsError
 from .collect import file_schema
+from .errors import ResultsError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,7 +35,6 @@ def run_dirs(path: Path) -> list[Path]:
 
 def read_results(path: str | Path) -> pd.DataFrame:
     """Rows of one run directory, or of every run of a job directory (oldest run first)."""
-    import pandas as pd
 
     path = Path(path)
     if not path.is_dir():

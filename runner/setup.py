@@ -30,12 +30,12 @@ class Providers:
     simulator_url: str | None = None
 
 
-def simulated_models(settings: SimulatorIn) -> tuple[object, ...]:
+def simulated_models(settings: SimulatorIn, path: object = "<job>") -> tuple[object, ...]:
     """The built-in simulated models with the job's overrides and additions applied."""
     from .simulator import DEFAULT_MODELS, Faults, SimModel
 
     models = {m.id: m for m in DEFAULT_MODELS}
-    for spec in settings.models:
+    for i, spec in enumerate(settings.models):
         base = models.get(spec.id) or SimModel(
             id=spec.id, name=spec.id, prompt_usd_per_token=1e-6, completion_usd_per_token=2e-6)
         changes: dict[str, object] = {}
@@ -49,11 +49,14 @@ def simulated_models(settings: SimulatorIn) -> tuple[object, ...]:
                      "reasoning"):
             if getattr(spec, name) is not None:
                 changes[name] = getattr(spec, name)
-        if spec.faults is not None:
-            faults = spec.faults.model_dump()
-            faults["error_statuses"] = tuple(faults["error_statuses"])
-            changes["faults"] = Faults(**faults)
-        models[spec.id] = dataclasses.replace(base, **changes)  # type: ignore[type-var]
+        try:
+            if spec.faults is not None:
+                faults = spec.faults.model_dump()
+                faults["error_statuses"] = tuple(faults["error_statuses"])
+                changes["faults"] = Faults(**faults)
+            models[spec.id] = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise JobFileError(path, f"simulator.models[{i}]", str(exc)) from None
     return tuple(models.values())
 
 
@@ -67,7 +70,7 @@ async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
     if SIMULATED in used:
         from .simulator import Simulator
 
-        simulator = Simulator(simulated_models(job.simulator),  # type: ignore[arg-type]
+        simulator = Simulator(simulated_models(job.simulator, job.path),  # type: ignore[arg-type]
                               seed=job.simulator.seed).start()
         stack.callback(simulator.stop)
         out.simulator_url = simulator.base_url

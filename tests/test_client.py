@@ -112,14 +112,14 @@ async def test_in_stream_error_chunk(canned, request_) -> None:  # type: ignore[
     body = f"data: {json.dumps(ok)}\n\ndata: {json.dumps(err)}\n\n".encode()
     attempt = await _send(canned, request_, 200, SSE, body)
     assert not attempt.ok and attempt.error_type == "stream_error"
-    assert attempt.http_status == 502 and attempt.error_message == "upstream died"
+    assert attempt.http_status == 200 and attempt.error_message == "upstream died (code 502)"
     assert attempt.text == "par"  # partial output is kept for inspection
 
 
 async def test_error_in_200_body(canned, request_) -> None:  # type: ignore[no-untyped-def]
     body = json.dumps({"error": {"code": 503, "message": "no provider"}}).encode()
     attempt = await _send(canned, request_, 200, JSON, body, stream=False)
-    assert attempt.error_type == "error_body" and attempt.error_message == "no provider"
+    assert attempt.error_type == "error_body" and attempt.error_message == "no provider (code 503)"
 
 
 async def test_malformed_chunk_and_missing_done(canned, request_) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,134 @@
+"""The HTTP endpoints: aiohttp requests in, chat completions and model listings out, with every
+chat request recorded as an `Arrival` and its fate decided the moment it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import orjson
+from aiohttp import web
+
+from runner.simulator.arrivals import Arrival, ArrivalLog
+from runner.simulator.catalog import models_body
+from runner.simulator.faults import Fate, draw_fate, status_of
+from runner.simulator.models import SimModel
+from runner.simulator.orders import Order, Rejection, authorized, parse_order
+from runner.simulator.replies import (
+    error_response,
+    rate_limited,
+    send_completion,
+    send_stream,
+    upstream_failed,
+)
+from runner.simulator.text import generate
+from runner.simulator.wire import Dialect, new_head, usage
+
+REQUEST_ID_HEADER = "X-Runner-Request-Id"
+
+
+class ChatService:
+    """The state behind the endpoints: served models, seed, arrival counters and log."""
+
+    __slots__ = ("_arrival_counts", "_closing", "_log", "_models", "_seed")
+
+    def __init__(self, models: Sequence[SimModel], seed: int, log: ArrivalLog) -> None:
+        self._models = {m.id: m for m in models}
+        if len(self._models) != len(models):
+            raise ValueError("Simulator: model ids must be unique")
+        self._seed = seed
+        self._log = log
+        self._arrival_counts: dict[str, int] = {}
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """Release every hanging request (their connections are dropped)."""
+        self._closing.set()
+
+    def add_routes(self, app: web.Application) -> None:
+        """Mount both dialects: OpenRouter under /api/v1, plain OpenAI under /v1."""
+        app.router.add_post("/api/v1/chat/completions", self.chat_openrouter)
+        app.router.add_post("/v1/chat/completions", self.chat_openai)
+        app.router.add_get("/api/v1/models", self.models_openrouter)
+        app.router.add_get("/v1/models", self.models_openai)
+
+    async def chat_openrouter(self, request: web.Request) -> web.StreamResponse:
+        """POST /api/v1/chat/completions."""
+        return await self._chat(request, "openrouter")
+
+    async def chat_openai(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/chat/completions."""
+        return await self._chat(request, "openai")
+
+    async def models_openrouter(self, request: web.Request) -> web.Response:
+        """GET /api/v1/models."""
+        return self._models_response("openrouter")
+
+    async def models_openai(self, request: web.Request) -> web.Response:
+        """GET /v1/models."""
+        return self._models_response("openai")
+
+    def _models_response(self, dialect: Dialect) -> web.Response:
+        body = models_body(list(self._models.values()), dialect)
+        return web.Response(body=body, content_type="application/json")
+
+    async def _chat(self, request: web.Request, dialect: Dialect) -> web.StreamResponse:
+        t_monotonic, t_unix = time.monotonic(), time.time()
+        request_id = request.headers.get(REQUEST_ID_HEADER)
+        authorization_ok = authorized(request.headers.get("Authorization"))
+        try:
+            body: object = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = None
+
+        def record(status: int, model: str, stream: bool, fault: str | None = None) -> None:
+            self._log.append(
+                Arrival(t_monotonic, t_unix, model, stream, status, fault, request_id,
+                        authorization_ok)
+            )  # fmt: skip
+
+        claimed_model, claimed_stream = _claims(body)
+        if not authorization_ok:
+            record(401, claimed_model, claimed_stream)
+            return error_response(401, "No auth credentials found")
+        order = parse_order(body, dialect, self._models)
+        if isinstance(order, Rejection):
+            record(order.status, claimed_model, claimed_stream)
+            return error_response(order.status, order.message)
+        model = order.model
+        arrival_index = self._arrival_counts.get(model.id, 0)
+        self._arrival_counts[model.id] = arrival_index + 1
+        fate = draw_fate(model, sim_seed=self._seed, arrival_index=arrival_index)
+        record(status_of(fate, stream=order.stream), model.id, order.stream, fate.fault)
+        if fate.fault == "rate_limit":
+            return rate_limited(model)
+        if fate.fault == "error":
+            return upstream_failed(model, fate.error_status)
+        return await self._reply(request, dialect, order, fate)
+
+    async def _reply(
+        self, request: web.Request, dialect: Dialect, order: Order, fate: Fate
+    ) -> web.StreamResponse:
+        model = order.model
+        completion = generate(
+            sim_seed=self._seed,
+            model_id=model.id,
+            messages=order.messages,
+            request_seed=order.request_seed,
+            reasoning=model.reasoning,
+            cap_tokens=order.cap_tokens,
+        )
+        head = new_head(dialect, model)
+        usage_obj = usage(head, model, order.prompt_tokens, completion)
+        send = send_stream if order.stream else send_completion
+        return await send(request, head, order, fate, completion, usage_obj, self._closing)
+
+
+def _claims(body: object) -> tuple[str, bool]:
+    """The model and stream flag a body claims, for the log, before it is validated."""
+    if not isinstance(body, dict):
+        return "", False
+    model = body.get("model")
+    return (model if isinstance(model, str) else ""), body.get("stream") is True

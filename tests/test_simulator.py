@@ -1,0 +1,410 @@
+"""The simulator over real HTTP on loopback: wire shapes of both dialects, determinism, faults,
+the arrival log, and shutdown. Every model is zero-latency, so nothing here sleeps for real."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from openai import AsyncOpenAI
+
+from runner.simulator import DEFAULT_MODELS, Faults, SimModel, Simulator
+
+FAST: dict[str, Any] = {"ttft_s": 0.0, "tokens_per_s": 0.0}
+AUTH = {"Authorization": "Bearer test-key"}
+PLAIN = SimModel("t/plain", "Plain", 1e-7, 4e-7, request_usd=0.001, **FAST)
+REASONER = SimModel("t/reasoner", "Reasoner", 1e-6, 4e-6, reasoning=True, **FAST)
+FREE = SimModel("t/free:free", "Free", 0.0, 0.0, max_completion_tokens=None, **FAST)
+FAULTS = {
+    "rate_limit": Faults(rate_limit_rate=1.0, retry_after_s=1.5),
+    "error": Faults(error_rate=1.0, error_statuses=(503,)),
+    "hang": Faults(hang_rate=1.0),
+    "disconnect": Faults(disconnect_rate=1.0),
+    "stream_error": Faults(stream_error_rate=1.0),
+    "error_body": Faults(error_body_rate=1.0),
+    "malformed": Faults(malformed_rate=1.0),
+    "coin": Faults(error_rate=0.5),
+}
+FAULTY = [SimModel(f"t/{name}", name, 1e-7, 4e-7, faults=f, **FAST) for name, f in FAULTS.items()]
+SLOW = SimModel("t/slow", "Slow", 1e-7, 4e-7, ttft_s=0.0, tokens_per_s=200.0)
+MODELS = [PLAIN, REASONER, FREE, SLOW, *FAULTY]
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    with Simulator(MODELS, seed=7) as simulator:
+        yield simulator
+
+
+def request(model: str = "t/plain", stream: bool = False, **extra: Any) -> dict[str, Any]:
+    messages = [{"role": "user", "content": "Say hello to the benchmark."}]
+    return {"model": model, "messages": messages, "stream": stream, **extra}
+
+
+async def post(
+    base_url: str, payload: object, headers: dict[str, str] = AUTH
+) -> tuple[int, Any, bytes]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base_url}/chat/completions", json=payload, headers=headers) as resp,
+    ):
+        return resp.status, resp.headers, await resp.read()
+
+
+def sse(raw: bytes) -> list[str]:
+    return [event for event in raw.decode().split("\n\n") if event]
+
+
+def chunks(raw: bytes) -> list[dict[str, Any]]:
+    return [json.loads(e.removeprefix("data: ")) for e in sse(raw) if e.startswith("data: {")]
+
+
+def content_of(raw: bytes) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks(raw)
+                   if c["choices"])  # fmt: skip
+
+
+async def test_openrouter_stream_shape(sim: Simulator) -> None:
+    status, headers, raw = await post(sim.base_url, request(stream=True))
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+    events = sse(raw)
+    assert events[0] == ": OPENROUTER PROCESSING" and events[-1] == "data: [DONE]"
+    first, *middle, final = chunks(raw)
+    assert re.fullmatch(r"gen-\d+-[A-Za-z0-9]{20}", first["id"])
+    assert headers["X-Generation-Id"] == first["id"] == final["id"]
+    assert first["object"] == "chat.completion.chunk" and first["provider"] == "SimCloud"
+    assert first["model"] == "t/plain"
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all(c["choices"][0]["delta"]["content"].endswith(" ") for c in middle)
+    choice = final["choices"][0]
+    assert choice["delta"] == {"content": "", "role": "assistant"}
+    assert (choice["finish_reason"], choice["native_finish_reason"]) == ("stop", "stop")
+    usage = final["usage"]
+    assert usage["completion_tokens"] == len(middle)
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    expected_cost = usage["prompt_tokens"] * 1e-7 + usage["completion_tokens"] * 4e-7 + 0.001
+    assert usage["cost"] == pytest.approx(expected_cost)
+    assert usage["is_byok"] is False and usage["prompt_tokens_details"]["cached_tokens"] == 0
+    assert set(usage["cost_details"]) >= {"upstream_inference_cost"}
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 0
+
+
+async def test_nonstream_matches_stream_text(sim: Simulator) -> None:
+    _, headers, raw = await post(sim.base_url, request())
+    body = json.loads(raw)
+    assert set(body) == {"id", "provider", "model", "object", "created", "choices", "usage"}
+    assert headers["X-Generation-Id"] == body["id"] and body["object"] == "chat.completion"
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["message"]["reasoning"] is None
+    assert (choice["finish_reason"], choice["native_finish_reason"]) == ("stop", "stop")
+    assert body["usage"]["cost"] > 0.001
+    _, _, streamed = await post(sim.base_url, request(stream=True))
+    assert choice["message"]["content"] == content_of(streamed)
+
+
+async def test_prompt_tokens_are_a_quarter_of_chars_plus_four_per_message(sim: Simulator) -> None:
+    messages = [{"role": "system", "content": "x" * 40}, {"role": "user", "content": "y" * 2}]
+    _, _, raw = await post(sim.base_url, {"model": "t/plain", "messages": messages})
+    assert json.loads(raw)["usage"]["prompt_tokens"] == (42 + 2) // 4 + 2 * 4
+
+
+async def test_text_is_deterministic(sim: Simulator) -> None:
+    async def text(base_url: str, **kw: Any) -> str:
+        _, _, raw = await post(base_url, request(**kw))
+        return str(json.loads(raw)["choices"][0]["message"]["content"])
+
+    same = await text(sim.base_url)
+    assert same == await text(sim.base_url) == await text(sim.openai_base_url)
+    assert same != await text(sim.base_url, model="t/free:free")
+    assert same != await text(sim.base_url, seed=1)
+    with Simulator(MODELS, seed=8) as other:
+        assert same != await text(other.base_url)
+    with Simulator(MODELS, seed=7) as again:
+        assert same == await text(again.base_url)
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+async def test_max_tokens_cap_ends_with_length(sim: Simulator, field: str) -> None:
+    _, _, raw = await post(sim.base_url, request(stream=True, **{field: 5}))
+    final = chunks(raw)[-1]
+    assert final["choices"][0]["finish_reason"] == "length"
+    assert final["choices"][0]["native_finish_reason"] == "MAX_TOKENS"
+    assert final["usage"]["completion_tokens"] == 5
+    assert len(content_of(raw).split()) == 5
+
+
+async def test_reasoning_streams_before_content(sim: Simulator) -> None:
+    _, _, raw = await post(sim.base_url, request("t/reasoner", stream=True))
+    deltas = [c["choices"][0]["delta"] for c in chunks(raw)[1:-1]]
+    kinds = ["reasoning" if d.get("reasoning") else "content" for d in deltas]
+    n_reasoning = kinds.count("reasoning")
+    assert n_reasoning >= 8 and kinds == sorted(kinds, key=lambda kind: kind != "reasoning")
+    assert deltas[0]["reasoning_details"][0]["type"] == "reasoning.text"
+    assert deltas[0]["reasoning_details"][0]["text"] == deltas[0]["reasoning"]
+    usage = chunks(raw)[-1]["usage"]
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == n_reasoning
+    assert usage["completion_tokens"] == len(deltas)
+    _, _, plain = await post(sim.base_url, request("t/reasoner"))
+    assert json.loads(plain)["choices"][0]["message"]["reasoning"]
+
+
+@pytest.mark.parametrize("prefix", ["/api/v1", "/v1"])
+async def test_models_list_string_prices(sim: Simulator, prefix: str) -> None:
+    url = f"http://127.0.0.1:{sim.port}{prefix}/models"
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        entries = {m["id"]: m for m in (await resp.json())["data"]}
+    plain, free = entries["t/plain"], entries["t/free:free"]
+    assert plain["pricing"]["prompt"] == "0.0000001"
+    assert plain["pricing"]["completion"] == "0.0000004"
+    assert plain["pricing"]["request"] == "0.001"
+    assert free["pricing"]["prompt"] == free["pricing"]["completion"] == "0"
+    assert free["top_provider"] == {
+        "context_length": 32768, "max_completion_tokens": None, "is_moderated": False,
+    }  # fmt: skip
+    assert "reasoning" in entries["t/reasoner"]["supported_parameters"]
+
+
+def test_default_models_are_the_documented_ones() -> None:
+    ids = {m.id: m for m in DEFAULT_MODELS}
+    assert {"sim/fast-mini", "sim/balanced", "sim/premium-large", "sim/reasoner"} <= set(ids)
+    assert ids["sim/free:free"].max_completion_tokens is None and ids["sim/reasoner"].reasoning
+    assert ids["sim/premium-large"].completion_usd_per_token == 15e-6
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer "}, {"Authorization": "x"}])
+async def test_missing_auth_is_401(sim: Simulator, headers: dict[str, str]) -> None:
+    status, _, raw = await post(sim.base_url, request(), headers=headers)
+    assert status == 401
+    assert json.loads(raw) == {"error": {"code": 401, "message": "No auth credentials found"}}
+    assert sim.arrivals()[-1].authorization_ok is False
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        (request("nope/missing"), 404),
+        ({"model": "t/plain", "messages": []}, 400),
+        ({"model": "t/plain"}, 400),
+        ({"model": "t/plain", "messages": "hi"}, 400),
+        (request(max_tokens=0), 400),
+        ([1, 2], 400),
+    ],
+)
+async def test_invalid_requests(sim: Simulator, payload: object, status: int) -> None:
+    got, _, raw = await post(sim.base_url, payload)
+    assert got == status and json.loads(raw)["error"]["code"] == status
+    if status == 404:
+        assert "nope/missing" in json.loads(raw)["error"]["message"]
+
+
+async def test_rate_limit_fault(sim: Simulator) -> None:
+    now_ms = time.time() * 1000
+    status, headers, raw = await post(sim.base_url, request("t/rate_limit", stream=True))
+    error = json.loads(raw)["error"]
+    assert status == 429 == error["code"] and headers["Retry-After"] == "2"
+    limits = error["metadata"]["headers"]
+    assert set(limits) == {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"}
+    assert int(limits["X-RateLimit-Reset"]) >= now_ms + 1000
+    assert headers["X-RateLimit-Reset"] == limits["X-RateLimit-Reset"]
+
+
+async def test_error_fault(sim: Simulator) -> None:
+    status, _, raw = await post(sim.base_url, request("t/error"))
+    assert status == 503 == json.loads(raw)["error"]["code"]
+    assert sim.arrivals()[-1].fault == "error" and sim.arrivals()[-1].status == 503
+
+
+async def test_fault_draws_vary_per_arrival_but_repeat_per_seed(sim: Simulator) -> None:
+    statuses = [(await post(sim.base_url, request("t/coin")))[0] for _ in range(20)]
+    assert 200 in statuses and any(status >= 500 for status in statuses)
+    with Simulator(MODELS, seed=7) as again:
+        assert statuses == [(await post(again.base_url, request("t/coin")))[0] for _ in range(20)]
+
+
+async def test_disconnect_fault(sim: Simulator) -> None:
+    received = b""
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            url = f"{sim.base_url}/chat/completions"
+            async with session.post(url, json=request("t/disconnect", True), headers=AUTH) as r:
+                async for piece in r.content.iter_any():
+                    received += piece
+        assert b"[DONE]" not in received and content_of(received)
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await session.post(url, json=request("t/disconnect"), headers=AUTH)
+    assert [a.status for a in sim.arrivals()] == [200, 0]
+
+
+async def test_stream_error_fault(sim: Simulator) -> None:
+    status, _, raw = await post(sim.base_url, request("t/stream_error", stream=True))
+    *before, last = chunks(raw)
+    assert status == 200 and b"[DONE]" not in raw and content_of(raw)
+    assert set(last["error"]) == {"code", "message"}
+    assert last["choices"][0]["finish_reason"] == "error"
+    assert all("error" not in c for c in before)
+
+
+async def test_error_body_fault(sim: Simulator) -> None:
+    status, _, raw = await post(sim.base_url, request("t/error_body"))
+    assert status == 200 and "choices" not in json.loads(raw)
+    assert json.loads(raw)["error"]["code"] == 502
+    status, _, raw = await post(sim.base_url, request("t/error_body", stream=True))
+    assert status == 200 and sse(raw)[0] == ": OPENROUTER PROCESSING"
+    assert [json.loads(e.removeprefix("data: ")).keys() for e in sse(raw)[1:]] == [{"error"}]
+
+
+async def test_malformed_fault(sim: Simulator) -> None:
+    _, _, raw = await post(sim.base_url, request("t/malformed", stream=True))
+    bad = []
+    for event in sse(raw):
+        if event.startswith("data: {"):
+            try:
+                json.loads(event.removeprefix("data: "))
+            except json.JSONDecodeError:
+                bad.append(event)
+    assert len(bad) == 1 and sse(raw)[-1] == "data: [DONE]"
+    status, _, body = await post(sim.base_url, request("t/malformed"))
+    assert status == 200
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(body)
+
+
+async def test_hang_fault_holds_until_stop_and_stop_is_prompt(sim: Simulator) -> None:
+    async with aiohttp.ClientSession() as session:
+        url = f"{sim.base_url}/chat/completions"
+        async with session.post(url, json=request("t/hang", True), headers=AUTH) as resp:
+            assert resp.status == 200
+            assert await resp.content.readexactly(25) == b": OPENROUTER PROCESSING\n\n"
+            started = time.monotonic()
+            await asyncio.to_thread(sim.stop)
+            assert time.monotonic() - started < 1.0
+            with pytest.raises((aiohttp.ClientPayloadError, asyncio.IncompleteReadError)):
+                await resp.content.readexactly(1)
+    assert sim.arrivals()[-1].fault == "hang"
+    sim.stop()  # idempotent
+
+
+async def test_openai_dialect_stream(sim: Simulator) -> None:
+    _, headers, raw = await post(sim.openai_base_url, request(stream=True))
+    assert "X-Generation-Id" not in headers and not raw.startswith(b":")
+    first, *_, finish = chunks(raw)
+    assert first["id"].startswith("chatcmpl-") and "provider" not in first
+    assert all(c["usage"] is None for c in chunks(raw)) and sse(raw)[-1] == "data: [DONE]"
+    assert finish["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop",
+                                    "logprobs": None}  # fmt: skip
+    opts = {"stream_options": {"include_usage": True}}
+    _, _, raw = await post(sim.openai_base_url, request(stream=True, **opts))
+    *_, finish, tail = chunks(raw)
+    assert finish["usage"] is None and finish["choices"][0]["finish_reason"] == "stop"
+    assert tail["choices"] == [] and "cost" not in tail["usage"]
+    assert tail["usage"]["completion_tokens"] == len(content_of(raw).split())
+    _, _, raw = await post(sim.openai_base_url, request())
+    body = json.loads(raw)
+    assert "cost" not in body["usage"] and "native_finish_reason" not in body["choices"][0]
+
+
+@pytest.mark.parametrize(
+    "field", ["provider", "models", "usage", "transforms", "route", "reasoning"]
+)
+async def test_openai_dialect_rejects_openrouter_fields(sim: Simulator, field: str) -> None:
+    status, _, raw = await post(sim.openai_base_url, request(**{field: {}}))
+    assert status == 400 and field in json.loads(raw)["error"]["message"]
+
+
+async def test_openrouter_dialect_accepts_its_fields(sim: Simulator) -> None:
+    extra = {
+        "provider": {"sort": "price", "max_price": {"prompt": 1}},
+        "models": ["t/plain"],
+        "reasoning": {"effort": "low"},
+        "usage": {"include": True},
+        "stream_options": {"include_usage": True},
+    }
+    status, _, _ = await post(sim.base_url, request(stream=True, **extra))
+    assert status == 200
+
+
+async def test_arrivals_and_request_log(tmp_path: Path) -> None:
+    log_path = tmp_path / "arrivals.jsonl"
+    with Simulator(MODELS, request_log=log_path) as sim:
+        before = time.monotonic()
+        for i, model in enumerate(["t/plain", "t/rate_limit", "nope/missing"]):
+            headers = {**AUTH, "X-Runner-Request-Id": f"req-{i}"}
+            await post(sim.base_url, request(model, stream=i == 0), headers=headers)
+        await post(sim.base_url, request(), headers={})
+        arrivals = sim.arrivals()
+        sim.clear_arrivals()
+        assert sim.arrivals() == []
+    assert [(a.request_id, a.status, a.fault, a.stream) for a in arrivals] == [
+        ("req-0", 200, None, True),
+        ("req-1", 429, "rate_limit", False),
+        ("req-2", 404, None, False),
+        (None, 401, None, False),
+    ]
+    assert all(a.t_monotonic >= before and a.t_unix > 1e9 for a in arrivals)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [line["request_id"] for line in lines] == ["req-0", "req-1", "req-2", None]
+    assert lines[1] | {"t_monotonic": 0, "t_unix": 0} == {
+        "t_monotonic": 0, "t_unix": 0, "model": "t/rate_limit", "stream": False, "status": 429,
+        "fault": "rate_limit", "request_id": "req-1", "authorization_ok": True,
+    }  # fmt: skip
+
+
+async def test_openai_sdk_consumes_a_stream(sim: Simulator) -> None:
+    async with AsyncOpenAI(api_key="sim", base_url=sim.openai_base_url, max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model="t/plain",
+            messages=[{"role": "user", "content": "Say hello to the benchmark."}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        pieces, usage = [], None
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+            usage = chunk.usage or usage
+    assert usage is not None and usage.completion_tokens == len(pieces) > 0
+
+
+async def test_openai_sdk_reads_openrouter_dialect(sim: Simulator) -> None:
+    async with AsyncOpenAI(api_key="sim", base_url=sim.base_url, max_retries=0) as client:
+        reply = await client.chat.completions.create(
+            model="t/reasoner", messages=[{"role": "user", "content": "Hi"}], max_tokens=50
+        )
+    assert reply.usage is not None and reply.usage.completion_tokens == 50
+    assert reply.choices[0].finish_reason == "length"
+
+
+async def test_hundreds_of_concurrent_streams_without_noise(
+    sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one(i: int) -> bytes:
+            payload = request(stream=True, seed=i)
+            url = f"{sim.base_url}/chat/completions"
+            async with session.post(url, json=payload, headers=AUTH) as resp:
+                return await resp.read()
+
+        raws = await asyncio.gather(*(one(i) for i in range(300)))
+    assert all(raw.endswith(b"data: [DONE]\n\n") for raw in raws)
+    async with aiohttp.ClientSession() as session:  # a client that walks away mid-stream
+        url = f"{sim.base_url}/chat/completions"
+        async with session.post(url, json=request("t/slow", True), headers=AUTH) as resp:
+            await resp.content.readline()
+    sim.stop()
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"error_rate": 1.5}, {"error_rate": 0.6, "hang_rate": 0.6}, {"error_statuses": ()}]
+)
+def test_faults_reject_impossible_settings(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="Faults"):
+        Faults(**kwargs)
