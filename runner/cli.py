@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=_positive_int, help="requests in flight")
     run.add_argument("--rpm", type=_positive_float, help="requests per minute, whole job")
     run.add_argument("--budget-usd", type=_positive_float, help="never spend more than this")
+    run.add_argument("--refresh-prices", action="store_true",
+                     help="fetch model prices anew instead of using the day-old cache")
     run.add_argument("--quiet", action="store_true", help="no progress output")
 
     validate = sub.add_parser("validate", help="check a job file without sending anything")
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="show what a job would send")
     plan.add_argument("job", type=Path)
     plan.add_argument("--json", action="store_true", help="print a JSON object")
+    plan.add_argument("--budget-usd", type=_positive_float, help="check against this budget")
+    plan.add_argument("--refresh-prices", action="store_true", help="ignore the price cache")
 
     sim = sub.add_parser("simulate", help="serve the OpenRouter-compatible simulator")
     sim.add_argument("--host", default="127.0.0.1")
@@ -74,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--provider", default="simulated",
                         help="openrouter or simulated (default), or a job's provider with --job")
     models.add_argument("--job", type=Path, help="job file defining custom providers")
+    models.add_argument("--refresh-prices", action="store_true", help="ignore the price cache")
     return parser
 
 
@@ -112,26 +117,27 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     import json
 
+    import anyio
+
     from .config import load_job
-    from .plan import Plan
+    from .estimate import estimate
 
     job = load_job(args.job)
-    plan = Plan(job)
-    per_model = plan.count_by_model()
+    result = anyio.run(lambda: estimate(job, budget_usd=args.budget_usd,
+                                        refresh_prices=args.refresh_prices))
+    total_requests = sum(m.requests for m in result.models)
     if args.json:
-        print(json.dumps({"job": job.name, "requests": len(plan), "per_model": per_model,
-                          "repeats": job.repeats, "budget_usd": job.budget_usd}))
+        print(json.dumps({
+            "job": job.name, "requests": total_requests, "repeats": job.repeats,
+            "per_model": {m.label: m.requests for m in result.models},
+            "worst_case_usd": {m.label: m.worst_case_usd for m in result.models},
+            "worst_case_total_usd": result.total_usd, "budget_usd": result.budget_usd,
+            "budget_covers": result.budget_covers,
+        }))
         return EXIT_OK
-    from rich.console import Console
-    from rich.table import Table
+    from .console import print_plan
 
-    table = Table(title=f"{job.name}: {len(plan)} requests")
-    table.add_column("model")
-    table.add_column("provider")
-    table.add_column("requests", justify="right")
-    for model in job.models:
-        table.add_row(model.label, model.provider, str(per_model[model.label]))
-    Console().print(table)
+    print_plan(job.name, result)
     return EXIT_OK
 
 
@@ -147,7 +153,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     async def go() -> Any:
         return await run_job(job, out_dir=args.out, concurrency=args.concurrency, rpm=args.rpm,
-                             budget_usd=args.budget_usd, progress=progress)
+                             budget_usd=args.budget_usd, progress=progress,
+                             refresh_prices=args.refresh_prices)
 
     outcome = anyio.run(go)
     print_summary(outcome)
@@ -197,6 +204,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from .console import print_models
     from .inventory import list_models
 
-    rows = anyio.run(lambda: list_models(args.provider, args.job))
+    rows = anyio.run(lambda: list_models(args.provider, args.job, args.refresh_prices))
     print_models(args.provider, rows)
     return EXIT_OK

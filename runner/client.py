@@ -22,7 +22,6 @@ import orjson
 from .config import Provider
 from .errors import ProviderError
 from .plan import Request
-from .pricing import Price, catalogue_prices
 
 # HTTP status -> error_type; anything else is "http_<status>"
 STATUS_ERRORS = {
@@ -108,8 +107,12 @@ class Endpoint:
         return text.replace(self._secret, "***") if self._secret and len(self._secret) > 3 \
             else text
 
-    async def catalogue(self) -> tuple[set[str], dict[str, Price]]:
-        """Model ids and prices from the provider's `GET /models` (empty if it has none)."""
+    @property
+    def base_url(self) -> str:
+        return str(self._sdk.base_url)
+
+    async def models(self) -> list[dict[str, Any]]:
+        """The provider's `GET /models` entries (empty if it has no such route)."""
         import openai
 
         try:
@@ -121,9 +124,8 @@ class Endpoint:
             raise ProviderError(f"cannot reach provider {self.provider.name!r} at "
                                 f"{self._sdk.base_url}: {self.redact(str(exc))}") from None
         except openai.APIStatusError:
-            return set(), {}  # some OpenAI-compatible servers have no /models
-        entries = [m.model_dump() for m in page.data]
-        return {e["id"] for e in entries}, catalogue_prices(entries)
+            return []  # some OpenAI-compatible servers have no /models
+        return [m.model_dump() for m in page.data]
 
     async def send(self, request: Request, *, timeout_s: float, stall_timeout_s: float) -> Attempt:
         """One HTTP attempt; never raises for a failed request (it returns a failed Attempt)."""

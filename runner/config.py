@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from . import schema
 from .errors import ConfigError, JobFileError
+from .pricing import Price
 from .prompt_files import read_prompt_file
 from .templates import check_template
 
@@ -104,6 +105,7 @@ class Job:
     limits: Limits
     budget_usd: float | None
     max_cost_per_request_usd: float | None
+    pricing: Mapping[str, Price]  # model id -> price given in the job file
     output_dir: Path
     write_csv: bool
     simulator: schema.SimulatorIn
@@ -202,8 +204,10 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any]) -> Job:
                                "(give one of them an alias:)")
         labels.add(label)
         extra = dict(model.extra_body)
-        if model.max_price is not None:
-            extra.setdefault("provider", {})["max_price"] = dict(model.max_price)
+        if model.max_price_usd_per_mtok is not None:
+            # OpenRouter's max_price is per million tokens, like this field: no conversion
+            extra.setdefault("provider", {})["max_price"] = \
+                model.max_price_usd_per_mtok.model_dump(exclude_none=True)
         if extra and not providers[provider].openrouter:
             bad = sorted(set(extra) & {"provider", "models", "usage", "transforms", "route",
                                        "reasoning", "plugins"})
@@ -220,6 +224,9 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any]) -> Job:
         providers=providers, models=tuple(models), prompts=prompts, repeats=job.repeats,
         limits=_limits(job.limits), budget_usd=job.budget_usd,
         max_cost_per_request_usd=job.max_cost_per_request_usd,
+        pricing={model_id: Price(p.usd_per_mtok_prompt / 1e6, p.usd_per_mtok_completion / 1e6,
+                                 p.usd_per_request, p.max_completion_tokens)
+                 for model_id, p in job.pricing.items()},
         output_dir=Path(job.output.dir) if Path(job.output.dir).is_absolute()
         else Path.cwd() / job.output.dir,
         write_csv=job.output.csv, simulator=job.simulator, snapshot=raw,
@@ -293,21 +300,20 @@ def _prompts(path: Path, job: schema.JobIn) -> tuple[Prompt, ...]:
 
 
 def _prompt(path: Path, where: str, item: schema.PromptIn, job: schema.JobIn) -> Prompt:
-    messages: list[Message] = []
-    system = item.system if item.system is not None else job.system
+    sourced: list[tuple[Message, str]] = []   # each message with the field it came from
     if item.messages is not None:
-        if system is not None and not any(m.role == "system" for m in item.messages):
-            messages.append(Message("system", system))
-        messages += [Message(m.role, m.content) for m in item.messages]
+        sourced += [(Message(m.role, m.content), f"{where}.messages[{n}].content")
+                    for n, m in enumerate(item.messages)]
     else:
-        if system is not None:
-            messages.append(Message("system", system))
-        messages.append(Message("user", item.text or ""))
+        sourced.append((Message("user", item.text or ""), f"{where}.text"))
+    system = item.system if item.system is not None else job.system
+    if system is not None and not any(m.role == "system" for m, _ in sourced):
+        sourced.insert(0, (Message("system", system),
+                           f"{where}.system" if item.system is not None else "system"))
+    messages = [message for message, _ in sourced]
     available = {**job.vars, **item.vars}
     used: dict[str, tuple[Any, ...]] = {}
-    for n, message in enumerate(messages):
-        field_name = (f"{where}.messages[{n}].content" if item.messages is not None
-                      else f"{where}.text" if message.role == "user" else f"{where}.system")
+    for message, field_name in sourced:
         for var in check_template(path, field_name, message.content, available):
             value = available[var]
             values = used[var] = tuple(value) if isinstance(value, list) else (value,)

@@ -125,3 +125,32 @@ def print_models(provider: str, rows: list[dict[str, Any]]) -> None:
 
 def _price(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
+
+
+def print_plan(job_name: str, estimate: Any) -> None:
+    """Requests and worst-case cost per model, and whether the budget covers them."""
+    from rich.table import Table
+
+    total_requests = sum(m.requests for m in estimate.models)
+    table = Table(title=f"{job_name}: {total_requests} requests")
+    for name in ("model", "provider", "requests", "worst case $"):
+        table.add_column(name, justify="left" if name in ("model", "provider") else "right")
+    for m in estimate.models:
+        table.add_row(m.label, m.provider, str(m.requests), _usd(m.worst_case_usd))
+    table.add_row("total", "", str(total_requests), _usd(estimate.total_usd))
+    console = _console()
+    console.print(table)
+    if estimate.budget_usd is None:
+        console.print("no budget_usd set: spending is not capped")
+    elif estimate.budget_covers is None:
+        console.print(f"budget ${estimate.budget_usd:g}: worst case unknown (a model has no "
+                      "price or no max_tokens)")
+    elif estimate.budget_covers:
+        console.print(f"budget ${estimate.budget_usd:g} covers the worst case")
+    else:
+        console.print(f"budget ${estimate.budget_usd:g} does NOT cover the worst case "
+                      f"(${estimate.total_usd:.4f}): the run stops sending when it is used up")
+
+
+def _usd(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.6f}"

@@ -32,6 +32,7 @@ from .config import (
 )
 from .limits import Gates
 from .manifest import Manifest
+from .errors import ProviderError
 from .plan import Plan, Request
 from .pricing import Price, typical_prompt_tokens, worst_case_usd
 from .result import ERROR, OK, SKIPPED, Result
@@ -90,7 +91,7 @@ class _Run:
 
 async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | None = None,
                   rpm: float | None = None, budget_usd: float | None = None,
-                  progress: Progress | None = None,
+                  progress: Progress | None = None, refresh_prices: bool = False,
                   clock: Callable[[], float] = time.perf_counter,
                   flush_rows: int = 500, flush_s: float = 2.0) -> RunOutcome:
     """Run every request of `job` and write the results; request errors are rows, not raises."""
@@ -101,21 +102,23 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
     budget = Budget(budget_usd if budget_usd is not None else job.budget_usd)
     async with AsyncExitStack() as stack:
         providers = await open_providers(stack, job, connections=limits.concurrency or 1,
-                                         clock=clock, need_prices=budget.budget_usd is not None
+                                         clock=clock, refresh_prices=refresh_prices,
+                                         need_prices=budget.budget_usd is not None
                                          or job.max_cost_per_request_usd is not None)
         run_id = new_run_id()
         run_dir = run_dir_for(out_dir or job.output_dir, job.name, run_id)
         collector = Collector(run_dir, write_csv=job.write_csv, flush_rows=flush_rows)
         manifest = Manifest(run_dir, job, run_id, plan_size=len(plan), limits=limits)
         manifest.write("running", budget=budget.figures())
-        run = _Run(job, run_id, providers, Gates.build(job, limits, clock), budget, collector,
-                   limits, clock, progress)
+        # limits wait on the event loop's clock (what anyio.sleep counts in), not on `clock`
+        run = _Run(job, run_id, providers, Gates.build(job, limits, anyio.current_time), budget,
+                   collector, limits, clock, progress)
         if progress is not None:
             progress.start(len(plan))
         status = "failed"
         try:
             await _pool(run, plan, flush_s)
-            status = "completed"
+            status = "failed" if "auth" in run.stop_reason.values() else "completed"
         finally:
             if progress is not None:
                 progress.stop()
@@ -123,6 +126,13 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
                 totals = await anyio.to_thread.run_sync(_finish_files, collector)
                 final = manifest.write(status, budget=budget.figures(), counts=run.counts,
                                        totals=totals, stopped=run.stop_reason)
+    rejected = [name for name, why in run.stop_reason.items() if why == "auth"]
+    if rejected:
+        provider = job.providers[rejected[0]]
+        raise ProviderError(
+            f"provider {provider.name!r} rejected the API key in {provider.api_key_env} "
+            f"(HTTP 401): check that key; the run stopped after the first rejection "
+            f"({run.counts[SKIPPED]} requests not sent; rows in {run_dir})")
     return RunOutcome(run_dir, run_id, status, dict(run.counts), final)
 
 

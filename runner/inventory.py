@@ -7,13 +7,15 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from .catalogue import load_catalogue
 from .client import Endpoint
 from .config import SIMULATED, Job, Provider, _providers, load_job
 from .errors import ConfigError
 from .schema import JobIn
 
 
-async def list_models(provider_name: str, job_path: Path | None) -> list[dict[str, Any]]:
+async def list_models(provider_name: str, job_path: Path | None,
+                      refresh: bool = False) -> list[dict[str, Any]]:
     """One dict per model: id, prices per million tokens, request fee, output cap."""
     if job_path is not None:
         job: Job | None = load_job(job_path)
@@ -27,7 +29,7 @@ async def list_models(provider_name: str, job_path: Path | None) -> list[dict[st
                           f"{', '.join(sorted(providers))}; custom ones need --job)")
     async with AsyncExitStack() as stack:
         endpoint = await _endpoint(stack, provider, job)
-        ids, prices = await endpoint.catalogue()
+        ids, prices = await load_catalogue(endpoint, refresh=refresh)
     rows = []
     for model_id in sorted(ids):
         price = prices.get(model_id)

@@ -109,4 +109,7 @@ class Gates:
                     await scope.rpm.acquire()
                 if scope.tpm is not None:
                     await scope.tpm.acquire(min(float(tokens), scope.tpm_capacity))
+            # a 429 may have arrived while we waited for the rate limiters: honour it too
+            for scope in scopes:
+                await scope.pause.wait()
             yield

@@ -57,7 +57,7 @@ def price_from_entry(entry: Mapping[str, Any]) -> Price | None:
         return None
 
 
-def catalogue_prices(entries: list[Mapping[str, Any]]) -> dict[str, Price]:
+def catalogue_prices(entries: Sequence[Mapping[str, Any]]) -> dict[str, Price]:
     """Model id -> price, for the entries that carry a usable price."""
     out: dict[str, Price] = {}
     for entry in entries:

@@ -44,7 +44,7 @@ def read_results(path: str | Path) -> pd.DataFrame:
         raise ResultsError(f"{path}: no result rows found (expected requests.parquet or parts/)")
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 \
         else tables[0]
-    df = table.to_pandas()
+    df: pd.DataFrame = table.to_pandas()
     for column in ("model", "status", "provider"):
         df[column] = df[column].astype("category")
     return df

@@ -104,6 +104,25 @@ class SimulatorIn(Strict):
     models: list[SimModelIn] = []
 
 
+class MaxPriceIn(Strict):
+    """OpenRouter's provider.max_price: skip upstreams dearer than this (USD per million tokens,
+    per request for `request`)."""
+
+    prompt: float | None = Field(default=None, ge=0)
+    completion: float | None = Field(default=None, ge=0)
+    request: float | None = Field(default=None, ge=0)
+    image: float | None = Field(default=None, ge=0)
+
+
+class PriceIn(Strict):
+    """A model's price for endpoints without a catalogue (or to override it)."""
+
+    usd_per_mtok_prompt: float = Field(ge=0)
+    usd_per_mtok_completion: float = Field(ge=0)
+    usd_per_request: float = Field(default=0.0, ge=0)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+
+
 class ModelIn(Strict):
     id: str = Field(min_length=1)
     provider: str | None = None
@@ -111,7 +130,7 @@ class ModelIn(Strict):
     params: ParamsIn | None = None
     extra_body: dict[str, Any] = {}
     limits: LimitsIn | None = None
-    max_price: dict[str, float] | None = None
+    max_price_usd_per_mtok: MaxPriceIn | None = None
 
 
 class MessageIn(Strict):
@@ -160,6 +179,7 @@ class JobIn(Strict):
     params: ParamsIn = ParamsIn()
     repeats: int = Field(default=1, ge=1, le=100_000)
     limits: LimitsIn = LimitsIn()
+    pricing: dict[str, PriceIn] = {}
     budget_usd: float | None = Field(default=None, gt=0)
     max_cost_per_request_usd: float | None = Field(default=None, gt=0)
     output: OutputIn = OutputIn()
@@ -177,7 +197,7 @@ class JobIn(Strict):
 def field_names() -> set[str]:
     """Every key any job-file section accepts (for 'did you mean' hints)."""
     names: set[str] = set()
-    for model in (ParamsIn, LimitsIn, ProviderIn, FaultsIn, SimModelIn, SimulatorIn, ModelIn,
+    for model in (MaxPriceIn, PriceIn, ParamsIn, LimitsIn, ProviderIn, FaultsIn, SimModelIn, SimulatorIn, ModelIn,
                   MessageIn, PromptIn, OutputIn, JobIn):
         names.update(model.model_fields)
     return names

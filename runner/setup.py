@@ -8,6 +8,7 @@ cannot be enforced because a model has no price.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from .catalogue import load_catalogue
 from .client import Endpoint
 from .config import SIMULATED, Job, api_key
 from .errors import JobFileError
@@ -62,10 +64,14 @@ def simulated_models(settings: SimulatorIn, path: object = "<job>") -> tuple[obj
 
 async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
                          clock: Callable[[], float] = time.perf_counter,
-                         need_prices: bool = False) -> Providers:
+                         need_prices: bool = False, refresh_prices: bool = False,
+                         require_keys: bool = True) -> Providers:
     """Open an endpoint per provider the job uses; register their shutdown on `stack`."""
     used = sorted({m.provider for m in job.models})
-    keys = {name: api_key(job.providers[name]) for name in used}  # missing keys fail first
+    # missing keys fail first; without `require_keys` (plan, models) a public /models still works
+    keys = {name: api_key(job.providers[name]) if require_keys
+            else (os.environ.get(job.providers[name].api_key_env or "") or "no-key")
+            for name in used}
     out = Providers()
     if SIMULATED in used:
         from .simulator import Simulator
@@ -84,7 +90,7 @@ async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
         out.endpoints[name] = endpoint
 
     async def read(name: str) -> None:
-        ids, prices = await out.endpoints[name].catalogue()
+        ids, prices = await load_catalogue(out.endpoints[name], refresh=refresh_prices)
         out.catalogues[name] = ids
         for model_id, price in prices.items():
             out.prices[(name, model_id)] = price
@@ -92,7 +98,11 @@ async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
     async with anyio.create_task_group() as tg:
         for name in used:
             tg.start_soon(read, name)
-    _check_models(job, out, need_prices)
+    for model in job.models:  # the job's own pricing: table wins over any catalogue
+        if model.id in job.pricing:
+            out.prices[(model.provider, model.id)] = job.pricing[model.id]
+    if require_keys:
+        _check_models(job, out, need_prices)
     return out
 
 

@@ -13,6 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CAPTURES = ROOT.parent / "shared" / "openrouter"
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Price catalogues are cached under XDG_CACHE_HOME: keep each test's cache its own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def captures() -> Path:
     if not CAPTURES.is_dir():

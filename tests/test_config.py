@@ -1,0 +1,369 @@
+"""Job files: every bad one is exit 2 and one line naming the file and the field; good ones load
+into the `Job` the rest of the runner sees (prompt files, system prompts, params, API keys)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.cli import main
+from runner.config import Job, Message, api_key, load_job
+from runner.errors import ConfigError, JobFileError
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "jobs" / "quickstart.yaml"
+HEAD = "name: t\nmodels: [m/a]\n"            # a valid start; cases append their prompts:
+OK_PROMPTS = "prompts: [hi]\n"
+LOCAL = "providers:\n  local: {base_url: 'http://127.0.0.1:9/v1', openrouter: false}\n"
+ROWS = "rows.jsonl"
+
+# id, job YAML (None: no job file at all), extra files, file the message names, field substring
+BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
+    ("missing-job-file", None, {}, "job.yaml", "no such job file"),
+    ("yaml-syntax", "name: t\nmodels:\n  - m/a\nprompts: [hi\nrepeats: 2\n", {}, "job.yaml",
+     "line 5: invalid YAML"),
+    ("yaml-tab", "name: t\nmodels:\n\t- m/a\n", {}, "job.yaml", "line 3"),
+    ("top-level-list", "- name: t\n- models: [m/a]\n", {}, "job.yaml", "must be a YAML mapping"),
+    ("top-level-empty", "", {}, "job.yaml", "must be a YAML mapping"),
+    ("unknown-top-key", HEAD + OK_PROMPTS + "modles: [m/b]\n", {}, "job.yaml",
+     "modles: unknown key (did you mean 'models'?)"),
+    ("unknown-param", HEAD + OK_PROMPTS + "params: {temprature: 0.5}\n", {}, "job.yaml",
+     "params.temprature: unknown key (did you mean 'temperature'?)"),
+    ("unknown-model-key", "name: t\nmodels: [{id: m/a, parms: {}}]\n" + OK_PROMPTS, {},
+     "job.yaml", "models[0].parms: unknown key (did you mean 'params'?)"),
+    ("missing-name", "models: [m/a]\n" + OK_PROMPTS, {}, "job.yaml",
+     "name: required field is missing"),
+    ("temperature-type", HEAD + OK_PROMPTS + "params: {temperature: hot}\n", {}, "job.yaml",
+     "params.temperature: input should be a valid number"),
+    ("temperature-range", HEAD + OK_PROMPTS + "params: {temperature: 5}\n", {}, "job.yaml",
+     "params.temperature: input should be less than or equal to 2 (got 5)"),
+    ("model-temperature-type", "name: t\nmodels: [m/a, {id: m/b, params: {temperature: hot}}]\n"
+     + OK_PROMPTS, {}, "job.yaml", "models[1].params.temperature: input should be a valid number"),
+    ("repeats-zero", HEAD + OK_PROMPTS + "repeats: 0\n", {}, "job.yaml", "repeats: input should"),
+    ("concurrency-negative", HEAD + OK_PROMPTS + "limits: {concurrency: -5}\n", {}, "job.yaml",
+     "limits.concurrency: input should be greater than 0 (got -5)"),
+    ("budget-zero", HEAD + OK_PROMPTS + "budget_usd: 0\n", {}, "job.yaml", "budget_usd"),
+    ("job-provider", "name: t\nprovider: nope\nmodels: [m/a]\n" + OK_PROMPTS, {}, "job.yaml",
+     "provider: unknown provider 'nope'"),
+    ("model-provider", "name: t\nmodels: [m/a, {id: m/b, provider: nope}]\n" + OK_PROMPTS, {},
+     "job.yaml", "models[1].provider: unknown provider 'nope'"),
+    ("custom-provider-no-url", "name: t\nproviders: {local: {api_key_env: LOCAL_KEY}}\n"
+     "models: [m/a]\n" + OK_PROMPTS, {}, "job.yaml", "providers.local.base_url: required"),
+    ("provider-url-scheme", "name: t\nproviders: {Local: {base_url: 'ftp://x'}}\n"
+     "models: [m/a]\n" + OK_PROMPTS, {}, "job.yaml", "providers.Local.base_url: must start with"),
+    ("api-key-env-is-a-key", "name: t\nproviders:\n  local: {base_url: 'http://x/v1', "
+     "api_key_env: 'sk-or-v1-0123456789abcdef'}\nmodels: [m/a]\n" + OK_PROMPTS, {}, "job.yaml",
+     "providers.local.api_key_env: must be the NAME of an environment variable"),
+    ("simulated-with-url", "name: t\nproviders: {simulated: {base_url: 'http://x/v1'}}\n"
+     "models: [m/a]\n" + OK_PROMPTS, {}, "job.yaml", "providers.simulated:"),
+    ("undefined-var", HEAD + "prompts: [hi, 'Say {{ word }}']\n", {}, "job.yaml",
+     "prompts[1].text: undefined variable 'word'"),
+    ("undefined-var-in-job-system", HEAD + "system: 'Be {{ tone }}'\n" + OK_PROMPTS, {},
+     "job.yaml", "system: undefined variable 'tone'"),
+    ("undefined-var-in-messages", HEAD + "system: Be brief.\nprompts:\n  - messages:\n"
+     "      - {role: user, content: '{{ nope }}'}\n", {}, "job.yaml",
+     "prompts[0].messages[0].content: undefined variable 'nope'"),
+    ("template-syntax", HEAD + "prompts: [a, b, 'Say {{ word ']\nvars: {word: hi}\n", {},
+     "job.yaml", "prompts[2].text: template error on line 1"),
+    ("sandbox-escape", HEAD + "prompts: [\"{{ ''.__class__.__mro__ }}\"]\n", {}, "job.yaml",
+     "prompts[0].text: template cannot be rendered: access to attribute '__class__'"),
+    ("sandbox-escape-subclasses", HEAD + "prompts:\n  - id: x\n    text: \"{{ ().__class__"
+     ".__base__.__subclasses__() }}\"\n", {}, "job.yaml", "prompts[0].text: template cannot"),
+    ("sandbox-escape-globals", HEAD + "prompts: ['{{ cycler.__init__.__globals__ }}']\n", {},
+     "job.yaml", "prompts[0].text: template cannot be rendered"),
+    ("duplicate-prompt-id", HEAD + "prompts: [{id: a, text: x}, {id: a, text: y}]\n", {},
+     "job.yaml", "prompts[1].id: duplicate prompt id 'a' (also at prompts[0])"),
+    ("duplicate-id-inline-vs-file", HEAD + f"prompts: [{{id: a, text: x}}, {{file: {ROWS}}}]\n",
+     {ROWS: '{"id": "b", "text": "y"}\n{"id": "a", "text": "z"}\n'}, "job.yaml",
+     "rows.jsonl: row 2.id: duplicate prompt id 'a' (also at prompts[0])"),
+    ("text-and-messages", HEAD + "prompts:\n  - text: x\n    messages: [{role: user, "
+     "content: y}]\n", {}, "job.yaml",
+     "prompts[0]: give exactly one of text, messages or file (got text, messages)"),
+    ("neither-text-nor-messages", HEAD + "prompts: [{id: q, system: s}]\n", {}, "job.yaml",
+     "prompts[0]: give exactly one of text, messages or file"),
+    ("text-wrong-type", HEAD + "prompts: [a, b, {text: 5}]\n", {}, "job.yaml",
+     "prompts[2].text: input should be a valid string"),
+    ("bad-role", HEAD + "prompts: [{messages: [{role: bot, content: x}]}]\n", {}, "job.yaml",
+     "prompts[0].messages[0].role"),
+    ("file-with-other-keys", HEAD + f"prompts: [{{file: {ROWS}, id: x}}]\n",
+     {ROWS: '{"text": "y"}\n'}, "job.yaml", "prompts[0]: a `file:` item takes no other keys"),
+    ("missing-prompt-file", HEAD + "prompts: [{file: nothere.jsonl}]\n", {}, "nothere.jsonl",
+     "no such prompt file (named in prompts[0].file"),
+    ("bad-json-line", HEAD + f"prompts: [{{file: {ROWS}}}]\n",
+     {ROWS: '{"text": "ok"}\n{"text": "oops",}\n'}, ROWS, "line 2: invalid JSON"),
+    ("prompt-file-row-no-text", HEAD + f"prompts: [{{file: {ROWS}}}]\n",
+     {ROWS: '{"text": "ok"}\n{"id": "x"}\n'}, ROWS, "row 2"),
+    ("prompt-file-not-a-list", HEAD + "prompts: [{file: rows.yaml}]\n",
+     {"rows.yaml": "text: x\n"}, "rows.yaml", "must be a YAML list"),
+    ("prompt-file-suffix", HEAD + "prompts: [{file: rows.txt}]\n", {"rows.txt": "x\n"},
+     "rows.txt", "must end in .jsonl, .csv or .yaml"),
+    ("prompt-file-undefined-var", HEAD + f"prompts: [{{file: {ROWS}}}]\n",
+     {ROWS: '{"text": "ok"}\n{"text": "{{ nope }}"}\n'}, "job.yaml",
+     "rows.jsonl: row 2.text: undefined variable 'nope'"),
+    ("name-dotdot", "name: ../evil\nmodels: [m/a]\n" + OK_PROMPTS, {}, "job.yaml",
+     "name: must be one safe folder name"),
+    ("name-slash", "name: a/b\nmodels: [m/a]\n" + OK_PROMPTS, {}, "job.yaml",
+     "name: must be one safe folder name"),
+    ("duplicate-model", "name: t\nmodels: [m/a, m/b, m/a]\n" + OK_PROMPTS, {}, "job.yaml",
+     "models[2]: duplicate model 'm/a'"),
+    ("duplicate-alias", "name: t\nmodels: [m/a, {id: m/b, alias: m/a}]\n" + OK_PROMPTS, {},
+     "job.yaml", "models[1]: duplicate model 'm/a'"),
+    ("empty-job-vars", HEAD + "vars: {v: []}\nprompts: ['{{ v }}']\n", {}, "job.yaml",
+     "vars.v: empty list"),
+    ("empty-prompt-vars", HEAD + "prompts: [{text: '{{ v }}', vars: {v: []}}]\n", {},
+     "job.yaml", "prompts[0].vars.v: empty list"),
+    ("duplicate-var-value", HEAD + "vars: {v: [a, b, a]}\nprompts: ['{{ v }}']\n", {},
+     "job.yaml", "vars.v: duplicate value"),
+    ("openrouter-only-extra-body", "name: t\n" + LOCAL + "models:\n  - id: m/a\n"
+     "    provider: local\n    extra_body: {provider: {order: [x]}}\n" + OK_PROMPTS, {},
+     "job.yaml", "models[0].extra_body.provider: OpenRouter-only field"),
+    ("max-price-not-openrouter", "name: t\n" + LOCAL + "models:\n  - id: m/a\n"
+     "    provider: local\n    max_price: {prompt: 1}\n" + OK_PROMPTS, {}, "job.yaml",
+     "models[0].extra_body.provider: OpenRouter-only field"),
+    ("empty-models", "name: t\nmodels: []\n" + OK_PROMPTS, {}, "job.yaml",
+     "models: list should have at least 1 item"),
+    ("empty-prompts", HEAD + "prompts: []\n", {}, "job.yaml",
+     "prompts: list should have at least 1 item"),
+]
+BAD_IDS = [case[0] for case in BAD]
+RUN_TOO = {"missing-job-file", "unknown-top-key", "model-provider", "sandbox-escape",
+           "bad-json-line"}
+
+
+def write_case(tmp_path: Path, text: str | None, files: dict[str, str]) -> Path:
+    for name, content in files.items():
+        (tmp_path / name).write_text(content, encoding="utf-8")
+    path = tmp_path / "job.yaml"
+    if text is not None:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run the CLI, expect exit 2 and exactly one line on stderr; return that line."""
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(("text", "files", "named", "expected"),
+                         [case[1:] for case in BAD], ids=BAD_IDS)
+def test_bad_job_file_is_one_line_naming_file_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | None, files: dict[str, str],
+    named: str, expected: str,
+) -> None:
+    path = write_case(tmp_path, text, files)
+    line = one_error_line(capsys, ["validate", str(path)])
+    assert line.startswith("runner: error: ")
+    assert str(tmp_path / named) in line
+    assert expected in line
+
+
+@pytest.mark.parametrize(("text", "files", "named", "expected"),
+                         [case[1:] for case in BAD if case[0] in RUN_TOO],
+                         ids=[i for i in BAD_IDS if i in RUN_TOO])
+def test_run_refuses_bad_job_file_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | None, files: dict[str, str],
+    named: str, expected: str,
+) -> None:
+    path = write_case(tmp_path, text, files)
+    line = one_error_line(capsys, ["run", "--quiet", "--out", str(tmp_path / "out"), str(path)])
+    assert str(tmp_path / named) in line
+    assert expected in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_job_file_raises_job_file_error_with_field(tmp_path: Path) -> None:
+    path = write_case(tmp_path, HEAD + OK_PROMPTS + "params: {temperature: 5}\n", {})
+    with pytest.raises(JobFileError) as info:
+        load_job(path)
+    assert info.value.field == "params.temperature"
+    assert info.value.path == str(path)
+
+
+def test_sandbox_refuses_instead_of_rendering(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_case(tmp_path, HEAD + "prompts: [\"{{ ''.__class__.__mro__ }}\"]\n", {})
+    line = one_error_line(capsys, ["validate", str(path)])
+    assert "unsafe" in line and "<class" not in line and "mro" not in line.split(":")[-1]
+
+
+def test_key_given_as_api_key_env_is_not_echoed(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    secret = "sk-or-v1-0123456789abcdef0123456789"
+    path = write_case(tmp_path, f"name: t\nproviders:\n  local: {{base_url: 'http://x/v1', "
+                      f"api_key_env: '{secret}'}}\nmodels: [m/a]\n" + OK_PROMPTS, {})
+    line = one_error_line(capsys, ["validate", str(path)])
+    assert "api_key_env" in line
+    assert secret not in line and "0123456789" not in line
+
+
+# good paths ---------------------------------------------------------------------------------
+
+
+def load(tmp_path: Path, text: str, files: dict[str, str] | None = None) -> Job:
+    return load_job(write_case(tmp_path, text, files or {}))
+
+
+def test_quickstart_loads() -> None:
+    job = load_job(QUICKSTART)
+    assert job.name == "quickstart"
+    assert job.path == QUICKSTART
+    assert [m.label for m in job.models] == ["sim/fast-mini", "sim/balanced", "premium"]
+    assert {m.provider for m in job.models} == {"simulated"}
+    premium = job.models[2]
+    assert premium.id == "sim/premium-large"
+    assert dict(premium.params) == {"temperature": 0.2, "max_tokens": 96, "stream": True}
+    assert dict(job.models[0].params) == {"temperature": 0.7, "max_tokens": 96, "stream": True}
+    ids = [p.id for p in job.prompts]
+    assert ids[:3] == ["capital", "explain-gc", "haiku"]
+    assert "sql-join" in ids and len(ids) == len(set(ids)) == 10
+    by_id = {p.id: p for p in job.prompts}
+    assert dict(by_id["capital"].vars) == {"country": ("France", "Japan")}
+    assert dict(by_id["explain-gc"].vars) == {"language": ("Python", "Rust")}
+    assert dict(by_id["haiku"].vars) == {}
+    assert dict(by_id["summarize"].vars) == {"book": ("Moby-Dick",)}
+    assert job.repeats == 2 and job.budget_usd == 0.5
+    assert job.limits.concurrency == 16 and job.limits.stall_timeout_s == 20
+
+
+def test_quickstart_validates(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(QUICKSTART)]) == 0
+    out, err = capsys.readouterr()
+    assert "ok" in out and "78 requests" in out and err == ""
+
+
+PROMPT_FILES = {
+    "jsonl": '{"id": "q1", "text": "Say {{ word }} in {{ lang }}", "word": "hi", '
+             '"lang": ["en", "fr"]}\n\n{"id": 2, "text": "Plain", "note": "unused"}\n',
+    "csv": "id,text,word,lang\nq1,Say {{ word }} in {{ lang }},hi,en\n2,Plain,,\n",
+    "yaml": "- {id: q1, text: 'Say {{ word }} in {{ lang }}', word: hi, lang: [en, fr]}\n"
+            "- {id: 2, text: Plain, note: unused}\n",
+}
+
+
+@pytest.mark.parametrize("suffix", list(PROMPT_FILES))
+def test_prompt_file_rows_become_prompts_and_extra_columns_vars(tmp_path: Path,
+                                                                suffix: str) -> None:
+    job = load(tmp_path, HEAD + f"prompts: [{{file: rows.{suffix}}}, inline]\n",
+               {f"rows.{suffix}": PROMPT_FILES[suffix]})
+    first, second, inline = job.prompts
+    assert (first.id, second.id) == ("q1", "2")
+    assert first.messages == (Message("user", "Say {{ word }} in {{ lang }}"),)
+    langs = ("en",) if suffix == "csv" else ("en", "fr")
+    assert dict(first.vars) == {"lang": langs, "word": ("hi",)}
+    assert second.messages == (Message("user", "Plain"),) and dict(second.vars) == {}
+    assert inline.messages == (Message("user", "inline"),)
+
+
+def test_prompt_file_path_is_relative_to_the_job_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "rows.jsonl").write_text('{"id": "a", "text": "x"}\n')
+    job = load(tmp_path, HEAD + "prompts: [{file: sub/rows.jsonl}]\n")
+    assert [p.id for p in job.prompts] == ["a"]
+
+
+def test_prompt_file_rows_keep_system_expected_and_metadata(tmp_path: Path) -> None:
+    row = ('{"id": "a", "text": "x", "system": "S", "expected": "42", '
+           '"metadata": {"topic": "math"}}\n')
+    job = load(tmp_path, HEAD + "system: J\nprompts: [{file: rows.jsonl}]\n", {ROWS: row})
+    (prompt,) = job.prompts
+    assert prompt.messages == (Message("system", "S"), Message("user", "x"))
+    assert prompt.expected == "42" and dict(prompt.metadata) == {"topic": "math"}
+
+
+SYSTEM_CASES = [
+    ("job-system-prepended", "system: J\nprompts: [{id: a, text: x}]\n",
+     [("system", "J"), ("user", "x")]),
+    ("prompt-system-overrides", "system: J\nprompts: [{id: a, text: x, system: P}]\n",
+     [("system", "P"), ("user", "x")]),
+    ("prompt-system-without-job-system", "prompts: [{id: a, text: x, system: P}]\n",
+     [("system", "P"), ("user", "x")]),
+    ("no-system", "prompts: [{id: a, text: x}]\n", [("user", "x")]),
+    ("messages-keep-roles", "prompts:\n  - id: a\n    messages:\n"
+     "      - {role: user, content: u1}\n      - {role: assistant, content: a1}\n"
+     "      - {role: user, content: u2}\n",
+     [("user", "u1"), ("assistant", "a1"), ("user", "u2")]),
+    ("messages-get-job-system", "system: J\nprompts:\n  - id: a\n    messages:\n"
+     "      - {role: user, content: u1}\n      - {role: assistant, content: a1}\n",
+     [("system", "J"), ("user", "u1"), ("assistant", "a1")]),
+    ("messages-own-system-wins", "system: J\nprompts:\n  - id: a\n    messages:\n"
+     "      - {role: developer, content: d}\n      - {role: system, content: S}\n"
+     "      - {role: user, content: u}\n",
+     [("developer", "d"), ("system", "S"), ("user", "u")]),
+]
+
+
+@pytest.mark.parametrize(("yaml_tail", "expected"), [c[1:] for c in SYSTEM_CASES],
+                         ids=[c[0] for c in SYSTEM_CASES])
+def test_system_and_messages(tmp_path: Path, yaml_tail: str,
+                             expected: list[tuple[str, str]]) -> None:
+    (prompt,) = load(tmp_path, HEAD + yaml_tail).prompts
+    assert [(m.role, m.content) for m in prompt.messages] == expected
+
+
+def test_model_params_override_job_params(tmp_path: Path) -> None:
+    job = load(tmp_path, "name: t\nparams: {temperature: 0.7, max_tokens: 96, seed: 1}\n"
+               "models:\n  - m/a\n  - id: m/b\n    params: {temperature: 0.2, top_p: 0.9}\n"
+               + OK_PROMPTS)
+    a, b = job.models
+    assert dict(a.params) == {"temperature": 0.7, "max_tokens": 96, "seed": 1}
+    assert dict(b.params) == {"temperature": 0.2, "max_tokens": 96, "seed": 1, "top_p": 0.9}
+
+
+def test_plain_string_models_and_prompts(tmp_path: Path) -> None:
+    job = load(tmp_path, "name: t\nmodels: [openai/gpt-4o-mini, m/b]\nprompts: [hello, bye]\n")
+    a, b = job.models
+    assert (a.id, a.label, a.provider) == ("openai/gpt-4o-mini", "openai/gpt-4o-mini",
+                                           "openrouter")
+    assert dict(a.params) == {} and dict(a.extra_body) == {}
+    assert b.label == "m/b"
+    hello, bye = job.prompts
+    assert hello.messages == (Message("user", "hello"),)
+    assert hello.id.startswith("p-") and hello.id != bye.id
+    assert load(tmp_path, "name: t\nmodels: [x]\nprompts: [hello]\n").prompts[0].id == hello.id
+
+
+def test_custom_provider_and_max_price(tmp_path: Path) -> None:
+    job = load(tmp_path, "name: t\nprovider: local\n" + LOCAL
+               + "models:\n  - m/a\n  - {id: m/b, provider: openrouter, max_price: {prompt: 1}}\n"
+               + OK_PROMPTS)
+    local = job.providers["local"]
+    assert (local.base_url, local.openrouter, local.api_key_env) == (
+        "http://127.0.0.1:9/v1", False, None)
+    assert job.models[0].provider == "local"
+    assert dict(job.models[1].extra_body) == {"provider": {"max_price": {"prompt": 1.0}}}
+
+
+def test_missing_openrouter_key_is_a_clear_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
+    monkeypatch.setenv("OTHER_API_KEY", "sk-other-secret-value")
+    job = load(tmp_path, HEAD + OK_PROMPTS)
+    provider = job.providers[job.models[0].provider]
+    with pytest.raises(ConfigError, match="OPENROUTER_API_KEY") as info:
+        api_key(provider)
+    assert "openrouter" in str(info.value)
+    assert "sk-other-secret-value" not in str(info.value)
+
+
+def test_blank_openrouter_key_is_missing_and_a_set_key_is_returned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    provider = load(tmp_path, HEAD + OK_PROMPTS).providers["openrouter"]
+    monkeypatch.setenv("OPENROUTER_API_KEY", "   ")
+    with pytest.raises(ConfigError, match="OPENROUTER_API_KEY"):
+        api_key(provider)
+    monkeypatch.setenv("OPENROUTER_API_KEY", " sk-or-v1-test \n")
+    assert api_key(provider) == "sk-or-v1-test"
+
+
+def test_keyless_providers(tmp_path: Path) -> None:
+    job = load(tmp_path, HEAD + LOCAL + OK_PROMPTS)
+    assert api_key(job.providers["simulated"]) == "sim-key"
+    assert api_key(job.providers["local"]) == "EMPTY"
