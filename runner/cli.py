@@ -98,9 +98,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunnerError as exc:
         print(f"runner: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BaseExceptionGroup as group:  # an error raised inside a task group
+        leaf = _first_runner_error(group)
+        if leaf is None:
+            raise
+        print(f"runner: error: {leaf}", file=sys.stderr)
+        return leaf.exit_code
     except KeyboardInterrupt:
         print("runner: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _first_runner_error(group: BaseExceptionGroup[BaseException]) -> RunnerError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, RunnerError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_runner_error(exc)
+            if found is not None:
+                return found
+    return None
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

@@ -140,6 +140,8 @@ def print_plan(job_name: str, estimate: Any) -> None:
     table.add_row("total", "", str(total_requests), _usd(estimate.total_usd))
     console = _console()
     console.print(table)
+    for note in estimate.notes:
+        console.print(note)
     if estimate.budget_usd is None:
         console.print("no budget_usd set: spending is not capped")
     elif estimate.budget_covers is None:

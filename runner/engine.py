@@ -30,9 +30,9 @@ from .config import (
     Job,
     Limits,
 )
+from .errors import ProviderError
 from .limits import Gates
 from .manifest import Manifest
-from .errors import ProviderError
 from .plan import Plan, Request
 from .pricing import Price, typical_prompt_tokens, worst_case_usd
 from .result import ERROR, OK, SKIPPED, Result

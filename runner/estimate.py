@@ -28,6 +28,7 @@ class ModelEstimate:
 class Estimate:
     models: tuple[ModelEstimate, ...]
     budget_usd: float | None
+    notes: tuple[str, ...] = ()   # e.g. a catalogue that could not be read
 
     @property
     def total_usd(self) -> float | None:
@@ -63,4 +64,5 @@ async def estimate(job: Job, *, budget_usd: float | None = None,
         models=tuple(ModelEstimate(m.label, m.provider, counts[m.label], totals[m.label])
                      for m in job.models),
         budget_usd=budget_usd if budget_usd is not None else job.budget_usd,
+        notes=tuple(f"prices unknown: {exc}" for exc in providers.errors.values()),
     )

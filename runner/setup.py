@@ -19,7 +19,7 @@ import anyio
 from .catalogue import load_catalogue
 from .client import Endpoint
 from .config import SIMULATED, Job, api_key
-from .errors import JobFileError
+from .errors import JobFileError, ProviderError
 from .pricing import Price
 from .schema import SimulatorIn
 
@@ -30,6 +30,7 @@ class Providers:
     prices: dict[tuple[str, str], Price] = field(default_factory=dict)   # (provider, model id)
     catalogues: dict[str, set[str]] = field(default_factory=dict)
     simulator_url: str | None = None
+    errors: dict[str, ProviderError] = field(default_factory=dict)   # unreadable catalogues
 
 
 def simulated_models(settings: SimulatorIn, path: object = "<job>") -> tuple[object, ...]:
@@ -90,7 +91,11 @@ async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
         out.endpoints[name] = endpoint
 
     async def read(name: str) -> None:
-        ids, prices = await load_catalogue(out.endpoints[name], refresh=refresh_prices)
+        try:
+            ids, prices = await load_catalogue(out.endpoints[name], refresh=refresh_prices)
+        except ProviderError as exc:
+            out.errors[name] = exc
+            return
         out.catalogues[name] = ids
         for model_id, price in prices.items():
             out.prices[(name, model_id)] = price
@@ -98,6 +103,8 @@ async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
     async with anyio.create_task_group() as tg:
         for name in used:
             tg.start_soon(read, name)
+    if out.errors and require_keys:
+        raise next(iter(out.errors.values()))
     for model in job.models:  # the job's own pricing: table wins over any catalogue
         if model.id in job.pricing:
             out.prices[(model.provider, model.id)] = job.pricing[model.id]

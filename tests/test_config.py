@@ -42,6 +42,8 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
     ("repeats-zero", HEAD + OK_PROMPTS + "repeats: 0\n", {}, "job.yaml", "repeats: input should"),
     ("concurrency-negative", HEAD + OK_PROMPTS + "limits: {concurrency: -5}\n", {}, "job.yaml",
      "limits.concurrency: input should be greater than 0 (got -5)"),
+    ("pricing-negative", HEAD + OK_PROMPTS + "pricing:\n  Org/Model: {usd_per_mtok_prompt: -1, "
+     "usd_per_mtok_completion: 1}\n", {}, "job.yaml", "pricing.Org/Model.usd_per_mtok_prompt"),
     ("budget-zero", HEAD + OK_PROMPTS + "budget_usd: 0\n", {}, "job.yaml", "budget_usd"),
     ("job-provider", "name: t\nprovider: nope\nmodels: [m/a]\n" + OK_PROMPTS, {}, "job.yaml",
      "provider: unknown provider 'nope'"),
@@ -118,7 +120,7 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
      "    provider: local\n    extra_body: {provider: {order: [x]}}\n" + OK_PROMPTS, {},
      "job.yaml", "models[0].extra_body.provider: OpenRouter-only field"),
     ("max-price-not-openrouter", "name: t\n" + LOCAL + "models:\n  - id: m/a\n"
-     "    provider: local\n    max_price: {prompt: 1}\n" + OK_PROMPTS, {}, "job.yaml",
+     "    provider: local\n    max_price_usd_per_mtok: {prompt: 1}\n" + OK_PROMPTS, {}, "job.yaml",
      "models[0].extra_body.provider: OpenRouter-only field"),
     ("empty-models", "name: t\nmodels: []\n" + OK_PROMPTS, {}, "job.yaml",
      "models: list should have at least 1 item"),
@@ -330,8 +332,8 @@ def test_plain_string_models_and_prompts(tmp_path: Path) -> None:
 
 def test_custom_provider_and_max_price(tmp_path: Path) -> None:
     job = load(tmp_path, "name: t\nprovider: local\n" + LOCAL
-               + "models:\n  - m/a\n  - {id: m/b, provider: openrouter, max_price: {prompt: 1}}\n"
-               + OK_PROMPTS)
+               + "models:\n  - m/a\n  - id: m/b\n    provider: openrouter\n"
+               "    max_price_usd_per_mtok: {prompt: 1}\n" + OK_PROMPTS)
     local = job.providers["local"]
     assert (local.base_url, local.openrouter, local.api_key_env) == (
         "http://127.0.0.1:9/v1", False, None)
