@@ -10,7 +10,8 @@ import pytest
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
-CAPTURES = ROOT.parent / "shared" / "openrouter"
+# verbatim copies of ../shared/openrouter/ (real OpenRouter payloads), kept with the tests
+CAPTURES = ROOT / "tests" / "data" / "openrouter"
 
 
 @pytest.fixture(autouse=True)

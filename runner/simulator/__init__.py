@@ -5,8 +5,9 @@ loopback endpoint speaking OpenRouter (/api/v1) and plain OpenAI (/v1) out.
         client = AsyncOpenAI(api_key="sim", base_url=sim.base_url, max_retries=0)
 """
 
+from runner.simulator.account import Account
 from runner.simulator.arrivals import Arrival
 from runner.simulator.models import DEFAULT_MODELS, FAULT_NAMES, Faults, SimModel
 from runner.simulator.server import Simulator, serve
 
-__all__ = ["DEFAULT_MODELS", "FAULT_NAMES", "Arrival", "Faults", "SimModel", "Simulator", "serve"]
+__all__ = ["DEFAULT_MODELS", "FAULT_NAMES", "Account", "Arrival", "Faults", "SimModel", "Simulator", "serve"]

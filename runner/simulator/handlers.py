@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import orjson
 from aiohttp import web
 
+from runner.simulator.account import Account
 from runner.simulator.arrivals import Arrival, ArrivalLog
 from runner.simulator.catalog import models_body
 from runner.simulator.faults import Fate, draw_fate, status_of
@@ -23,7 +24,7 @@ from runner.simulator.replies import (
     send_stream,
     upstream_failed,
 )
-from runner.simulator.text import generate
+from runner.simulator.text import Completion, generate
 from runner.simulator.wire import Dialect, new_head, usage
 
 REQUEST_ID_HEADER = "X-Runner-Request-Id"
@@ -32,9 +33,11 @@ REQUEST_ID_HEADER = "X-Runner-Request-Id"
 class ChatService:
     """The state behind the endpoints: served models, seed, arrival counters and log."""
 
-    __slots__ = ("_arrival_counts", "_closing", "_log", "_models", "_seed")
+    __slots__ = ("_account", "_arrival_counts", "_closing", "_log", "_models", "_seed")
 
-    def __init__(self, models: Sequence[SimModel], seed: int, log: ArrivalLog) -> None:
+    def __init__(self, models: Sequence[SimModel], seed: int, log: ArrivalLog,
+                 account: Account | None = None) -> None:
+        self._account = account or Account()
         self._models = {m.id: m for m in models}
         if len(self._models) != len(models):
             raise ValueError("Simulator: model ids must be unique")
@@ -93,6 +96,9 @@ class ChatService:
         if not authorization_ok:
             record(401, claimed_model, claimed_stream)
             return error_response(401, "No auth credentials found")
+        if self._account.rejects(request.headers.get("Authorization")):
+            record(401, claimed_model, claimed_stream, "auth")
+            return error_response(401, "User not found.")
         order = parse_order(body, dialect, self._models)
         if isinstance(order, Rejection):
             record(order.status, claimed_model, claimed_stream)
@@ -101,17 +107,12 @@ class ChatService:
         arrival_index = self._arrival_counts.get(model.id, 0)
         self._arrival_counts[model.id] = arrival_index + 1
         fate = draw_fate(model, sim_seed=self._seed, arrival_index=arrival_index)
-        record(status_of(fate, stream=order.stream), model.id, order.stream, fate.fault)
         if fate.fault == "rate_limit":
+            record(429, model.id, order.stream, fate.fault)
             return rate_limited(model)
         if fate.fault == "error":
+            record(status_of(fate, stream=order.stream), model.id, order.stream, fate.fault)
             return upstream_failed(model, fate.error_status)
-        return await self._reply(request, dialect, order, fate)
-
-    async def _reply(
-        self, request: web.Request, dialect: Dialect, order: Order, fate: Fate
-    ) -> web.StreamResponse:
-        model = order.model
         completion = generate(
             sim_seed=self._seed,
             model_id=model.id,
@@ -120,6 +121,19 @@ class ChatService:
             reasoning=model.reasoning,
             cap_tokens=order.cap_tokens,
         )
+        refusal = self._account.charge(model, order.prompt_tokens, order.cap_tokens,
+                                       completion.completion_tokens)
+        if refusal is not None:
+            record(402, model.id, order.stream, "credits")
+            return error_response(402, refusal)
+        record(status_of(fate, stream=order.stream), model.id, order.stream, fate.fault)
+        return await self._reply(request, dialect, order, fate, completion)
+
+    async def _reply(
+        self, request: web.Request, dialect: Dialect, order: Order, fate: Fate,
+        completion: Completion,
+    ) -> web.StreamResponse:
+        model = order.model
         head = new_head(dialect, model)
         usage_obj = usage(head, model, order.prompt_tokens, completion)
         send = send_stream if order.stream else send_completion

@@ -14,6 +14,7 @@ from types import TracebackType
 
 from aiohttp import web
 
+from runner.simulator.account import Account
 from runner.simulator.arrivals import Arrival, ArrivalLog
 from runner.simulator.handlers import ChatService
 from runner.simulator.models import DEFAULT_MODELS, SimModel
@@ -66,10 +67,11 @@ async def serve(
     seed: int = 0,
     request_log: Path | None = None,
     on_ready: Callable[[int], None] | None = None,
+    account: Account | None = None,
 ) -> None:
     """Serve on the running loop until cancelled; `on_ready(port)` is called once listening."""
     log = ArrivalLog(request_log)
-    service = ChatService(models, seed, log)
+    service = ChatService(models, seed, log, account)
     try:
         runner, bound_port = await _listen(service, host, port)
         try:
@@ -94,7 +96,9 @@ class Simulator:
         port: int = 0,
         seed: int = 0,
         request_log: Path | None = None,
+        account: Account | None = None,
     ) -> None:
+        self._account = account
         self._models = tuple(models)
         if len({m.id for m in self._models}) != len(self._models):
             raise ValueError("Simulator: model ids must be unique")
@@ -137,7 +141,7 @@ class Simulator:
             return self
 
     async def _boot(self) -> None:
-        self._service = ChatService(self._models, self._seed, self._log)
+        self._service = ChatService(self._models, self._seed, self._log, self._account)
         self._runner, self._port = await _listen(self._service, self._host, self._requested_port)
 
     def stop(self) -> None:
