@@ -29,6 +29,10 @@ class Pause:
         self._clock = clock
         self.spread_s = spread_s
 
+    @property
+    def active(self) -> bool:
+        return self.resume_at > self._clock()
+
     def pause_for(self, seconds: float) -> None:
         self.resume_at = max(self.resume_at, self._clock() + seconds)
 
@@ -103,13 +107,16 @@ class Gates:
             for scope in scopes:
                 if scope.concurrency is not None:
                     await stack.enter_async_context(scope.concurrency)
-            for scope in scopes:
-                await scope.pause.wait()
-                if scope.rpm is not None:
-                    await scope.rpm.acquire()
-                if scope.tpm is not None:
-                    await scope.tpm.acquire(min(float(tokens), scope.tpm_capacity))
-            # a 429 may have arrived while we waited for the rate limiters: honour it too
-            for scope in scopes:
-                await scope.pause.wait()
+            while True:
+                for scope in scopes:
+                    await scope.pause.wait()
+                for scope in scopes:
+                    if scope.rpm is not None:
+                        await scope.rpm.acquire()
+                    if scope.tpm is not None:
+                        await scope.tpm.acquire(min(float(tokens), scope.tpm_capacity))
+                # a 429 that came while we queued at the rate limiters voids the tokens we got:
+                # spending them after the pause would make its end a herd
+                if not any(scope.pause.active for scope in scopes):
+                    break
             yield

@@ -197,7 +197,7 @@ class JobIn(Strict):
 def field_names() -> set[str]:
     """Every key any job-file section accepts (for 'did you mean' hints)."""
     names: set[str] = set()
-    for model in (MaxPriceIn, PriceIn, ParamsIn, LimitsIn, ProviderIn, FaultsIn, SimModelIn, SimulatorIn, ModelIn,
-                  MessageIn, PromptIn, OutputIn, JobIn):
+    for model in (MaxPriceIn, PriceIn, ParamsIn, LimitsIn, ProviderIn, FaultsIn, SimModelIn,
+                  SimulatorIn, ModelIn, MessageIn, PromptIn, OutputIn, JobIn):
         names.update(model.model_fields)
     return names

@@ -10,4 +10,7 @@ from runner.simulator.arrivals import Arrival
 from runner.simulator.models import DEFAULT_MODELS, FAULT_NAMES, Faults, SimModel
 from runner.simulator.server import Simulator, serve
 
-__all__ = ["DEFAULT_MODELS", "FAULT_NAMES", "Account", "Arrival", "Faults", "SimModel", "Simulator", "serve"]
+__all__ = [
+    "DEFAULT_MODELS", "FAULT_NAMES", "Account", "Arrival", "Faults", "SimModel", "Simulator",
+    "serve",
+]
