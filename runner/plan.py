@@ -15,7 +15,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
+from jinja2 import TemplateError
+
 from .config import Job, Message, ModelSpec, Prompt
+from .errors import JobFileError
 from .templates import render
 
 
@@ -70,8 +73,12 @@ class Plan(Sequence[Request]):
         prompt = self.job.prompts[p]
         variables = _combination(prompt, unit - self._prefix[p])
         model = self.job.models[m]
-        messages = tuple(Message(msg.role, render(msg.content, variables))
-                         for msg in prompt.messages)
+        try:
+            messages = tuple(Message(msg.role, render(msg.content, variables))
+                             for msg in prompt.messages)
+        except TemplateError as exc:  # only some var values can trip the sandbox or a filter
+            raise JobFileError(self.job.path, f"prompts[id={prompt.id}]",
+                               f"template cannot be rendered with {variables}: {exc}") from None
         return Request(index=i,
                        request_id=request_id(model, prompt.id, variables, messages, repeat),
                        model=model, prompt_id=prompt.id, repeat=repeat, vars=variables,
