@@ -21,9 +21,9 @@ class Budget:
 
     __slots__ = ("budget_usd", "spent_usd", "reserved_usd", "refused", "overruns")
 
-    def __init__(self, budget_usd: float | None) -> None:
+    def __init__(self, budget_usd: float | None, spent_usd: float = 0.0) -> None:
         self.budget_usd = budget_usd
-        self.spent_usd = 0.0
+        self.spent_usd = spent_usd  # a resumed run starts with what it spent before
         self.reserved_usd = 0.0     # held by attempts in flight
         self.refused = 0
         self.overruns = 0           # attempts whose actual cost exceeded their reservation

@@ -51,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--budget-usd", type=_positive_float, help="never spend more than this")
     run.add_argument("--refresh-prices", action="store_true",
                      help="fetch model prices anew instead of using the day-old cache")
+    run.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
+                     help="continue a run in place (default: the latest run of the job)")
+    run.add_argument("--retry-errors", action="store_true",
+                     help="with --resume: send errored requests again")
+    run.add_argument("--force", action="store_true",
+                     help="with --resume: go on even if the job's plan changed")
+    run.add_argument("--grace-s", type=_positive_float, default=10.0,
+                     help="after Ctrl-C, seconds in-flight requests may take (default 10)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
 
     validate = sub.add_parser("validate", help="check a job file without sending anything")
@@ -171,10 +179,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     async def go() -> Any:
         return await run_job(job, out_dir=args.out, concurrency=args.concurrency, rpm=args.rpm,
                              budget_usd=args.budget_usd, progress=progress,
-                             refresh_prices=args.refresh_prices)
+                             refresh_prices=args.refresh_prices, resume=args.resume,
+                             retry_errors=args.retry_errors, force=args.force,
+                             handle_signals=True, grace_s=args.grace_s)
 
+    if (args.retry_errors or args.force) and args.resume is None:
+        raise ConfigError("--retry-errors and --force only apply with --resume")
     outcome = anyio.run(go)
     print_summary(outcome)
+    if outcome.status == "interrupted":
+        print(f"runner: interrupted; continue with: runner run {args.job} --resume "
+              f"{outcome.run_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -30,6 +30,7 @@ STATUS_ERRORS = {
     422: "unprocessable", 429: "rate_limited", 500: "server_error", 502: "bad_gateway",
     503: "unavailable", 504: "gateway_timeout", 524: "upstream_timeout", 529: "overloaded",
 }
+MAX_EVENT_BYTES = 16 * 1024 * 1024  # an SSE line longer than this is not a chat chunk
 
 
 def classify_status(status: int) -> str:
@@ -169,33 +170,61 @@ class Endpoint:
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, attempt: Attempt,
                            t0: float) -> None:
-        parts: list[str] = []
-        done = False
+        # Block by block, not line by line: aiohttp's readline() costs more per line than the
+        # JSON decoding does, and one read returns every event that has arrived. Each block is
+        # timestamped once, right after the read that returned it.
         content = resp.content
-        while True:
-            line = await content.readline()
-            if not line:
+        parts: list[str] = []
+        tail = b""
+        done: bool | None = None    # True: [DONE] came; False: the stream failed; None: reading
+        while done is None:
+            block = await content.readany()
+            if not block:           # EOF; a last line without its newline still counts
+                if tail:
+                    done = self._events((tail,), attempt, parts, self._clock() - t0)
                 break
+            at_s = self._clock() - t0
+            lines = (tail + block if tail else block).split(b"\n")
+            tail = lines.pop()
+            if len(tail) > MAX_EVENT_BYTES:
+                attempt.fail("malformed", f"an SSE line longer than {MAX_EVENT_BYTES} bytes")
+                done = False
+                break
+            done = self._events(lines, attempt, parts, at_s)
+        attempt.text = "".join(parts)
+        if done is False:
+            return
+        if not done and attempt.finish_reason is None:
+            attempt.fail("disconnect", "stream ended before [DONE] without a finish_reason")
+            return
+        if attempt.finish_reason == "error":
+            attempt.fail("stream_error", "the provider ended the stream with finish_reason=error")
+            return
+        attempt.ok = True
+
+    @staticmethod
+    def _events(lines: Iterable[bytes], attempt: Attempt, parts: list[str],
+                at_s: float) -> bool | None:
+        """Fold SSE lines into `attempt`: True at [DONE], False if the stream failed, else None."""
+        for line in lines:
             if not line.startswith(b"data:"):
                 continue  # blank separators, ": OPENROUTER PROCESSING" keep-alives, event:/id:
             payload = line[5:].strip()
             if payload == b"[DONE]":
-                done = True
-                break
+                return True
             try:
                 chunk = orjson.loads(payload)
             except orjson.JSONDecodeError:
                 attempt.fail("malformed", f"invalid JSON in stream: {payload[:80]!r}")
-                attempt.text = "".join(parts)
-                return
+                return False
             if not isinstance(chunk, dict):
                 continue
             if "error" in chunk:
-                message, _ = _error_fields(chunk["error"])
-                code = chunk["error"].get("code") if isinstance(chunk["error"], dict) else None
-                attempt.text = "".join(parts)
+                error = chunk["error"]
+                message, _ = _error_fields(error)
+                code = error.get("code") if isinstance(error, dict) else None
                 attempt.fail("stream_error", _with_code(message or "error chunk in stream", code))
-                return
+                return False
             choices = chunk.get("choices")
             if choices:
                 choice = choices[0]
@@ -205,7 +234,7 @@ class Endpoint:
                     parts.append(text)
                 if attempt.ttft_s is None and (text or delta.get("reasoning")
                                                or delta.get("reasoning_content")):
-                    attempt.ttft_s = self._clock() - t0
+                    attempt.ttft_s = at_s
                 if choice.get("finish_reason"):
                     attempt.finish_reason = choice["finish_reason"]
                 if choice.get("native_finish_reason"):
@@ -217,14 +246,7 @@ class Endpoint:
                 attempt.generation_id = chunk.get("id")
                 attempt.model_served = chunk.get("model")
                 attempt.upstream = chunk.get("provider")
-        attempt.text = "".join(parts)
-        if not done and attempt.finish_reason is None:
-            attempt.fail("disconnect", "stream ended before [DONE] without a finish_reason")
-            return
-        if attempt.finish_reason == "error":
-            attempt.fail("stream_error", "the provider ended the stream with finish_reason=error")
-            return
-        attempt.ok = True
+        return None
 
     def _parse_body(self, raw: bytes, attempt: Attempt) -> None:
         try:

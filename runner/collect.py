@@ -131,15 +131,22 @@ class Collector:
         return sorted(self._parts_dir.glob("part-*.parquet"))
 
     def finish(self) -> Path:
-        """Merge the parts into requests.parquet (and .csv), part by part to keep memory flat."""
+        """Merge the parts into requests.parquet (and .csv), part by part to keep memory flat.
+
+        A request id written more than once (a resumed run sending it again) keeps its last row.
+        """
         self.write_part(self.take())
         final = self.run_dir / "requests.parquet"
         tmp = self.run_dir / ".requests.parquet.tmp"
         csv_tmp = self.run_dir / ".requests.csv.tmp"
         csv_writer = pacsv.CSVWriter(csv_tmp, _PLAIN) if self.write_csv else None
+        parts = self.part_files()
+        keep = latest_rows(parts)
         with pq.ParquetWriter(tmp, file_schema()) as writer:
-            for part in self.part_files():
+            for n, part in enumerate(parts):
                 table = pq.read_table(part, schema=file_schema())
+                if len(keep[n]) != table.num_rows:
+                    table = table.take(keep[n])
                 writer.write_table(table)
                 if csv_writer is not None:
                     csv_writer.write_table(table.cast(_PLAIN))
@@ -153,6 +160,19 @@ class Collector:
 def write_summary(run_dir: Path, summary: Any) -> None:
     """summary.csv: one line per model (a pandas DataFrame from `report.summarize`)."""
     write_atomic(run_dir / "summary.csv", summary.to_csv(index=False).encode())
+
+
+def latest_rows(parts: list[Path]) -> list[list[int]]:
+    """For each part file, the indices of the rows that are the last one of their request id."""
+    last: dict[str, tuple[int, int]] = {}
+    for n, part in enumerate(parts):
+        ids = pq.read_table(part, columns=["request_id"]).column(0).to_pylist()
+        for i, rid in enumerate(ids):
+            last[rid] = (n, i)
+    keep: list[list[int]] = [[] for _ in parts]
+    for n, i in last.values():
+        keep[n].append(i)
+    return [sorted(rows) for rows in keep]
 
 
 def versions() -> dict[str, str]:

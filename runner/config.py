@@ -18,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from . import schema
+from .checks import Check, CheckSet, build_check_set, compile_expected
 from .errors import ConfigError, JobFileError
 from .pricing import Price
 from .prompt_files import read_prompt_file
@@ -91,6 +92,7 @@ class Prompt:
     vars: Mapping[str, tuple[Any, ...]]   # only the vars the templates use, each a value list
     expected: Any = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    checks: tuple[Check, ...] = ()        # from `expected`, compiled
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,7 @@ class Job:
     write_csv: bool
     simulator: schema.SimulatorIn
     snapshot: Mapping[str, Any]   # the job file as parsed (it holds env var names, never keys)
+    checks: CheckSet = CheckSet()  # each prompt's checks: its expected + job-level `checks:`
 
 
 def load_job(path: str | os.PathLike[str]) -> Job:
@@ -230,6 +233,7 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any]) -> Job:
         output_dir=Path(job.output.dir) if Path(job.output.dir).is_absolute()
         else Path.cwd() / job.output.dir,
         write_csv=job.output.csv, simulator=job.simulator, snapshot=raw,
+        checks=build_check_set(job.checks, {p.id: p.checks for p in prompts}, path=path),
     )
 
 
@@ -327,7 +331,8 @@ def _prompt(path: Path, where: str, item: schema.PromptIn, job: schema.JobIn) ->
     prompt_id = item.id or "p-" + hashlib.sha256(
         "\x1f".join(m.content for m in messages).encode()).hexdigest()[:10]
     return Prompt(id=prompt_id, messages=tuple(messages), vars=dict(sorted(used.items())),
-                  expected=item.expected, metadata=dict(item.metadata))
+                  expected=item.expected, metadata=dict(item.metadata),
+                  checks=compile_expected(item.expected, path=path, field_name=f"{where}.expected"))
 
 
 def api_key(provider: Provider) -> str:

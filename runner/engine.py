@@ -7,8 +7,8 @@ and the cost guard (`budget`) before it is sent; retries, backoff and 429 pauses
 
 from __future__ import annotations
 
-import json
 import random
+import signal
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -34,8 +34,10 @@ from .errors import ProviderError
 from .limits import Gates
 from .manifest import Manifest
 from .plan import Plan, Request
-from .pricing import Price, typical_prompt_tokens, worst_case_usd
+from .pricing import typical_prompt_tokens, worst_case_usd
 from .result import ERROR, OK, SKIPPED, Result
+from .resume import INTERRUPTED, find_run_dir, load_previous, plan_summary
+from .rows import attempt_cost, fold, new_result
 from .setup import Providers, open_providers
 
 if TYPE_CHECKING:
@@ -87,45 +89,69 @@ class _Run:
     counts: dict[str, int] = field(default_factory=lambda: {OK: 0, ERROR: 0, SKIPPED: 0})
     stop_reason: dict[str, str] = field(default_factory=dict)   # provider -> why it stopped
     budget_changed: anyio.Event = field(default_factory=anyio.Event)
+    skip: set[str] = field(default_factory=set)     # request ids a resumed run must not send
+    stopping: bool = False                          # a signal came: schedule nothing more
+    interrupted: bool = False
 
 
 async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | None = None,
                   rpm: float | None = None, budget_usd: float | None = None,
                   progress: Progress | None = None, refresh_prices: bool = False,
+                  resume: str | Path | None = None, retry_errors: bool = False,
+                  force: bool = False, handle_signals: bool = False, grace_s: float = 10.0,
                   clock: Callable[[], float] = time.perf_counter,
-                  flush_rows: int = 500, flush_s: float = 2.0) -> RunOutcome:
-    """Run every request of `job` and write the results; request errors are rows, not raises."""
+                  flush_rows: int = 500, flush_s: float = 1.0) -> RunOutcome:
+    """Run every request of `job` and write the results; request errors are rows, not raises.
+
+    `resume` ("latest" or a run directory) continues an earlier run in place. With
+    `handle_signals`, the first SIGINT/SIGTERM stops scheduling and lets in-flight requests
+    finish for `grace_s`; a second cancels them at once. Either way the rows are flushed.
+    """
     plan = Plan(job)
     limits = Limits(concurrency=concurrency, rpm=rpm).over(job.limits).over(
         Limits(concurrency=DEFAULT_CONCURRENCY, timeout_s=DEFAULT_TIMEOUT_S,
                stall_timeout_s=DEFAULT_STALL_TIMEOUT_S, retries=DEFAULT_RETRIES))
-    budget = Budget(budget_usd if budget_usd is not None else job.budget_usd)
+    root = out_dir or job.output_dir
+    previous = None
+    if resume is not None:
+        previous = load_previous(find_run_dir(root, job.name, str(resume)), job, force=force)
+    budget = Budget(budget_usd if budget_usd is not None else job.budget_usd,
+                    spent_usd=previous.spent_usd if previous else 0.0)
     async with AsyncExitStack() as stack:
         providers = await open_providers(stack, job, connections=limits.concurrency or 1,
                                          clock=clock, refresh_prices=refresh_prices,
                                          need_prices=budget.budget_usd is not None
                                          or job.max_cost_per_request_usd is not None)
-        run_id = new_run_id()
-        run_dir = run_dir_for(out_dir or job.output_dir, job.name, run_id)
+        if previous is not None:
+            run_dir, run_id = previous.run_dir, str(previous.manifest["run_id"])
+        else:
+            run_id = new_run_id()
+            run_dir = run_dir_for(root, job.name, run_id)
         collector = Collector(run_dir, write_csv=job.write_csv, flush_rows=flush_rows)
-        manifest = Manifest(run_dir, job, run_id, plan_size=len(plan), limits=limits)
+        manifest = Manifest(run_dir, job, run_id, plan_size=len(plan), limits=limits,
+                            plan=plan_summary(job), previous=previous)
         manifest.write("running", budget=budget.figures())
         # limits wait on the event loop's clock (what anyio.sleep counts in), not on `clock`
         run = _Run(job, run_id, providers, Gates.build(job, limits, anyio.current_time), budget,
-                   collector, limits, clock, progress)
+                   collector, limits, clock, progress,
+                   skip=previous.skip(retry_errors) if previous else set())
         if progress is not None:
-            progress.start(len(plan))
+            progress.start(len(plan) - len(run.skip))
         status = "failed"
         try:
-            await _pool(run, plan, flush_s)
-            status = "failed" if "auth" in run.stop_reason.values() else "completed"
+            await _pool(run, plan, flush_s, handle_signals, grace_s)
+            if run.interrupted:
+                status = "interrupted"
+            else:
+                status = "failed" if "auth" in run.stop_reason.values() else "completed"
         finally:
             if progress is not None:
                 progress.stop()
             with anyio.CancelScope(shield=True):
                 totals = await anyio.to_thread.run_sync(_finish_files, collector)
-                final = manifest.write(status, budget=budget.figures(), counts=run.counts,
-                                       totals=totals, stopped=run.stop_reason)
+                final = manifest.write(status, budget=budget.figures(),
+                                       counts=totals.pop("counts", run.counts), totals=totals,
+                                       stopped=run.stop_reason)
     rejected = [name for name, why in run.stop_reason.items() if why == "auth"]
     if rejected:
         provider = job.providers[rejected[0]]
@@ -133,21 +159,28 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
             f"provider {provider.name!r} rejected the API key in {provider.api_key_env} "
             f"(HTTP 401): check that key; the run stopped after the first rejection "
             f"({run.counts[SKIPPED]} requests not sent; rows in {run_dir})")
-    return RunOutcome(run_dir, run_id, status, dict(run.counts), final)
+    return RunOutcome(run_dir, run_id, status, dict(final["counts"]), final)
 
 
-async def _pool(run: _Run, plan: Plan, flush_s: float) -> None:
+async def _pool(run: _Run, plan: Plan, flush_s: float, handle_signals: bool,
+                grace_s: float) -> None:
     workers = run.limits.concurrency or 1
     send, receive = anyio.create_memory_object_stream[Request](max_buffer_size=workers)
 
+    producing = anyio.CancelScope()
+
     async def produce() -> None:
-        async with send:
-            for request in plan:
-                await send.send(request)
+        with producing:
+            async with send:
+                for request in plan:
+                    if request.request_id not in run.skip:
+                        await send.send(request)
 
     async def work(inbox: anyio.abc.ObjectReceiveStream[Request]) -> None:
         async with inbox:
             async for request in inbox:
+                if run.stopping:
+                    return  # not attempted: a resume sends it
                 await _handle(run, request)
 
     async def flush_every() -> None:
@@ -155,9 +188,21 @@ async def _pool(run: _Run, plan: Plan, flush_s: float) -> None:
             await anyio.sleep(flush_s)
             await _flush(run)
 
+    async def on_signals(pool: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                if run.stopping:  # the second signal: cancel in-flight requests now
+                    pool.cancel()
+                    return
+                run.stopping = run.interrupted = True
+                producing.cancel()  # closes the stream: idle workers end, busy ones finish
+                pool.deadline = anyio.current_time() + grace_s
+
     async with anyio.create_task_group() as outer:
         outer.start_soon(flush_every)
         async with anyio.create_task_group() as tg:
+            if handle_signals:
+                outer.start_soon(on_signals, tg.cancel_scope)
             tg.start_soon(produce)
             for _ in range(workers):
                 tg.start_soon(work, receive.clone())
@@ -173,12 +218,16 @@ def _finish_files(collector: Collector) -> dict[str, Any]:
     from .report import summarize
 
     final = collector.finish()
-    df = pq.read_table(final).to_pandas()
+    columns = ["model", "status", "latency_s", "ttft_s", "tpot_s", "output_tokens_per_s",
+               "prompt_tokens", "completion_tokens", "cost_usd"]
+    df = pq.read_table(final, columns=columns).to_pandas()  # not the texts: memory stays flat
+    counts = {str(k): int(v) for k, v in df["status"].value_counts().items()}
     if not len(df):
-        return {"requests": 0}
+        return {"requests": 0, "counts": counts}
     summary = summarize(df)
     write_summary(collector.run_dir, summary)
     return {
+        "counts": counts,
         "requests": len(df),
         "cost_usd": float(df["cost_usd"].sum()),
         "prompt_tokens": int(df["prompt_tokens"].sum()),
@@ -195,19 +244,8 @@ async def _flush(run: _Run) -> None:
         await anyio.to_thread.run_sync(run.collector.write_part, rows)
 
 
-def _new_result(run: _Run, request: Request) -> Result:
-    return Result(
-        run_id=run.run_id, job=run.job.name, request_id=request.request_id, index=request.index,
-        model=request.model.label, model_id=request.model.id, provider=request.model.provider,
-        prompt_id=request.prompt_id, repeat=request.repeat,
-        vars_json=json.dumps(dict(request.vars), sort_keys=True, ensure_ascii=False,
-                             default=str),
-        stream=bool(request.params.get("stream", True)),
-    )
-
-
 async def _handle(run: _Run, request: Request) -> None:
-    result = _new_result(run, request)
+    result = new_result(run.run_id, run.job.name, request)
     t_ready = run.clock()
     started = datetime.now(UTC)
     model = request.model
@@ -237,13 +275,19 @@ async def _handle(run: _Run, request: Request) -> None:
             try:
                 attempt = await endpoint.send(request, timeout_s=limits.timeout_s or 0,
                                               stall_timeout_s=limits.stall_timeout_s or 0)
-            finally:
-                if attempt is None:  # cancelled mid-request: the cost is unknown, keep it spent
-                    _settle(run, reservation, None)
-            cost, source = _cost(attempt, price)
+            except anyio.get_cancelled_exc_class():
+                # cut off by a second Ctrl-C: the cost is unknown, so its reservation stays spent,
+                # and the row says so (a resume sends the request again)
+                _settle(run, reservation, None)
+                result.attempts = n
+                result.status, result.error_type = ERROR, INTERRUPTED
+                result.error_message = "cancelled by an interrupt while in flight"
+                _close_row(run, result, t_ready, started)
+                raise
+            cost, source = attempt_cost(attempt, price)
             _settle(run, reservation, cost)
         result.attempts = n
-        _fold(result, attempt, cost, source, worst)
+        fold(result, attempt, cost, source, worst)
         if attempt.ok:
             break
         _on_failure(run, model.provider, attempt)
@@ -252,12 +296,16 @@ async def _handle(run: _Run, request: Request) -> None:
         if attempt.error_type not in RETRIABLE or n > retries:
             break
         await anyio.sleep(_backoff_s(n, attempt.retry_after_s))
+    _close_row(run, result, t_ready, started)
+    if run.collector.pending >= run.collector.flush_rows:
+        await _flush(run)
+
+
+def _close_row(run: _Run, result: Result, t_ready: float, started: datetime) -> None:
     result.wall_s = run.clock() - t_ready - (result.queue_s or 0.0)
     result.started_at = started
     result.ended_at = started + timedelta(seconds=result.wall_s or 0.0)
     _record(run, result)
-    if run.collector.pending >= run.collector.flush_rows:
-        await _flush(run)
 
 
 def _refused(run: _Run, result: Result, provider: str, worst: float | None) -> bool:
@@ -300,52 +348,6 @@ def _skip(result: Result, error_type: str, message: str) -> None:
     result.status = SKIPPED
     result.error_type = error_type
     result.error_message = message
-
-
-def _cost(attempt: Attempt, price: Price | None) -> tuple[float | None, str | None]:
-    if attempt.cost_usd is not None:
-        return attempt.cost_usd, "provider"
-    if attempt.http_error:
-        return 0.0, "not_billed"  # an HTTP error status: no model ran
-    if price is not None and attempt.prompt_tokens is not None \
-            and attempt.completion_tokens is not None:
-        return price.cost_usd(attempt.prompt_tokens, attempt.completion_tokens), "price_table"
-    return None, None
-
-
-def _fold(result: Result, attempt: Attempt, cost: float | None, source: str | None,
-          worst: float | None) -> None:
-    """Copy the latest attempt into the row (latency is the final attempt's)."""
-    result.status = OK if attempt.ok else ERROR
-    result.error_type = attempt.error_type
-    result.error_message = attempt.error_message
-    result.http_status = attempt.http_status
-    result.ttft_s = attempt.ttft_s if result.stream else None
-    result.latency_s = attempt.latency_s
-    result.model_served = attempt.model_served
-    result.upstream = attempt.upstream
-    result.generation_id = attempt.generation_id
-    result.prompt_tokens = attempt.prompt_tokens
-    result.completion_tokens = attempt.completion_tokens
-    result.reasoning_tokens = attempt.reasoning_tokens
-    result.cached_tokens = attempt.cached_tokens
-    result.finish_reason = attempt.finish_reason
-    result.native_finish_reason = attempt.native_finish_reason
-    result.response_text = attempt.text if attempt.text or attempt.ok else None
-    # every attempt is paid for: the row carries the sum over attempts
-    if cost is not None:
-        result.cost_usd = (result.cost_usd or 0.0) + cost
-        result.cost_source = source
-    if worst is not None and cost is not None:
-        result.cost_over_estimate = bool(cost > worst + 1e-12) or bool(result.cost_over_estimate)
-    tokens, latency, ttft = attempt.completion_tokens, attempt.latency_s, result.ttft_s
-    if attempt.ok and tokens and latency:
-        if ttft is not None and latency > ttft:
-            result.output_tokens_per_s = tokens / (latency - ttft)
-            if tokens > 1:
-                result.tpot_s = (latency - ttft) / (tokens - 1)
-        elif ttft is None:
-            result.output_tokens_per_s = tokens / latency
 
 
 def _on_failure(run: _Run, provider: str, attempt: Attempt) -> None:

@@ -33,15 +33,20 @@ class Manifest:
     __slots__ = ("path", "_base")
 
     def __init__(self, run_dir: Path, job: Job, run_id: str, *, plan_size: int,
-                 limits: Limits) -> None:
+                 limits: Limits, plan: dict[str, Any], previous: Any = None) -> None:
         self.path = run_dir / "run.json"
+        started = previous.manifest.get("started_at") if previous is not None else None
+        resumes = (previous.manifest.get("resumes", []) + [datetime.now(UTC).isoformat()]
+                   if previous is not None else [])
         self._base: dict[str, Any] = {
             "run_id": run_id,
             "job": job.name,
             "job_file": str(job.path),
             "description": job.description,
-            "started_at": datetime.now(UTC).isoformat(),
+            "started_at": started or datetime.now(UTC).isoformat(),
+            "resumes": resumes,
             "planned_requests": plan_size,
+            "plan": plan,
             "limits": asdict(limits),
             "versions": versions(),
             "job_snapshot": _masked(dict(job.snapshot)),

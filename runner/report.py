@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .collect import file_schema
+from .collect import file_schema, latest_rows
 from .errors import ResultsError
 
 if TYPE_CHECKING:
@@ -17,13 +18,25 @@ if TYPE_CHECKING:
 
 
 def _run_table(run_dir: Path) -> pa.Table | None:
+    """A run's rows: the final file once the run has ended, else the parts written so far
+    (a run that is going on, or one that was killed), one row per request id."""
     final = run_dir / "requests.parquet"
-    if final.is_file():
-        return pq.read_table(final, schema=file_schema())
     parts = sorted((run_dir / "parts").glob("part-*.parquet"))
+    if final.is_file() and (not parts or _ended(run_dir)):
+        return pq.read_table(final, schema=file_schema())
     if not parts:
         return None
-    return pa.concat_tables([pq.read_table(p, schema=file_schema()) for p in parts])
+    keep = latest_rows(parts)
+    return pa.concat_tables([pq.read_table(p, schema=file_schema()).take(keep[n])
+                             for n, p in enumerate(parts)])
+
+
+def _ended(run_dir: Path) -> bool:
+    try:
+        status = json.loads((run_dir / "run.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return False
+    return status in {"completed", "interrupted", "failed"}
 
 
 def run_dirs(path: Path) -> list[Path]:

@@ -55,6 +55,12 @@ SCHEMA = pa.schema([
     ("generation_id", pa.string()),
     ("stream", pa.bool_()),
     ("response_text", pa.string()),
+    ("passed", pa.bool_()),
+    ("score", pa.float64()),
+    ("check_failures", pa.string()),
+    ("judge_cost_usd", pa.float64()),
+    ("judge_prompt_tokens", pa.int64()),
+    ("judge_completion_tokens", pa.int64()),
 ])
 
 COLUMNS = tuple(SCHEMA.names)
@@ -102,6 +108,12 @@ class Result:
     native_finish_reason: str | None = None
     generation_id: str | None = None
     response_text: str | None = None
+    passed: bool | None = None              # None: no checks applied (or not sent)
+    score: float | None = None              # mean check score, 0..1
+    check_failures: str | None = None       # "label: why; label: why"
+    judge_cost_usd: float | None = None     # llm_judge: what grading this row cost
+    judge_prompt_tokens: int | None = None
+    judge_completion_tokens: int | None = None
 
     def as_row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _FIELD_NAMES}

@@ -166,6 +166,78 @@ class OutputIn(Strict):
     csv: bool = True
 
 
+CHECK_TYPES = ("equals", "contains", "icontains", "not_contains", "regex", "json_valid",
+               "json_schema", "max_latency_s", "max_cost_usd", "python")
+"""The keys that name a check's type; a check gives exactly one of them (see runner/checks.py)."""
+
+
+class CheckIn(Strict):
+    """One check of a response: exactly one type key (CHECK_TYPES), plus options."""
+
+    equals: str | None = None
+    contains: str | None = None
+    icontains: str | None = None
+    not_contains: str | None = None
+    regex: str | None = None
+    json_valid: Literal[True] | None = None
+    json_schema: dict[str, Any] | None = None
+    max_latency_s: float | None = Field(default=None, gt=0)
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    python: str | None = None
+    prompts: list[str] | None = Field(default=None, min_length=1)  # job-level checks only
+    strict: bool | None = None                       # json_schema: response_format strict mode
+    min_score: float | None = Field(default=None, ge=0, le=1)     # python: passing score
+
+    @field_validator("equals", "contains", "icontains", "not_contains", mode="before")
+    @classmethod
+    def _number_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+            else value
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from jsonschema import SchemaError, validators
+
+            try:
+                validators.validator_for(value).check_schema(value)
+            except SchemaError as exc:
+                where = "/".join(str(p) for p in exc.path)
+                raise ValueError(f"invalid JSON schema{' at ' + where if where else ''}: "
+                                 f"{exc.message}") from None
+        return value
+
+    @field_validator("python")
+    @classmethod
+    def _target(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            raise ValueError(f"must be 'module:function' (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _one_type(self) -> CheckIn:
+        given = [k for k in CHECK_TYPES if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one check type of {', '.join(CHECK_TYPES)}"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        if self.strict is not None and self.json_schema is None:
+            raise ValueError("strict: only applies to a json_schema check")
+        if self.min_score is not None and self.python is None:
+            raise ValueError("min_score: only applies to a python check")
+        return self
+
+
 class JobIn(Strict):
     name: str
     description: str = ""
@@ -183,6 +255,7 @@ class JobIn(Strict):
     budget_usd: float | None = Field(default=None, gt=0)
     max_cost_per_request_usd: float | None = Field(default=None, gt=0)
     output: OutputIn = OutputIn()
+    checks: list[CheckIn] = []
 
     @field_validator("name")
     @classmethod
@@ -198,6 +271,6 @@ def field_names() -> set[str]:
     """Every key any job-file section accepts (for 'did you mean' hints)."""
     names: set[str] = set()
     for model in (MaxPriceIn, PriceIn, ParamsIn, LimitsIn, ProviderIn, FaultsIn, SimModelIn,
-                  SimulatorIn, ModelIn, MessageIn, PromptIn, OutputIn, JobIn):
+                  SimulatorIn, ModelIn, MessageIn, PromptIn, OutputIn, CheckIn, JobIn):
         names.update(model.model_fields)
     return names

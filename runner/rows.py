@@ -1,0 +1,67 @@
+"""Result rows: a `Request` and its `Attempt`s in, the fields of its `Result` row out (pure)."""
+
+from __future__ import annotations
+
+import json
+
+from .client import Attempt
+from .plan import Request
+from .pricing import Price
+from .result import ERROR, OK, Result
+
+
+def new_result(run_id: str, job: str, request: Request) -> Result:
+    return Result(
+        run_id=run_id, job=job, request_id=request.request_id, index=request.index,
+        model=request.model.label, model_id=request.model.id, provider=request.model.provider,
+        prompt_id=request.prompt_id, repeat=request.repeat,
+        vars_json=json.dumps(dict(request.vars), sort_keys=True, ensure_ascii=False,
+                             default=str),
+        stream=bool(request.params.get("stream", True)),
+    )
+
+
+def attempt_cost(attempt: Attempt, price: Price | None) -> tuple[float | None, str | None]:
+    if attempt.cost_usd is not None:
+        return attempt.cost_usd, "provider"
+    if attempt.http_error:
+        return 0.0, "not_billed"  # an HTTP error status: no model ran
+    if price is not None and attempt.prompt_tokens is not None \
+            and attempt.completion_tokens is not None:
+        return price.cost_usd(attempt.prompt_tokens, attempt.completion_tokens), "price_table"
+    return None, None
+
+
+def fold(result: Result, attempt: Attempt, cost: float | None, source: str | None,
+          worst: float | None) -> None:
+    """Copy the latest attempt into the row (latency is the final attempt's)."""
+    result.status = OK if attempt.ok else ERROR
+    result.error_type = attempt.error_type
+    result.error_message = attempt.error_message
+    result.http_status = attempt.http_status
+    result.ttft_s = attempt.ttft_s if result.stream else None
+    result.latency_s = attempt.latency_s
+    result.model_served = attempt.model_served
+    result.upstream = attempt.upstream
+    result.generation_id = attempt.generation_id
+    result.prompt_tokens = attempt.prompt_tokens
+    result.completion_tokens = attempt.completion_tokens
+    result.reasoning_tokens = attempt.reasoning_tokens
+    result.cached_tokens = attempt.cached_tokens
+    result.finish_reason = attempt.finish_reason
+    result.native_finish_reason = attempt.native_finish_reason
+    result.response_text = attempt.text if attempt.text or attempt.ok else None
+    # every attempt is paid for: the row carries the sum over attempts
+    if cost is not None:
+        result.cost_usd = (result.cost_usd or 0.0) + cost
+        result.cost_source = source
+    if worst is not None and cost is not None:
+        result.cost_over_estimate = bool(cost > worst + 1e-12) or bool(result.cost_over_estimate)
+    tokens, latency, ttft = attempt.completion_tokens, attempt.latency_s, result.ttft_s
+    if attempt.ok and tokens and latency:
+        if ttft is not None and latency > ttft:
+            result.output_tokens_per_s = tokens / (latency - ttft)
+            if tokens > 1:
+                result.tpot_s = (latency - ttft) / (tokens - 1)
+        elif ttft is None:
+            result.output_tokens_per_s = tokens / latency

@@ -1,0 +1,302 @@
+"""Checks: every type passes and fails as documented; `expected` shorthand; bad definitions are
+one `JobFileError` line naming the file and the field; real rows graded end to end."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import runner
+from runner.checks import (
+    Check,
+    Verdict,
+    compile_check,
+    compile_expected,
+    evaluate,
+    response_format_for,
+)
+from runner.cli import main
+from runner.errors import JobFileError
+from runner.schema import CheckIn
+
+from .runs import run_graded
+
+JOB = Path("job.yaml")
+OK_ROW: dict[str, Any] = {"status": "ok", "latency_s": 1.5, "cost_usd": 0.002}
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+          "additionalProperties": False}
+
+
+def _check(spec: dict[str, Any]) -> Check:
+    return compile_check(CheckIn.model_validate(spec), path=JOB, field_name="checks[0]")
+
+
+# check, response text, row (None: OK_ROW), passes, failure substring (when it fails)
+CASES: list[tuple[dict[str, Any], str, dict[str, Any] | None, bool, str]] = [
+    ({"equals": "Paris"}, "  Paris\n", None, True, ""),
+    ({"equals": " Paris "}, "Paris", None, True, ""),
+    ({"equals": "Paris"}, "paris", None, False, "equals 'Paris': got 'paris'"),
+    ({"equals": 42}, "42", None, True, ""),
+    ({"contains": "Paris"}, "The capital is Paris.", None, True, ""),
+    ({"contains": "Paris"}, "The capital is paris.", None, False, "contains 'Paris': not found"),
+    ({"icontains": "PARIS"}, "the capital is paris.", None, True, ""),
+    ({"icontains": "Straße"}, "STRASSE", None, True, ""),                # casefold
+    ({"icontains": "Paris"}, "Lyon", None, False, "icontains 'Paris': not found"),
+    ({"not_contains": "sorry"}, "Here you go.", None, True, ""),
+    ({"not_contains": "sorry"}, "I am sorry.", None, False, "not_contains 'sorry': found"),
+    ({"regex": r"\b\d{4}\b"}, "It was 1969.", None, True, ""),           # search, not match
+    ({"regex": "^[A-Z]"}, "lower case", None, False, "regex '^[A-Z]': no match"),
+    ({"regex": "(?i)^yes"}, "YES, indeed", None, True, ""),
+    ({"json_valid": True}, '{"a": [1, 2]}', None, True, ""),
+    ({"json_valid": True}, '```json\n{"a": 1}\n```', None, True, ""),     # one enclosing fence
+    ({"json_valid": True}, "{'a': 1}", None, False, "json_valid: not valid JSON"),
+    ({"json_valid": True}, 'Sure! {"a": 1}', None, False, "not valid JSON"),
+    ({"json_schema": SCHEMA}, '{"city": "Paris"}', None, True, ""),
+    ({"json_schema": SCHEMA}, '{"city": 7}', None, False, "json_schema: at $.city: 7 is not"),
+    ({"json_schema": SCHEMA}, '{"town": "Paris"}', None, False, "'city' is a required property"),
+    ({"json_schema": SCHEMA}, "Paris", None, False, "json_schema: not valid JSON"),
+    ({"max_latency_s": 2}, "x", None, True, ""),
+    ({"max_latency_s": 1}, "x", None, False, "max_latency_s 1: took 1.500s"),
+    ({"max_latency_s": 1}, "x", {"status": "ok"}, False, "latency unknown"),
+    ({"max_cost_usd": 0.01}, "x", None, True, ""),
+    ({"max_cost_usd": 0.001}, "x", None, False, "max_cost_usd 0.001: cost $0.002000"),
+    ({"max_cost_usd": 0.01}, "x", {"status": "ok", "cost_usd": None}, False, "cost unknown"),
+]
+
+
+@pytest.mark.parametrize(("spec", "text", "row", "passes", "failure"), CASES,
+                         ids=[f"{next(iter(c[0]))}-{'pass' if c[3] else 'fail'}-{n}"
+                              for n, c in enumerate(CASES)])
+def test_check_types(spec: dict[str, Any], text: str, row: dict[str, Any] | None, passes: bool,
+                     failure: str) -> None:
+    verdict = evaluate([_check(spec)], text, row or OK_ROW)
+    assert verdict.passed is passes
+    assert verdict.score == (1.0 if passes else 0.0)
+    if passes:
+        assert verdict.failures is None
+    else:
+        assert verdict.failures is not None and failure in verdict.failures
+
+
+PYTHON_CHECKS = """
+def short(text, row):
+    return len(text) < 10
+
+def fraction(text, row):
+    return 0.25 if row["model"] == "m/slow" else 0.75
+
+def boom(text, row):
+    raise ValueError("bad input")
+
+def weird(text, row):
+    return "yes"
+"""
+
+
+@pytest.mark.parametrize(("target", "extra", "text", "passes", "score", "failure"), [
+    ("short", {}, "tiny", True, 1.0, ""),
+    ("short", {}, "much too long", False, 0.0, "python user_checks_a:short: returned False"),
+    ("fraction", {}, "x", True, 0.75, ""),                       # passes at the default 0.5
+    ("fraction", {"min_score": 0.8}, "x", False, 0.75, "score 0.75 < 0.8"),
+    ("boom", {}, "x", False, 0.0, "raised ValueError: bad input"),
+    ("weird", {}, "x", False, 0.0, "returned 'yes' (expected a bool or a score 0..1)"),
+])
+def test_python_check(tmp_path: Path, target: str, extra: dict[str, Any], text: str,
+                      passes: bool, score: float, failure: str) -> None:
+    (tmp_path / "user_checks_a.py").write_text(PYTHON_CHECKS)
+    check = compile_check(CheckIn(python=f"user_checks_a:{target}", **extra),
+                          path=tmp_path / "job.yaml", field_name="checks[0]")
+    verdict = evaluate([check], text, {**OK_ROW, "model": "m/fast"})
+    assert (verdict.passed, verdict.score) == (passes, score)
+    assert failure in (verdict.failures or "")
+
+
+def test_verdict_combines_checks_and_row_status() -> None:
+    checks = [_check({"contains": "a"}), _check({"contains": "b"}), _check({"max_latency_s": 1})]
+    assert evaluate(checks, "ab", {**OK_ROW, "latency_s": 0.5}) == Verdict(True, 1.0, None)
+    verdict = evaluate(checks, "a", OK_ROW)
+    assert verdict.passed is False and verdict.score == pytest.approx(1 / 3)
+    assert verdict.failures == "contains 'b': not found; max_latency_s 1: took 1.500s"
+    failed = evaluate(checks, None, {"status": "error", "error_type": "timeout"})
+    assert failed == Verdict(False, 0.0, "no response (request failed: timeout)")
+    assert evaluate(checks, None, {"status": "skipped"}) == Verdict(None, None, None)
+    assert evaluate([], "anything", OK_ROW) == Verdict(None, None, None)
+
+
+def test_externally_graded_checks_take_their_score_from_graded() -> None:
+    # the shape an llm_judge check takes: no grader of its own, a score from the engine
+    judge = Check("llm_judge", "llm_judge 'is polite'", "is polite", grade=None, min_score=0.7)
+    assert evaluate([judge], "x", OK_ROW, graded={judge: 0.9}) == Verdict(True, 0.9, None)
+    low = evaluate([judge], "x", OK_ROW, graded={judge: 0.5})
+    assert low.passed is False and "score 0.50 < 0.7" in (low.failures or "")
+    assert evaluate([judge], "x", OK_ROW).failures == "llm_judge 'is polite': not graded"
+
+
+@pytest.mark.parametrize(("expected", "labels"), [
+    (None, []),
+    ("Paris", ["equals 'Paris'"]),
+    (42, ["equals '42'"]),
+    ({"contains": "Paris"}, ["contains 'Paris'"]),
+    (["Paris", {"regex": "^P"}, {"max_latency_s": 3}],
+     ["equals 'Paris'", "regex '^P'", "max_latency_s 3"]),
+])
+def test_expected_shorthand(expected: Any, labels: list[str]) -> None:
+    checks = compile_expected(expected, path=JOB, field_name="prompts[0].expected")
+    assert [c.label for c in checks] == labels
+
+
+def test_response_format_carries_the_json_schema() -> None:
+    checks = [_check({"contains": "x"}), _check({"json_schema": SCHEMA})]
+    assert response_format_for(checks) == {"type": "json_schema", "json_schema": {
+        "name": "response", "schema": SCHEMA, "strict": True}}
+    loose = _check({"json_schema": SCHEMA, "strict": False})
+    assert response_format_for([loose])["json_schema"]["strict"] is False  # type: ignore[index]
+    assert response_format_for([_check({"json_valid": True})]) is None
+
+
+HEAD = """
+name: t
+provider: simulated
+models: [sim/fast-mini]
+prompts:
+  - {id: a, text: hi}
+  - {id: b, text: yo, expected: EXPECTED}
+checks:
+  - contains: x
+  - CHECK
+"""
+
+# job-level check (or the expected of prompt b), field named in the message, what it says
+BAD: list[tuple[str, str, str, str]] = [
+    ("{regex: '('}", "Paris", "checks[1].regex", "invalid regular expression: missing )"),
+    ("{contans: x}", "Paris", "checks[1].contans", "unknown key (did you mean 'contains'?)"),
+    ("{lol: x}", "Paris", "checks[1].lol", "unknown key"),
+    ("{contains: x, regex: y}", "Paris", "checks[1]",
+     "give exactly one check type of equals, contains"),
+    ("{prompts: [a]}", "Paris", "checks[1]", "give exactly one check type"),
+    ("{json_schema: {type: objekt}}", "Paris", "checks[1].json_schema",
+     "invalid JSON schema at type"),
+    ("{json_schema: {type: array, minItems: -1}}", "Paris", "checks[1].json_schema",
+     "invalid JSON schema at minItems"),
+    ("{json_valid: false}", "Paris", "checks[1].json_valid", "input should be True"),
+    ("{max_latency_s: 0}", "Paris", "checks[1].max_latency_s", "greater than 0"),
+    ("{max_cost_usd: -1}", "Paris", "checks[1].max_cost_usd", "greater than or equal to 0"),
+    ("{python: not_a_target}", "Paris", "checks[1].python", "must be 'module:function'"),
+    ("{python: 'no_such_module_x:f'}", "Paris", "checks[1].python",
+     "cannot import 'no_such_module_x'"),
+    ("{python: 'user_checks_b:missing'}", "Paris", "checks[1].python",
+     "module 'user_checks_b' has no function 'missing'"),
+    ("{python: 'broken_checks_b:f'}", "Paris", "checks[1].python",
+     "importing 'broken_checks_b' failed: SyntaxError"),
+    ("{contains: x, strict: true}", "Paris", "checks[1]", "strict: only applies to a json_schema"),
+    ("{contains: x, min_score: 0.5}", "Paris", "checks[1]", "min_score: only applies to a python"),
+    ("{contains: x, prompts: [zz]}", "Paris", "checks[1].prompts[0]", "unknown prompt id 'zz'"),
+    ("{json_schema: {type: object}}", "{json_schema: {type: object}}", "checks[1].json_schema",
+     "prompt 'b' already has a json_schema check (in expected)"),
+    ("{max_latency_s: 1}", "{contans: Paris}", "prompts[1].expected.contans",
+     "unknown key (did you mean 'contains'?)"),
+    ("{max_latency_s: 1}", "[Paris, {regex: '('}]", "prompts[1].expected[1].regex",
+     "invalid regular expression"),
+    ("{max_latency_s: 1}", "true", "prompts[1].expected", "must be a string (equals)"),
+    ("{max_latency_s: 1}", "[{contains: a, prompts: [a]}]", "prompts[1].expected[0].prompts",
+     "only job-level checks take prompts:"),
+]
+
+
+@pytest.mark.parametrize(("check", "expected", "field", "problem"), BAD,
+                         ids=[f"{n}-{c[2]}" for n, c in enumerate(BAD)])
+def test_bad_check_definitions_name_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              check: str, expected: str, field: str,
+                                              problem: str) -> None:
+    (tmp_path / "user_checks_b.py").write_text("def f(text, row):\n    return True\n")
+    (tmp_path / "broken_checks_b.py").write_text("def f(:\n")
+    path = tmp_path / "job.yaml"
+    path.write_text(textwrap.dedent(HEAD).replace("CHECK", check).replace("EXPECTED", expected))
+    with pytest.raises(JobFileError) as info:
+        runner.load_job(path)
+    assert info.value.field == field and problem in info.value.problem
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: {field}: " in err
+
+
+def test_prompt_file_expected_and_job_checks_per_prompt(write_job) -> None:  # type: ignore[no-untyped-def]
+    path = write_job("""
+        name: t
+        provider: simulated
+        models: [sim/fast-mini]
+        prompts:
+          - {id: a, text: hi, expected: {icontains: hello}}
+          - file: rows.jsonl
+        checks:
+          - {max_latency_s: 5}
+          - {json_schema: {type: object}, prompts: [b], strict: false}
+    """, **{"rows.jsonl": '{"id": "b", "text": "json please", "expected": "{}"}\n'
+                          '{"id": "c", "text": "no checks of its own"}\n'})
+    job = runner.load_job(path)
+    labels = {p: [c.label for c in job.checks.for_prompt(p)] for p in ("a", "b", "c")}
+    assert labels == {"a": ["icontains 'hello'", "max_latency_s 5"],
+                      "b": ["equals '{}'", "max_latency_s 5", "json_schema"],
+                      "c": ["max_latency_s 5"]}
+    assert response_format_for(job.checks.for_prompt("a")) is None
+    assert response_format_for(job.checks.for_prompt("b")) == {"type": "json_schema",
+        "json_schema": {"name": "response", "schema": {"type": "object"}, "strict": False}}
+
+
+def test_python_target_imports_from_the_job_folder(write_job) -> None:  # type: ignore[no-untyped-def]
+    path = write_job("""
+        name: t
+        provider: simulated
+        models: [sim/fast-mini]
+        prompts: [hi]
+        checks: [{python: "checks_next_to_job:ok"}]
+    """, **{"checks_next_to_job.py": "def ok(text, row):\n    return row['status'] == 'ok'\n"})
+    job = runner.load_job(path)
+    (check,) = job.checks.for_prompt(job.prompts[0].id)
+    assert evaluate([check], "x", OK_ROW).passed is True
+    assert str(path.parent) not in __import__("sys").path
+
+
+GRADED_JOB = """
+name: graded
+provider: simulated
+simulator:
+  models:
+    - {id: sim/fast-mini, ttft_s: 0, tokens_per_s: 0}
+    - {id: sim/balanced, ttft_s: 0, tokens_per_s: 0, faults: {error_rate: 0.5}}
+models: [sim/fast-mini, sim/balanced]
+prompts:
+  - {id: words, text: "Say something", expected: {regex: "^[A-Z][a-z]+"}}
+  - {id: exact, text: "Say Paris", expected: Paris}
+  - {id: free, text: "Anything"}
+checks:
+  - {not_contains: "<script>", prompts: [words, exact]}
+  - {max_cost_usd: 1.0, prompts: [words]}
+params: {max_tokens: 30}
+repeats: 3
+limits: {retries: 0, concurrency: 4}
+"""
+
+
+def test_real_rows_are_graded(write_job, results_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    run_dir = run_graded(write_job(GRADED_JOB), results_dir)
+    df = runner.read_results(run_dir)
+    for column, dtype in (("passed", "boolean"), ("score", "float64"),
+                          ("check_failures", "str"), ("judge_cost_usd", "float64"),
+                          ("judge_prompt_tokens", "Int64")):
+        assert str(df[column].dtype) == dtype, column
+    ok = df[df["status"] == "ok"]
+    words = ok[ok["prompt_id"] == "words"]
+    assert len(words) and words["passed"].all() and (words["score"] == 1.0).all()
+    exact = ok[ok["prompt_id"] == "exact"]     # simulated text is never just "Paris"
+    assert len(exact) and (~exact["passed"]).all()
+    assert exact["check_failures"].str.startswith("equals 'Paris': got ").all()
+    assert df.loc[df["prompt_id"] == "free", "passed"].isna().all()
+    errors = df[(df["status"] == "error") & (df["prompt_id"] != "free")]
+    assert len(errors) and (~errors["passed"]).all()
+    assert errors["check_failures"].str.startswith("no response").all()
+    summary = runner.summarize(df)
+    assert summary["pass_rate"].between(0, 1).all()
