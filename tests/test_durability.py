@@ -87,8 +87,8 @@ def test_sigkill_then_resume_loses_nothing_and_resends_nothing(
     for round_no in range(3):
         args = [str(path), "--out", str(results_dir)] + (["--resume"] if round_no else [])
         proc = _runner(*args)
-        _wait_for(lambda: job_dir.is_dir() and any(job_dir.glob("*/parts/part-*.parquet"))
-                  or proc.poll() is not None)
+        _wait_for(lambda p=proc: job_dir.is_dir() and any(job_dir.glob("*/parts/part-*.parquet"))
+                  or p.poll() is not None)
         time.sleep(rng.uniform(0.05, 0.6))  # a random moment of the run, not a wait
         _kill(proc)
         run_dir = next(job_dir.iterdir())
@@ -99,7 +99,8 @@ def test_sigkill_then_resume_loses_nothing_and_resends_nothing(
         sent_before = len(_sent_ids(log))
         # every persisted ok row stays done: the next run must not send it again
         resumed = _runner(str(path), "--out", str(results_dir), "--resume")
-        _wait_for(lambda: len(_sent_ids(log)) > sent_before + 5 or resumed.poll() is not None)
+        _wait_for(lambda n=sent_before, p=resumed: len(_sent_ids(log)) > n + 5
+                  or p.poll() is not None)
         _kill(resumed)
         again = set(_sent_ids(log)[sent_before:]) & ok_before
         assert not again, f"round {round_no}: {len(again)} finished requests sent again"
