@@ -87,6 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="openrouter or simulated (default), or a job's provider with --job")
     models.add_argument("--job", type=Path, help="job file defining custom providers")
     models.add_argument("--refresh-prices", action="store_true", help="ignore the price cache")
+
+    report = sub.add_parser("report", help="per-model tables of a run, or of every run of a job")
+    report.add_argument("results", type=Path, metavar="RUN_DIR",
+                        help="a run directory, or a job directory (all its runs)")
+    report.add_argument("--html", type=Path, metavar="PATH",
+                        help="also write a self-contained HTML report here")
+    report.add_argument("--junit", type=Path, metavar="PATH",
+                        help="also write JUnit XML (one test case per prompt x model)")
+
+    compare = sub.add_parser("compare", help="per-model deltas of a run against a baseline run")
+    compare.add_argument("baseline", type=Path, metavar="RUN_A",
+                         help="the baseline: a run directory (a job directory: its latest run)")
+    compare.add_argument("current", type=Path, metavar="RUN_B", nargs="?",
+                         help="the run to judge (default: with RUN_A a job directory, its "
+                         "latest run against the one before)")
+    compare.add_argument("--max-regression", default="", metavar="METRIC=LIMIT,...",
+                         help="latency, ttft, cost (relative: 0.2 = 20%%), error_rate, pass_rate "
+                         "(points: 0.05), or off (default: latency=0.2,ttft=0.2,cost=0.1,"
+                         "error_rate=0.05,pass_rate=0.05)")
     return parser
 
 
@@ -101,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         handler = {"run": _cmd_run, "validate": _cmd_validate, "plan": _cmd_plan,
-                   "simulate": _cmd_simulate, "models": _cmd_models}[args.command]
+                   "simulate": _cmd_simulate, "models": _cmd_models, "report": _cmd_report,
+                   "compare": _cmd_compare}[args.command]
         return handler(args)
     except RunnerError as exc:
         print(f"runner: error: {exc}", file=sys.stderr)
@@ -240,3 +260,54 @@ def _cmd_models(args: argparse.Namespace) -> int:
     rows = anyio.run(lambda: list_models(args.provider, args.job, args.refresh_prices))
     print_models(args.provider, rows)
     return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import read_results
+    from .report_console import print_report
+
+    df = read_results(args.results)
+    print_report(df)
+    if args.junit is not None:
+        from .junit import write_junit
+
+        print(f"junit: {write_junit(df, args.junit)}")
+    if args.html is not None:
+        from .html_report import write_html
+
+        print(f"html report: {write_html(df, args.html)}")
+    return EXIT_OK
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, parse_thresholds, regressions
+    from .errors import ResultsError
+    from .report import read_results, run_dirs
+    from .report_console import print_comparison
+
+    thresholds = parse_thresholds(args.max_regression)
+    if not args.baseline.is_dir():
+        raise ResultsError(f"{args.baseline}: no such results folder")
+    if args.current is None:
+        runs = run_dirs(args.baseline)
+        if len(runs) < 2:
+            raise ConfigError(f"{args.baseline}: holds {len(runs)} run(s); give a job directory "
+                              "with two or more runs, or two run directories")
+        baseline, current = runs[-2], runs[-1]
+    else:
+        baseline, current = _latest_run(args.baseline), _latest_run(args.current)
+    table = compare(read_results(baseline), read_results(current), thresholds)
+    print_comparison(table, regressions(table), _run_label(baseline), _run_label(current))
+    return EXIT_OK
+
+
+def _run_label(run_dir: Path) -> str:
+    return f"{run_dir.parent.name}/{run_dir.name}"
+
+
+def _latest_run(path: Path) -> Path:
+    """A run directory as given; a job directory's latest run."""
+    from .report import run_dirs
+
+    runs = run_dirs(path) if path.is_dir() else []
+    return runs[-1] if runs else path

@@ -35,3 +35,41 @@ def _grade(job: runner.config.Job, run_dir: Path) -> None:
     tmp = path.with_name(".graded.parquet")
     pq.write_table(pa.Table.from_pylist(rows, schema=file_schema()), tmp)
     os.replace(tmp, path)
+
+
+def bench_job(name: str = "bench", *, ttft_s: float = 0.0, error_rate: float = 0.0,
+              premium_usd_per_mtok: float = 15.0, max_latency_s: float = 0.5,
+              cap_usd: float | None = None) -> str:
+    """A job over three simulated models with checks; the knobs make a later run worse."""
+    return f"""
+name: {name}
+provider: simulated
+simulator:
+  models:
+    - {{id: sim/fast-mini, ttft_s: 0, tokens_per_s: 0}}
+    - {{id: sim/balanced, ttft_s: {ttft_s}, tokens_per_s: 0,
+       faults: {{error_rate: {error_rate}}}}}
+    - {{id: sim/premium-large, ttft_s: 0, tokens_per_s: 0,
+       usd_per_mtok_completion: {premium_usd_per_mtok}}}
+models:
+  - sim/fast-mini
+  - sim/balanced
+  - {{id: sim/premium-large, alias: "<b>premium</b> & co"}}
+prompts:
+  - {{id: words, text: "Say something", expected: {{regex: "^[A-Z][a-z]+"}}}}
+  - {{id: "<script>alert('x')</script>", text: "Say Paris", expected: Paris}}
+  - {{id: free, text: "Anything at all"}}
+checks:
+  - {{max_latency_s: {max_latency_s}, prompts: [words]}}
+params: {{max_tokens: 24}}
+repeats: 4
+limits: {{retries: 0, concurrency: 6}}
+""" + (f"max_cost_per_request_usd: {cap_usd}\n" if cap_usd is not None else "")
+
+
+def write_and_run(folder: Path, text: str, out_dir: Path) -> Path:
+    """Write `text` as folder/job.yaml, run it (graded) into out_dir; return the run dir."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "job.yaml"
+    path.write_text(text)
+    return run_graded(path, out_dir)

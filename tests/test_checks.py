@@ -300,3 +300,14 @@ def test_real_rows_are_graded(write_job, results_dir: Path) -> None:  # type: ig
     assert errors["check_failures"].str.startswith("no response").all()
     summary = runner.summarize(df)
     assert summary["pass_rate"].between(0, 1).all()
+
+
+def test_nightly_job_loads_with_checks_of_several_kinds() -> None:
+    job = runner.load_job(Path(__file__).resolve().parents[1] / "jobs" / "nightly.yaml")
+    kinds = {c.kind for p in job.prompts for c in job.checks.for_prompt(p.id)}
+    assert kinds >= {"icontains", "json_schema", "not_contains", "regex", "python",
+                     "max_latency_s", "max_cost_usd"}
+    assert all(job.checks.for_prompt(p.id) for p in job.prompts)
+    response_format = response_format_for(job.checks.for_prompt("extract-json"))
+    assert response_format is not None
+    assert response_format["json_schema"]["schema"]["required"] == ["person", "city"]

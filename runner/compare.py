@@ -1,0 +1,150 @@
+"""Regressions: two sets of result rows (a baseline and a current run) in, per-model deltas
+flagged against thresholds out (pure; pandas).
+
+Latency, TTFT and cost regress by a relative increase (0.2 = 20% slower or dearer); error rate
+and pass rate by absolute points (0.05 = 5 points more errors, or 5 points fewer passes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError
+from .report import summarize
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """How much worse a metric may get before it counts as a regression (None: not checked)."""
+
+    latency: float | None = 0.2       # relative increase of latency p50 and p90
+    ttft: float | None = 0.2          # relative increase of TTFT p50
+    cost: float | None = 0.1          # relative increase of the mean cost per request
+    error_rate: float | None = 0.05   # absolute increase (0.05 = 5 points)
+    pass_rate: float | None = 0.05    # absolute decrease
+
+
+@dataclass(frozen=True, slots=True)
+class _Metric:
+    name: str              # column of the comparison table's `metric`
+    source: str            # column of `report.summarize` (+ cost_per_request_usd)
+    threshold: str         # field of Thresholds
+    relative: bool         # relative change (else absolute points)
+    higher_is_worse: bool
+    unit: str              # "s", "usd" or "rate", for messages
+
+
+METRICS = (
+    _Metric("latency_p50_s", "latency_p50_s", "latency", True, True, "s"),
+    _Metric("latency_p90_s", "latency_p90_s", "latency", True, True, "s"),
+    _Metric("ttft_p50_s", "ttft_p50_s", "ttft", True, True, "s"),
+    _Metric("cost_per_request_usd", "cost_per_request_usd", "cost", True, True, "usd"),
+    _Metric("error_rate", "error_rate", "error_rate", False, True, "rate"),
+    _Metric("pass_rate", "pass_rate", "pass_rate", False, False, "rate"),
+)
+COLUMNS = ("model", "metric", "baseline", "current", "change", "relative_change", "threshold",
+           "regressed")
+
+
+def parse_thresholds(text: str, base: Thresholds | None = None) -> Thresholds:
+    """`latency=0.2,cost=10%,pass_rate=0.05,ttft=off` over `base` (default: Thresholds())."""
+    names = [f.name for f in fields(Thresholds)]
+    changes: dict[str, float | None] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = (s.strip() for s in item.partition("="))
+        if not sep or key not in names:
+            raise ConfigError(f"--max-regression: {item!r}: expected METRIC=LIMIT with METRIC "
+                              f"one of {', '.join(names)} (e.g. latency=0.2,pass_rate=0.05)")
+        if value.lower() in ("off", "none"):
+            changes[key] = None
+            continue
+        try:
+            limit = float(value.removesuffix("%")) / (100 if value.endswith("%") else 1)
+        except ValueError:
+            limit = -1.0
+        if not (limit >= 0 and math.isfinite(limit)):
+            raise ConfigError(f"--max-regression: {key}: limit must be a number >= 0, a "
+                              f"percentage or off (got {value!r})")
+        changes[key] = limit
+    return replace(base or Thresholds(), **changes)
+
+
+def compare(baseline: pd.DataFrame, current: pd.DataFrame,
+            thresholds: Thresholds | None = None) -> pd.DataFrame:
+    """One row per model x metric: baseline, current, change, threshold and `regressed`.
+
+    Models in only one of the two get NaN on the other side and are never flagged.
+    """
+    import pandas as pd
+
+    thresholds = thresholds or Thresholds()
+    a, b = _per_model(baseline), _per_model(current)
+    rows: list[dict[str, Any]] = []
+    for model in sorted(set(a) | set(b)):
+        for metric in METRICS:
+            old = _get(a.get(model), metric.source)
+            new = _get(b.get(model), metric.source)
+            limit = getattr(thresholds, metric.threshold)
+            change = new - old
+            relative = (change / old if old else math.inf if change > 0 else 0.0) \
+                if math.isfinite(change) else math.nan
+            worse = change if metric.higher_is_worse else -change
+            measured = (relative if metric.higher_is_worse else -relative) if metric.relative \
+                else worse
+            rows.append({
+                "model": model, "metric": metric.name, "baseline": old, "current": new,
+                "change": change, "relative_change": relative, "threshold": limit,
+                "regressed": bool(limit is not None and math.isfinite(worse)
+                                  and measured > limit + 1e-12),
+            })
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def regressions(table: pd.DataFrame) -> list[str]:
+    """One line per regressed metric of a `compare` table, saying what changed and the limit."""
+    units = {m.name: m for m in METRICS}
+    out = []
+    for row in table[table["regressed"]].to_dict("records"):
+        metric = units[row["metric"]]
+        if metric.relative:
+            change = f"{row['relative_change']:+.1%}" if math.isfinite(row["relative_change"]) \
+                else "from zero"
+            limit = f"limit +{row['threshold']:.0%}"
+        else:
+            change = f"{row['change'] * 100:+.1f} points"
+            limit = f"limit {'+' if metric.higher_is_worse else '-'}" \
+                    f"{row['threshold'] * 100:.1f} points"
+        out.append(f"{row['model']}: {row['metric']} {format_value(row['baseline'], metric.unit)}"
+                   f" -> {format_value(row['current'], metric.unit)} ({change}, {limit})")
+    return out
+
+
+def format_value(value: float, unit: str) -> str:
+    """A metric value for people: 0.412s, $0.000120, 92.5%."""
+    if value != value:
+        return "-"
+    return {"s": f"{value:.3f}s", "usd": f"${value:.6f}", "rate": f"{value:.1%}"}[unit]
+
+
+def metric_unit(name: str) -> str:
+    """The unit ("s", "usd", "rate") of a comparison table's metric."""
+    return next(m.unit for m in METRICS if m.name == name)
+
+
+def _per_model(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    if not len(df):
+        return {}
+    summary = summarize(df)
+    summary["cost_per_request_usd"] = summary["cost_per_1k_requests_usd"] / 1000
+    return {str(r["model"]): {str(k): v for k, v in r.items()}
+            for r in summary.to_dict("records")}
+
+
+def _get(record: dict[str, Any] | None, column: str) -> float:
+    value = None if record is None else record.get(column)
+    return math.nan if value is None or value != value else float(value)

@@ -1,0 +1,110 @@
+"""Terminal output of `runner report` and `runner compare`: DataFrames in, rich tables out.
+Only `cli.py` uses this module."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+from .compare import format_value, metric_unit
+from .report import summarize
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def print_report(df: pd.DataFrame) -> None:
+    """The latest run's per-model table; with several runs, a table of every run too."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    runs = [str(r) for r in dict.fromkeys(df["run_id"])]
+    latest = df[df["run_id"] == runs[-1]]
+    console = _console()
+    table = Table(title=escape(f"{df['job'].iloc[0]} — run {runs[-1]}"))
+    columns = ["model", "n", "ok", "errors", "skipped", "error rate", "latency p50",
+               "latency p90", "ttft p50", "tok/s p50", "cost $", "$ / 1k req", "pass rate"]
+    for name in columns:
+        table.add_column(name, justify="left" if name == "model" else "right")
+    for row in summarize(latest).to_dict("records"):
+        table.add_row(escape(str(row["model"])), str(row["n"]), str(row["ok"]), str(row["errors"]),
+                      str(row["skipped"]), _rate(row["error_rate"]), _s(row["latency_p50_s"]),
+                      _s(row["latency_p90_s"]), _s(row["ttft_p50_s"]),
+                      _int(row["output_tokens_per_s_p50"]), f"{row['cost_usd']:.6f}",
+                      _usd(row["cost_per_1k_requests_usd"]), _rate(row.get("pass_rate")))
+    console.print(table)
+    if len(runs) > 1:
+        history = Table(title=f"{len(runs)} runs, oldest first")
+        for name in ("run", "model", "n", "error rate", "latency p50", "$ / 1k req",
+                     "pass rate"):
+            history.add_column(name, justify="left" if name in ("run", "model") else "right")
+        for row in summarize(df, by=("run_id", "model")).to_dict("records"):
+            history.add_row(str(row["run_id"]), escape(str(row["model"])), str(row["n"]),
+                            _rate(row["error_rate"]), _s(row["latency_p50_s"]),
+                            _usd(row["cost_per_1k_requests_usd"]), _rate(row.get("pass_rate")))
+        console.print(history)
+
+
+def print_comparison(table: pd.DataFrame, reasons: list[str], baseline: str,
+                     current: str) -> None:
+    """The per-model deltas of `compare.compare`, then the regressions found (if any)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = _console()
+    out = Table(title=escape(f"{current} against baseline {baseline}"))
+    for name in ("model", "metric", "baseline", "current", "change", "limit", ""):
+        out.add_column(name, justify="left" if name in ("model", "metric", "") else "right")
+    for row in table.to_dict("records"):
+        unit = metric_unit(row["metric"])
+        relative = unit != "rate"
+        change = row["relative_change"] if relative else row["change"]
+        limit = row["threshold"]
+        out.add_row(escape(str(row["model"])), str(row["metric"]),
+                    format_value(row["baseline"], unit), format_value(row["current"], unit),
+                    _change(change, relative),
+                    "-" if limit is None or limit != limit else
+                    (f"{limit:.0%}" if relative else f"{limit * 100:.1f} pts"),
+                    "[bold red]REGRESSED[/]" if row["regressed"] else "")
+    console.print(out)
+    if reasons:
+        console.print(f"[bold red]{len(reasons)} regression(s):[/]")
+        for reason in reasons:
+            console.print(f"  {reason}", markup=False, highlight=False)
+    else:
+        console.print("no regressions")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # a log or a pipe is not 80 columns wide: do not squeeze model names into ellipses
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value != value
+
+
+def _s(value: Any) -> str:
+    return "-" if _missing(value) else f"{value:.3f}s"
+
+
+def _int(value: Any) -> str:
+    return "-" if _missing(value) else f"{value:.0f}"
+
+
+def _rate(value: Any) -> str:
+    return "-" if _missing(value) else f"{value:.1%}"
+
+
+def _usd(value: Any) -> str:
+    return "-" if _missing(value) else f"{value:.4f}"
+
+
+def _change(value: Any, relative: bool) -> str:
+    if _missing(value):
+        return "-"
+    if value == float("inf"):
+        return "from 0"
+    return f"{value:+.1%}" if relative else f"{value * 100:+.1f} pts"

@@ -1,0 +1,151 @@
+"""Comparisons: thresholds parse or name the flag; relative/absolute regression rules; a real run
+made slower, dearer and flakier is flagged on exactly those metrics; `runner compare` exits 0."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import runner
+from runner.cli import main
+from runner.compare import Thresholds, compare, parse_thresholds, regressions
+from runner.errors import ConfigError
+
+from .runs import bench_job, write_and_run
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", Thresholds()),
+    ("latency=0.5", Thresholds(latency=0.5)),
+    (" cost = 10% , pass_rate=0.02 ", Thresholds(cost=0.1, pass_rate=0.02)),
+    ("ttft=off,error_rate=none", Thresholds(ttft=None, error_rate=None)),
+    ("latency=0", Thresholds(latency=0.0)),
+])
+def test_parse_thresholds(text: str, expected: Thresholds) -> None:
+    assert parse_thresholds(text) == expected
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("latncy=0.2", "'latncy=0.2': expected METRIC=LIMIT"),
+    ("latency", "expected METRIC=LIMIT"),
+    ("cost=-1", "cost: limit must be a number >= 0"),
+    ("cost=cheap", "cost: limit must be a number >= 0"),
+    ("cost=nan", "cost: limit must be"),
+])
+def test_bad_thresholds_name_the_flag(text: str, says: str) -> None:
+    with pytest.raises(ConfigError, match="^--max-regression: ") as info:
+        parse_thresholds(text)
+    assert says in str(info.value)
+
+
+def _rows(model: str, latency_s: list[float], cost_usd: float = 0.001,
+          errors: int = 0, passed: list[bool] | None = None) -> pd.DataFrame:
+    """Rows with just the columns `summarize` reads (for the pure threshold rules)."""
+    n = len(latency_s)
+    status = ["ok"] * n + ["error"] * errors
+    return pd.DataFrame({
+        "model": pd.Categorical([model] * (n + errors)), "status": status,
+        "latency_s": latency_s + [math.nan] * errors, "ttft_s": latency_s + [math.nan] * errors,
+        "tpot_s": math.nan, "output_tokens_per_s": math.nan, "prompt_tokens": 1,
+        "completion_tokens": 1, "cost_usd": [cost_usd] * n + [0.0] * errors,
+        "passed": pd.array((passed or [True] * n) + [False] * errors, dtype="boolean"),
+    })
+
+
+# metric, baseline rows, current rows, regressed under default thresholds
+RULES: list[tuple[str, dict[str, Any], dict[str, Any], bool]] = [
+    ("latency_p50_s", {"latency_s": [1.0] * 4}, {"latency_s": [1.19] * 4}, False),
+    ("latency_p50_s", {"latency_s": [1.0] * 4}, {"latency_s": [1.21] * 4}, True),
+    ("latency_p50_s", {"latency_s": [1.0] * 4}, {"latency_s": [0.5] * 4}, False),  # faster
+    ("cost_per_request_usd", {"latency_s": [1.0]}, {"latency_s": [1.0], "cost_usd": 0.00111},
+     True),
+    ("cost_per_request_usd", {"latency_s": [1.0], "cost_usd": 0.0},
+     {"latency_s": [1.0], "cost_usd": 0.0001}, True),                       # free -> paid
+    ("cost_per_request_usd", {"latency_s": [1.0]}, {"latency_s": [1.0], "cost_usd": 0.00105},
+     False),
+    ("error_rate", {"latency_s": [1.0] * 20}, {"latency_s": [1.0] * 19, "errors": 1}, False),
+    ("error_rate", {"latency_s": [1.0] * 20}, {"latency_s": [1.0] * 18, "errors": 2}, True),
+    ("pass_rate", {"latency_s": [1.0] * 20}, {"latency_s": [1.0] * 20,
+                                               "passed": [True] * 19 + [False]}, False),
+    ("pass_rate", {"latency_s": [1.0] * 20}, {"latency_s": [1.0] * 20,
+                                               "passed": [True] * 18 + [False] * 2}, True),
+]
+
+
+@pytest.mark.parametrize(("metric", "a", "b", "regressed"), RULES)
+def test_regression_rules(metric: str, a: dict[str, Any], b: dict[str, Any],
+                          regressed: bool) -> None:
+    table = compare(_rows("m", **a), _rows("m", **b))
+    row = table[table["metric"] == metric].iloc[0]
+    assert bool(row["regressed"]) is regressed
+    assert any(line.startswith(f"m: {metric} ") for line in regressions(table)) is regressed
+
+
+def test_a_model_on_one_side_only_is_not_flagged() -> None:
+    table = compare(_rows("old", [1.0]), _rows("new", [9.0]))
+    assert set(table["model"]) == {"old", "new"} and not table["regressed"].any()
+    assert table.loc[table["model"] == "new", "baseline"].isna().all()
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A baseline run and a run where balanced is slower and flakier and premium dearer."""
+    root = tmp_path_factory.mktemp("compare")
+    baseline = write_and_run(root / "a", bench_job(max_latency_s=0.2), root / "results")
+    current = write_and_run(root / "b", bench_job(ttft_s=0.3, error_rate=0.6,
+                                                  premium_usd_per_mtok=60, max_latency_s=0.2),
+                            root / "results")
+    return baseline, current
+
+
+def test_real_runs_flag_what_got_worse(two_runs: tuple[Path, Path]) -> None:
+    baseline, current = (runner.read_results(p) for p in two_runs)
+    table = compare(baseline, current, Thresholds(latency=0.5))
+    flagged = {(r["model"], r["metric"]) for r in table[table["regressed"]].to_dict("records")}
+    assert {("sim/balanced", "latency_p50_s"), ("sim/balanced", "ttft_p50_s"),
+            ("sim/balanced", "error_rate"), ("sim/balanced", "pass_rate"),
+            ("<b>premium</b> & co", "cost_per_request_usd")} <= flagged
+    steady = {(m, metric) for m in ("sim/fast-mini", "<b>premium</b> & co")
+              for metric in ("error_rate", "pass_rate")} | {
+        ("sim/fast-mini", "cost_per_request_usd")}
+    assert not steady & flagged
+    premium = table[(table["model"] == "<b>premium</b> & co")
+                    & (table["metric"] == "cost_per_request_usd")].iloc[0]
+    assert premium["current"] > 3 * premium["baseline"]
+    reasons = regressions(table)
+    assert any(r.startswith("sim/balanced: error_rate 0.0% -> ") and "limit +5.0 points" in r
+               for r in reasons)
+    assert any(r.startswith("<b>premium</b> & co: cost_per_request_usd $") and "limit +10%" in r
+               for r in reasons)
+
+
+def test_cli_compare_prints_deltas_and_exits_0(two_runs: tuple[Path, Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", str(two_runs[0]), str(two_runs[1]),
+                 "--max-regression", "latency=50%"]) == 0
+    out = capsys.readouterr().out
+    assert "REGRESSED" in out and "regression(s):" in out
+    assert "sim/balanced: error_rate" in out and "<b>premium</b> & co" in out
+    # a job directory alone: its latest run against the one before
+    job_dir = tmp_path / "bench"
+    shutil.copytree(two_runs[0], job_dir / "20200101T000000Z-aaaa")
+    shutil.copytree(two_runs[1], job_dir / "20200101T000001Z-bbbb")
+    assert main(["compare", str(job_dir)]) == 0
+    assert "bench/20200101T000001Z-bbbb against baseline bench/20200101T000000Z-aaaa" \
+        in capsys.readouterr().out.replace("\n", " ").replace("  ", " ")
+
+
+def test_cli_compare_bad_input_exits_2(two_runs: tuple[Path, Path], tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", str(two_runs[0]), str(two_runs[1]), "--max-regression",
+                 "speed=1"]) == 2
+    assert "--max-regression: 'speed=1'" in capsys.readouterr().err
+    assert main(["compare", str(two_runs[0])]) == 2
+    assert "holds 1 run(s)" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "nope"), str(two_runs[1])]) == 2
+    assert "nope: no such results folder" in capsys.readouterr().err
