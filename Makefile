@@ -20,7 +20,7 @@ install: $(VENV)/.runtime
 dev: $(VENV)/.dev
 
 run: install
-	$(VENV)/bin/runner run $(JOB)
+	$(VENV)/bin/runner run $(JOB) --html
 
 test: dev
 	$(PY) -m pytest -q

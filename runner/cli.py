@@ -59,6 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --resume: go on even if the job's plan changed")
     run.add_argument("--grace-s", type=_positive_float, default=10.0,
                      help="after Ctrl-C, seconds in-flight requests may take (default 10)")
+    run.add_argument("--fail-under", type=_rate, metavar="RATE",
+                     help="exit 1 when the pass rate of the checks is under RATE (0..1)")
+    run.add_argument("--baseline", metavar="RUN_DIR|previous",
+                     help="compare with this run (or the job's previous one); exit 1 on a "
+                     "regression beyond --max-regression")
+    run.add_argument("--max-regression", default="", metavar="SPEC",
+                     help="e.g. latency=0.2,cost=0.1,pass_rate=0.05 (relative for latency/ttft/"
+                     "cost, points for error_rate/pass_rate)")
+    run.add_argument("--junit", type=Path, metavar="PATH", help="write JUnit XML here")
+    run.add_argument("--html", nargs="?", const="", metavar="PATH",
+                     help="write the HTML report (default: report.html in the run directory)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
 
     validate = sub.add_parser("validate", help="check a job file without sending anything")
@@ -205,12 +216,61 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if (args.retry_errors or args.force) and args.resume is None:
         raise ConfigError("--retry-errors and --force only apply with --resume")
+    gate = _gate(args, job)
     outcome = anyio.run(go)
     print_summary(outcome)
     if outcome.status == "interrupted":
         print(f"runner: interrupted; continue with: runner run {args.job} --resume "
               f"{outcome.run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    return _after_run(args, outcome, gate)
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (got {text})")
+    return value
+
+
+def _gate(args: argparse.Namespace, job: Any) -> Any:
+    """Check the quality-gate flags before anything is sent."""
+    from .compare import parse_thresholds
+    from .gate import Gate
+
+    if args.fail_under is not None and not job.checks:
+        raise ConfigError(f"--fail-under: {args.job} has no checks (add checks: or expected:)")
+    if args.max_regression and args.baseline is None:
+        raise ConfigError("--max-regression only applies with --baseline")
+    thresholds = parse_thresholds(args.max_regression) if args.baseline else None
+    return Gate(args.fail_under, args.baseline, thresholds)
+
+
+def _after_run(args: argparse.Namespace, outcome: Any, gate: Any) -> int:
+    """Reports and thresholds after a completed run: exit 1 when a threshold is broken."""
+    from .gate import broken
+
+    if args.junit is not None or args.html is not None:
+        from .report import read_results
+
+        df = read_results(outcome.run_dir)
+        if args.junit is not None:
+            from .junit import write_junit
+
+            print(f"junit: {write_junit(df, args.junit)}")
+        if args.html is not None:
+            from .html_report import write_html
+
+            target = Path(args.html) if args.html else outcome.run_dir / "report.html"
+            print(f"html report: {write_html(df, target)}")
+    reasons, notes = broken(outcome.run_dir, gate)
+    for note in notes:
+        print(note)
+    if reasons:
+        print("runner: quality threshold broken:", file=sys.stderr)
+        for reason in reasons:
+            print(f"  - {reason}", file=sys.stderr)
+        return EXIT_THRESHOLD
     return EXIT_OK
 
 

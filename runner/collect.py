@@ -59,9 +59,9 @@ def file_schema() -> pa.Schema:
 
 
 def new_run_id(now: datetime | None = None) -> str:
-    """A run id that sorts by start time: `20261125T231755Z-3fa9`."""
+    """A run id that sorts by start time, to the millisecond: `20261125T231755.042Z-3fa9`."""
     now = now or datetime.now(UTC)
-    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(2)}"
 
 
 def run_dir_for(root: Path, job_name: str, run_id: str) -> Path:

@@ -66,6 +66,7 @@ class RunProgress:
 
 def print_summary(outcome: Any) -> None:
     """The per-model table at the end of a run, and where the files are."""
+    from rich.markup import escape
     from rich.table import Table
 
     from .report import read_results, summarize
@@ -78,14 +79,19 @@ def print_summary(outcome: Any) -> None:
     if summary is not None and len(summary):
         table = Table(title=f"{outcome.manifest['job']} — run {outcome.run_id} "
                       f"({outcome.status})")
+        graded = "pass_rate" in summary.columns
         for name in ("model", "n", "ok", "errors", "skipped", "latency p50", "latency p90",
-                     "ttft p50", "tok/s p50", "cost $"):
+                     "ttft p50", "tok/s p50", "cost $") + (("pass rate",) if graded else ()):
             table.add_column(name, justify="left" if name == "model" else "right")
         for row in summary.to_dict("records"):
-            table.add_row(str(row["model"]), str(row["n"]), str(row["ok"]), str(row["errors"]),
-                          str(row["skipped"]), _s(row["latency_p50_s"]),
-                          _s(row["latency_p90_s"]), _s(row["ttft_p50_s"]),
-                          _num(row["output_tokens_per_s_p50"]), f"{row['cost_usd']:.6f}")
+            cells = [escape(str(row["model"])), str(row["n"]), str(row["ok"]),
+                     str(row["errors"]), str(row["skipped"]), _s(row["latency_p50_s"]),
+                     _s(row["latency_p90_s"]), _s(row["ttft_p50_s"]),
+                     _num(row["output_tokens_per_s_p50"]), f"{row['cost_usd']:.6f}"]
+            if graded:
+                rate = row.get("pass_rate")
+                cells.append("-" if rate is None or rate != rate else f"{rate:.0%}")
+            table.add_row(*cells)
         console.print(table)
     budget = outcome.manifest.get("budget") or {}
     if budget.get("budget_usd"):

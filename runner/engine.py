@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from .budget import Budget, Reservation
+from .checks import Check, evaluate
 from .client import Attempt
 from .collect import Collector, new_run_id, run_dir_for
 from .config import (
@@ -219,7 +220,7 @@ def _finish_files(collector: Collector) -> dict[str, Any]:
 
     final = collector.finish()
     columns = ["model", "status", "latency_s", "ttft_s", "tpot_s", "output_tokens_per_s",
-               "prompt_tokens", "completion_tokens", "cost_usd"]
+               "prompt_tokens", "completion_tokens", "cost_usd", "passed"]
     df = pq.read_table(final, columns=columns).to_pandas()  # not the texts: memory stays flat
     counts = {str(k): int(v) for k, v in df["status"].value_counts().items()}
     if not len(df):
@@ -296,9 +297,23 @@ async def _handle(run: _Run, request: Request) -> None:
         if attempt.error_type not in RETRIABLE or n > retries:
             break
         await anyio.sleep(_backoff_s(n, attempt.retry_after_s))
+    checks = run.job.checks.for_prompt(request.prompt_id)
+    if checks:
+        await _grade(run, request, result, checks)
     _close_row(run, result, t_ready, started)
     if run.collector.pending >= run.collector.flush_rows:
         await _flush(run)
+
+
+async def _grade(run: _Run, request: Request, result: Result, checks: tuple[Check, ...]) -> None:
+    """Fill `passed`, `score` and `check_failures` from the prompt's checks."""
+    row = result.as_row()
+    if any(check.kind == "python" for check in checks):  # user code: keep it off the loop
+        verdict = await anyio.to_thread.run_sync(evaluate, checks, result.response_text, row)
+    else:
+        verdict = evaluate(checks, result.response_text, row)
+    result.passed, result.score, result.check_failures = \
+        verdict.passed, verdict.score, verdict.failures
 
 
 def _close_row(run: _Run, result: Result, t_ready: float, started: datetime) -> None:

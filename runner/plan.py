@@ -17,6 +17,7 @@ from typing import Any, overload
 
 from jinja2 import TemplateError
 
+from .checks import response_format_for
 from .config import Job, Message, ModelSpec, Prompt
 from .errors import JobFileError
 from .templates import render
@@ -31,21 +32,19 @@ class Request:
     repeat: int
     vars: Mapping[str, Any]
     messages: tuple[Message, ...]   # rendered
-
-    @property
-    def params(self) -> Mapping[str, Any]:
-        return self.model.params
+    params: Mapping[str, Any]       # the model's params, plus a json_schema check's format
 
 
 class Plan(Sequence[Request]):
     """All requests of a job, computed on demand."""
 
-    __slots__ = ("job", "_prefix", "_units", "_models", "_repeats")
+    __slots__ = ("job", "_prefix", "_units", "_models", "_repeats", "_param_cache")
 
     def __init__(self, job: Job) -> None:
         self.job = job
         self._models = len(job.models)
         self._repeats = job.repeats
+        self._param_cache: dict[tuple[int, int], Mapping[str, Any]] = {}
         self._prefix: list[int] = [0]
         for prompt in job.prompts:
             self._prefix.append(self._prefix[-1] + _combinations(prompt))
@@ -79,10 +78,25 @@ class Plan(Sequence[Request]):
         except TemplateError as exc:  # only some var values can trip the sandbox or a filter
             raise JobFileError(self.job.path, f"prompts[id={prompt.id}]",
                                f"template cannot be rendered with {variables}: {exc}") from None
+        params = self._params(m, p)
         return Request(index=i,
-                       request_id=request_id(model, prompt.id, variables, messages, repeat),
+                       request_id=request_id(model, prompt.id, variables, messages, repeat,
+                                             params),
                        model=model, prompt_id=prompt.id, repeat=repeat, vars=variables,
-                       messages=messages)
+                       messages=messages, params=params)
+
+    def _params(self, m: int, p: int) -> Mapping[str, Any]:
+        key = (m, p)
+        params = self._param_cache.get(key)
+        if params is None:
+            model, prompt = self.job.models[m], self.job.prompts[p]
+            params = model.params
+            fmt = response_format_for(self.job.checks.for_prompt(prompt.id))
+            if fmt is not None and "response_format" not in params:
+                # a json_schema check asks for structured output (explicit params win)
+                params = {**params, "response_format": fmt}
+            self._param_cache[key] = params
+        return params
 
     def __iter__(self) -> Iterator[Request]:
         for i in range(len(self)):
@@ -117,13 +131,15 @@ def _combination(prompt: Prompt, c: int) -> dict[str, Any]:
 
 
 def request_id(model: ModelSpec, prompt_id: str, variables: Mapping[str, Any],
-               messages: tuple[Message, ...], repeat: int) -> str:
+               messages: tuple[Message, ...], repeat: int,
+               params: Mapping[str, Any] | None = None) -> str:
     """A stable id: the same request in a rerun or a resume gets the same id."""
     # label and vars too: one model under two aliases, or two var values that render the same
     # text, are still different requests
     key = json.dumps(
         [model.id, model.provider, model.label, prompt_id, dict(variables),
-         [[m.role, m.content] for m in messages], dict(model.params), dict(model.extra_body),
+         [[m.role, m.content] for m in messages],
+         dict(model.params if params is None else params), dict(model.extra_body),
          repeat],
         sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -37,16 +38,9 @@ def request_(write_job):  # type: ignore[no-untyped-def]
 async def _send(canned, request_, status, headers, body, *, stream=True):  # type: ignore[no-untyped-def]
     url = await canned((status, headers, body))
     if not stream:
-        request_ = type(request_)(**{**{f: getattr(request_, f) for f in request_.__slots__},
-                                     "model": _no_stream(request_.model)})
+        request_ = replace(request_, params={**request_.params, "stream": False})
     async with Endpoint(_provider(), url, "sk-or-v1-secret", connections=2) as endpoint:
         return await endpoint.send(request_, timeout_s=5, stall_timeout_s=5)
-
-
-def _no_stream(model):  # type: ignore[no-untyped-def]
-    from dataclasses import replace
-
-    return replace(model, params={**model.params, "stream": False})
 
 
 async def test_nonstream_capture(canned, request_, captures: Path) -> None:  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ from runner.simulator.wire import Dialect
 CREATED_UNIX = 1735689600  # 2025-01-01: a fixed date keeps the listing deterministic
 
 _PARAMETERS = ("max_tokens", "temperature", "top_p", "stop", "seed", "frequency_penalty",
-               "presence_penalty", "response_format")  # fmt: skip
+               "presence_penalty", "response_format", "structured_outputs")  # fmt: skip
 _REASONING_PARAMETERS = ("reasoning", "include_reasoning")
 
 

@@ -120,6 +120,7 @@ class ChatService:
             request_seed=order.request_seed,
             reasoning=model.reasoning,
             cap_tokens=order.cap_tokens,
+            json_format=order.json_format,
         )
         refusal = self._account.charge(model, order.prompt_tokens, order.cap_tokens,
                                        completion.completion_tokens)

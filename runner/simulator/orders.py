@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.simulator.models import SimModel
+from runner.simulator.structured import JsonFormat
 from runner.simulator.text import count_prompt_tokens
 from runner.simulator.wire import Dialect
 
@@ -30,6 +31,7 @@ class Order:
     include_usage: bool  # stream_options.include_usage (the OpenAI dialect's usage switch)
     reasoning_visible: bool  # False when the OpenRouter body says reasoning.exclude
     prompt_tokens: int
+    json_format: JsonFormat | None  # what response_format asks for; None: plain text
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,9 @@ def parse_order(
             f"This endpoint's maximum context length is {model.context_length} tokens. "
             f"However, you requested about {prompt_tokens} tokens.",
         )
+    json_format = parse_response_format(body.get("response_format"))
+    if isinstance(json_format, Rejection):
+        return json_format
     stream_options = body.get("stream_options")
     include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
     reasoning = body.get("reasoning")
@@ -103,4 +108,36 @@ def parse_order(
         include_usage=include_usage,
         reasoning_visible=not (isinstance(reasoning, dict) and reasoning.get("exclude") is True),
         prompt_tokens=prompt_tokens,
+        json_format=json_format,
     )
+
+
+def parse_response_format(value: object) -> JsonFormat | Rejection | None:
+    """`response_format` (absent, text, json_object or json_schema) in, what to answer with out.
+
+    Both dialects accept it; the schema itself is not checked, only its envelope.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return Rejection(400, "response_format: must be an object")
+    kind = value.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return JsonFormat(schema=None)
+    if kind != "json_schema":
+        return Rejection(400, f"response_format.type: must be 'text', 'json_object' or "
+                              f"'json_schema' (got {kind!r})")
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        return Rejection(400, "response_format.json_schema: must be an object")
+    name, schema, strict = spec.get("name"), spec.get("schema"), spec.get("strict")
+    if not isinstance(name, str) or not name:
+        return Rejection(400, "response_format.json_schema.name: a name is required")
+    if not isinstance(schema, dict):
+        return Rejection(400, "response_format.json_schema.schema: must be a JSON schema object")
+    if strict is not None and not isinstance(strict, bool):
+        return Rejection(400, f"response_format.json_schema.strict: must be a boolean "
+                              f"(got {strict!r})")
+    return JsonFormat(schema=schema, name=name)

@@ -4,6 +4,14 @@
 One token is one word followed by a space. Prompt tokens are counted as
 `max(1, (chars + 2) // 4) + 4 * len(messages)`, where `chars` is the total length of every text
 content (string contents and the `text` of content parts); roughly 4 characters per token.
+
+With a JSON `response_format` the content is a JSON document instead (see `structured`), drawn
+from the same RNG after the reasoning, and one token is one whitespace-ended piece of it. A JSON
+answer is never cut by the output cap: when the cap leaves fewer tokens than the document has
+pieces, the pieces are merged into exactly that many tokens (at least one; reasoning gives way
+first). So the document always parses, `finish_reason` is "stop", and `completion_tokens` (the
+number of content deltas plus reasoning, the figure the cost is computed from) never exceeds the
+cap that the credit check and the runner's budget reserved for.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from runner.simulator.structured import JsonFormat, document, pack, pieces
 
 MIN_COMPLETION_TOKENS = 8
 MAX_COMPLETION_TOKENS = 200
@@ -89,17 +99,25 @@ def generate(
     request_seed: object,
     reasoning: bool,
     cap_tokens: int | None,
+    json_format: JsonFormat | None = None,
 ) -> Completion:
     """The completion for a request: identical inputs give identical text; `cap_tokens` truncates.
 
     The natural length is 8..200 content tokens (plus 8..40 reasoning tokens for reasoning
     models). The cap applies to reasoning plus content, reasoning first, as real reasoning
-    models spend their output budget thinking before answering.
+    models spend their output budget thinking before answering. A JSON answer is packed into
+    the cap instead of cut (see the module docstring).
     """
     rng = stable_rng("text", sim_seed, model_id, messages, request_seed)
     n_content = rng.randint(MIN_COMPLETION_TOKENS, MAX_COMPLETION_TOKENS)
     n_reasoning = rng.randint(MIN_REASONING_TOKENS, MAX_REASONING_TOKENS) if reasoning else 0
     reasoning_tokens = _sentences(rng, n_reasoning)
+    if json_format is not None:
+        answer = pieces(document(json_format, rng, _VOCABULARY))
+        if cap_tokens is None or cap_tokens >= n_reasoning + len(answer):
+            return Completion(reasoning_tokens, answer, "stop")
+        kept_reasoning = reasoning_tokens[: cap_tokens - 1]
+        return Completion(kept_reasoning, pack(answer, cap_tokens - len(kept_reasoning)), "stop")
     content_tokens = _sentences(rng, n_content)
     if cap_tokens is None or cap_tokens >= n_reasoning + n_content:
         return Completion(reasoning_tokens, content_tokens, "stop")

@@ -1,0 +1,57 @@
+"""Quality gates for nightly runs: a finished run and thresholds in, the reasons a threshold was
+broken out (an empty list: the run passes). Used by `runner run --fail-under/--baseline`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .compare import Thresholds, compare, regressions
+from .errors import ResultsError
+from .report import read_results, run_dirs
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    fail_under: float | None = None       # minimum pass rate, 0..1
+    baseline: str | None = None           # a run directory, or "previous"
+    thresholds: Thresholds | None = None  # how much worse than the baseline is allowed
+
+
+def baseline_dir(run_dir: Path, baseline: str) -> Path | None:
+    """The run to compare with: `previous` is the job's run before `run_dir` (None if none)."""
+    if baseline == "previous":
+        runs = [r.resolve() for r in run_dirs(run_dir.parent)]
+        here = runs.index(run_dir.resolve()) if run_dir.resolve() in runs else len(runs)
+        return runs[here - 1] if here > 0 else None
+    path = Path(baseline)
+    runs = run_dirs(path) if path.is_dir() else []
+    if not runs:
+        raise ResultsError(f"--baseline {baseline}: no run found there")
+    return runs[-1]
+
+
+def broken(run_dir: Path, gate: Gate) -> tuple[list[str], list[str]]:
+    """(reasons a threshold is broken, notes) for a finished run."""
+    reasons: list[str] = []
+    notes: list[str] = []
+    current = read_results(run_dir)
+    if gate.fail_under is not None:
+        graded = current["passed"].dropna()
+        if graded.empty:
+            reasons.append("--fail-under: no row was graded (no checks applied)")
+        else:
+            rate = float(graded.astype(bool).mean())
+            if rate < gate.fail_under:
+                reasons.append(f"pass rate {rate:.1%} is under --fail-under "
+                               f"{gate.fail_under:.1%} ({int((~graded.astype(bool)).sum())} "
+                               f"of {len(graded)} graded rows failed)")
+    if gate.baseline is not None:
+        base = baseline_dir(run_dir, gate.baseline)
+        if base is None:
+            notes.append("no previous run to compare with: regressions not checked")
+        else:
+            table = compare(read_results(base), current, gate.thresholds)
+            notes.append(f"compared with {base.parent.name}/{base.name}")
+            reasons.extend(regressions(table))
+    return reasons, notes
