@@ -128,7 +128,10 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `runner` command."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # bad flags (2) or --help/--version (0): a code, not an exit
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     try:
         handler = {"run": _cmd_run, "validate": _cmd_validate, "plan": _cmd_plan,
                    "simulate": _cmd_simulate, "models": _cmd_models, "report": _cmd_report,
