@@ -133,6 +133,10 @@ def compile_check(check: CheckIn, *, path: Path, field_name: str) -> Check:
         return Check(kind, f"python {arg}", arg, python(fn), prompts=prompts,
                      min_score=check.min_score if check.min_score is not None
                      else DEFAULT_MIN_SCORE)
+    if kind == "llm_judge":  # graded by the engine through the pool: see engine._judge
+        return Check(kind, f"llm_judge {arg.model}", arg, None, prompts=prompts,
+                     min_score=check.min_score if check.min_score is not None
+                     else DEFAULT_MIN_SCORE)
     label = kind if kind in ("json_valid", "json_schema") else f"{kind} {shown(arg)}"
     return Check(kind, label, arg, GRADERS[kind](arg), prompts=prompts,
                  strict=check.strict if check.strict is not None else True)

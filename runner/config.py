@@ -113,6 +113,7 @@ class Job:
     simulator: schema.SimulatorIn
     snapshot: Mapping[str, Any]   # the job file as parsed (it holds env var names, never keys)
     checks: CheckSet = CheckSet()  # each prompt's checks: its expected + job-level `checks:`
+    judges: Mapping[tuple[str, str | None], ModelSpec] = field(default_factory=dict)
 
 
 def load_job(path: str | os.PathLike[str]) -> Job:
@@ -222,6 +223,7 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any]) -> Job:
         models.append(ModelSpec(id=model.id, provider=provider, label=label, params=params,
                                 extra_body=extra, limits=_limits(model.limits)))
     prompts = _prompts(path, job)
+    checks = build_check_set(job.checks, {p.id: p.checks for p in prompts}, path=path)
     return Job(
         name=job.name, description=job.description, path=path.resolve(),
         providers=providers, models=tuple(models), prompts=prompts, repeats=job.repeats,
@@ -233,8 +235,27 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any]) -> Job:
         output_dir=Path(job.output.dir) if Path(job.output.dir).is_absolute()
         else Path.cwd() / job.output.dir,
         write_csv=job.output.csv, simulator=job.simulator, snapshot=raw,
-        checks=build_check_set(job.checks, {p.id: p.checks for p in prompts}, path=path),
+        checks=checks, judges=_judges(path, checks, job.provider, providers),
     )
+
+
+def _judges(path: Path, checks: CheckSet, default_provider: str,
+            providers: Mapping[str, Provider]) -> dict[tuple[str, str | None], ModelSpec]:
+    """The model of every llm_judge check, keyed by (model, provider as written)."""
+    judges: dict[tuple[str, str | None], ModelSpec] = {}
+    for applied in checks.by_prompt.values():
+        for check in applied:
+            if check.kind != "llm_judge":
+                continue
+            spec = check.arg
+            provider = spec.provider or default_provider
+            if provider not in providers:
+                raise _unknown_provider(path, "llm_judge.provider", provider, providers)
+            judges[(spec.model, spec.provider)] = ModelSpec(
+                id=spec.model, provider=provider, label=f"judge {spec.model}",
+                params={"temperature": 0, "max_tokens": spec.max_tokens, "stream": False},
+                extra_body={})
+    return judges
 
 
 def _unknown_provider(path: Path, field_name: str, name: str,

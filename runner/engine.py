@@ -7,6 +7,7 @@ and the cost guard (`budget`) before it is sent; retries, backoff and 429 pauses
 
 from __future__ import annotations
 
+import functools
 import random
 import signal
 import time
@@ -32,6 +33,7 @@ from .config import (
     Limits,
 )
 from .errors import ProviderError
+from .judge import RESPONSE_FORMAT, judge_messages, parse_score
 from .limits import Gates
 from .manifest import Manifest
 from .plan import Plan, Request
@@ -307,13 +309,62 @@ async def _handle(run: _Run, request: Request) -> None:
 
 async def _grade(run: _Run, request: Request, result: Result, checks: tuple[Check, ...]) -> None:
     """Fill `passed`, `score` and `check_failures` from the prompt's checks."""
+    graded: dict[Check, float] = {}
+    if result.status == OK:
+        for check in checks:
+            if check.kind == "llm_judge":
+                score = await _judge(run, request, result, check)
+                if score is not None:
+                    graded[check] = score
     row = result.as_row()
     if any(check.kind == "python" for check in checks):  # user code: keep it off the loop
-        verdict = await anyio.to_thread.run_sync(evaluate, checks, result.response_text, row)
+        verdict = await anyio.to_thread.run_sync(
+            functools.partial(evaluate, checks, result.response_text, row, graded=graded))
     else:
-        verdict = evaluate(checks, result.response_text, row)
+        verdict = evaluate(checks, result.response_text, row, graded=graded)
     result.passed, result.score, result.check_failures = \
         verdict.passed, verdict.score, verdict.failures
+
+
+async def _judge(run: _Run, request: Request, result: Result, check: Check) -> float | None:
+    """Ask the check's judge model for a score, through the same limits and budget; its cost
+    and tokens go on the judged row. None when the judge could not be asked or answered."""
+    spec = run.job.judges[(check.arg.model, check.arg.provider)]
+    messages = judge_messages(check.arg.rubric, request.messages, result.response_text or "")
+    asked = Request(index=request.index, request_id=request.request_id, model=spec,
+                    prompt_id=request.prompt_id, repeat=request.repeat, vars=request.vars,
+                    messages=messages, params={**spec.params, "response_format": RESPONSE_FORMAT})
+    price = run.providers.prices.get((spec.provider, spec.id))
+    worst = worst_case_usd(asked, price) if price is not None else None
+    limits = spec.limits.over(run.job.providers[spec.provider].limits).over(run.limits)
+    tokens = typical_prompt_tokens(messages) + int(spec.params.get("max_tokens") or 0)
+    for n in range(1, (limits.retries or 0) + 2):
+        if _refusal(run, spec.provider, worst) is not None:
+            return None
+        async with run.gates.slot(spec, tokens):
+            reservation = await _reserve(run, worst or 0.0)
+            if reservation is None:
+                run.stop_reason.setdefault("*", "budget")
+                return None
+            attempt = await run.providers.endpoints[spec.provider].send(
+                asked, timeout_s=limits.timeout_s or 0,
+                stall_timeout_s=limits.stall_timeout_s or 0)
+            cost, _ = attempt_cost(attempt, price)
+            _settle(run, reservation, cost)
+        result.judge_cost_usd = (result.judge_cost_usd or 0.0) + (cost or 0.0)
+        result.judge_prompt_tokens = (result.judge_prompt_tokens or 0) + \
+            (attempt.prompt_tokens or 0)
+        result.judge_completion_tokens = (result.judge_completion_tokens or 0) + \
+            (attempt.completion_tokens or 0)
+        if attempt.ok:
+            return parse_score(attempt.text)
+        _on_failure(run, spec.provider, attempt)
+        if attempt.error_type not in RETRIABLE:
+            return None
+        if attempt.error_type == "rate_limited" and attempt.retry_after_s:
+            run.gates.pause(spec, attempt.retry_after_s)
+        await anyio.sleep(_backoff_s(n, attempt.retry_after_s))
+    return None
 
 
 def _close_row(run: _Run, result: Result, t_ready: float, started: datetime) -> None:

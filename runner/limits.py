@@ -88,7 +88,7 @@ class Gates:
         gates = cls(Scope.build(Limits(rpm=job_limits.rpm, tpm=job_limits.tpm), clock))
         for name, provider in job.providers.items():
             gates.providers[name] = Scope.build(provider.limits, clock)
-        for model in job.models:
+        for model in (*job.models, *job.judges.values()):
             gates.models[model.label] = Scope.build(model.limits, clock)
         return gates
 

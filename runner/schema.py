@@ -167,8 +167,17 @@ class OutputIn(Strict):
 
 
 CHECK_TYPES = ("equals", "contains", "icontains", "not_contains", "regex", "json_valid",
-               "json_schema", "max_latency_s", "max_cost_usd", "python")
+               "json_schema", "max_latency_s", "max_cost_usd", "python", "llm_judge")
 """The keys that name a check's type; a check gives exactly one of them (see runner/checks.py)."""
+
+
+class JudgeIn(Strict):
+    """An LLM judge: a model grades each response against a rubric with a score 0..1."""
+
+    model: str = Field(min_length=1)
+    provider: str | None = None              # default: the job's provider
+    rubric: str = Field(min_length=1)
+    max_tokens: int = Field(default=300, gt=0)
 
 
 class CheckIn(Strict):
@@ -184,6 +193,7 @@ class CheckIn(Strict):
     max_latency_s: float | None = Field(default=None, gt=0)
     max_cost_usd: float | None = Field(default=None, ge=0)
     python: str | None = None
+    llm_judge: JudgeIn | None = None
     prompts: list[str] | None = Field(default=None, min_length=1)  # job-level checks only
     strict: bool | None = None                       # json_schema: response_format strict mode
     min_score: float | None = Field(default=None, ge=0, le=1)     # python: passing score
@@ -233,8 +243,8 @@ class CheckIn(Strict):
                              + (f" (got {', '.join(given)})" if given else ""))
         if self.strict is not None and self.json_schema is None:
             raise ValueError("strict: only applies to a json_schema check")
-        if self.min_score is not None and self.python is None:
-            raise ValueError("min_score: only applies to a python check")
+        if self.min_score is not None and self.python is None and self.llm_judge is None:
+            raise ValueError("min_score: only applies to a python or llm_judge check")
         return self
 
 
@@ -270,7 +280,8 @@ class JobIn(Strict):
 def field_names() -> set[str]:
     """Every key any job-file section accepts (for 'did you mean' hints)."""
     names: set[str] = set()
-    for model in (MaxPriceIn, PriceIn, ParamsIn, LimitsIn, ProviderIn, FaultsIn, SimModelIn,
-                  SimulatorIn, ModelIn, MessageIn, PromptIn, OutputIn, CheckIn, JobIn):
+    for model in (JudgeIn, MaxPriceIn, PriceIn, ParamsIn, LimitsIn, ProviderIn, FaultsIn,
+                  SimModelIn, SimulatorIn, ModelIn, MessageIn, PromptIn, OutputIn, CheckIn,
+                  JobIn):
         names.update(model.model_fields)
     return names

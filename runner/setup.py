@@ -68,7 +68,7 @@ async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
                          need_prices: bool = False, refresh_prices: bool = False,
                          require_keys: bool = True) -> Providers:
     """Open an endpoint per provider the job uses; register their shutdown on `stack`."""
-    used = sorted({m.provider for m in job.models})
+    used = sorted({m.provider for m in (*job.models, *job.judges.values())})
     # missing keys fail first; without `require_keys` (plan, models) a public /models still works
     keys = {name: api_key(job.providers[name]) if require_keys
             else (os.environ.get(job.providers[name].api_key_env or "") or "no-key")
@@ -105,7 +105,7 @@ async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
             tg.start_soon(read, name)
     if out.errors and require_keys:
         raise next(iter(out.errors.values()))
-    for model in job.models:  # the job's own pricing: table wins over any catalogue
+    for model in (*job.models, *job.judges.values()):  # the job's pricing: wins
         if model.id in job.pricing:
             out.prices[(model.provider, model.id)] = job.pricing[model.id]
     if require_keys:
@@ -114,12 +114,13 @@ async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
 
 
 def _check_models(job: Job, out: Providers, need_prices: bool) -> None:
-    for i, model in enumerate(job.models):
+    for i, model in enumerate((*job.models, *job.judges.values())):
         ids = out.catalogues.get(model.provider) or set()
         if ids and model.id not in ids:
             close = sorted(m for m in ids if model.id.split("/")[-1][:4] in m)[:3]
             hint = f"; close: {', '.join(close)}" if close else ""
-            raise JobFileError(job.path, f"models[{i}].id", f"{model.id!r} is not offered by "
+            where = f"models[{i}].id" if i < len(job.models) else "llm_judge.model"
+            raise JobFileError(job.path, where, f"{model.id!r} is not offered by "
                                f"provider {model.provider!r} (see `runner models --provider "
                                f"{model.provider}`{hint})")
         if not need_prices:

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonschema
+import pydantic
 import pytest
 from openai import AsyncOpenAI
 
@@ -408,3 +410,205 @@ async def test_hundreds_of_concurrent_streams_without_noise(
 def test_faults_reject_impossible_settings(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="Faults"):
         Faults(**kwargs)
+
+
+# --- structured outputs ---------------------------------------------------------------------
+
+JUDGE = {
+    "type": "object",
+    "properties": {
+        "score": {"type": "number", "minimum": 1, "maximum": 5},
+        "reason": {"type": "string", "minLength": 10, "maxLength": 40},
+    },
+    "required": ["score", "reason"],
+    "additionalProperties": False,
+}
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "judge": JUDGE,
+    "kitchen_sink": {
+        "type": "object",
+        "properties": {
+            "verdict": {"enum": ["pass", "fail"]},
+            "stars": {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 6},
+            "ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.01},
+            "ok": {"type": "boolean"},
+            "nothing": {"type": "null"},
+            "version": {"const": 2},
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 8},
+                     "minItems": 2, "maxItems": 4},
+            "either": {"anyOf": [{"type": "integer", "minimum": 100}, {"type": "string"}]},
+            "one": {"oneOf": [{"type": "string", "minLength": 50}, {"type": "null"}]},
+            "maybe": {"type": ["string", "null"]},
+            "nested": {
+                "type": "object",
+                "properties": {"inner": {"type": "object", "properties": {
+                    "deep": {"type": "array", "items": {"type": "integer", "minimum": -3,
+                                                        "maximum": -1}}}}},
+                "required": ["inner"],
+                "additionalProperties": False,
+            },
+            "ignored": {"type": "string", "title": "T", "format": "no-such-format", "x-vendor": 1},
+        },
+        "required": ["verdict", "stars", "ratio", "ok", "nothing", "version", "tags", "either",
+                     "one", "nested"],
+        "additionalProperties": False,
+    },
+    "pydantic_refs": {  # what pydantic writes for a recursive model (Optional -> anyOf + null)
+        "$defs": {
+            "Node": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}},
+                    "parent": {"anyOf": [{"$ref": "#/$defs/Node"}, {"type": "null"}]},
+                },
+                "required": ["name", "children", "parent"],
+                "additionalProperties": False,
+            }
+        },
+        "type": "object",
+        "properties": {"root": {"$ref": "#/$defs/Node"}},
+        "required": ["root"],
+    },
+    "draft4_bool_exclusive": {
+        "$schema": "http://json-schema.org/draft-04/schema#",
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 5, "exclusiveMinimum": True,
+                             "maximum": 6}},
+        "required": ["n"],
+    },
+    "bare_array": {"type": "array", "items": {"type": "number"}, "maxItems": 0},
+}  # fmt: skip
+
+
+def schema_format(schema: dict[str, Any], strict: bool | None = True) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema,
+                                                   "strict": strict}}  # fmt: skip
+
+
+def validate(document: object, schema: dict[str, Any]) -> None:
+    validator = jsonschema.validators.validator_for(schema)
+    validator.check_schema(schema)
+    validator(schema).validate(document)
+
+
+def message_of(raw: bytes) -> str:
+    return str(json.loads(raw)["choices"][0]["message"]["content"])
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+@pytest.mark.parametrize("base", ["base_url", "openai_base_url"])
+async def test_json_schema_reply_validates(sim: Simulator, name: str, base: str) -> None:
+    schema = SCHEMAS[name]
+    for seed in range(15):
+        status, _, raw = await post(getattr(sim, base), request(
+            seed=seed, response_format=schema_format(schema)))  # fmt: skip
+        assert status == 200, raw
+        validate(json.loads(message_of(raw)), schema)
+        assert json.loads(raw)["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_json_reply_is_deterministic(sim: Simulator) -> None:
+    async def reply(base_url: str, **kw: Any) -> str:
+        fmt = schema_format(SCHEMAS["kitchen_sink"])
+        return message_of((await post(base_url, request(response_format=fmt, **kw)))[2])
+
+    same = await reply(sim.base_url)
+    assert same == await reply(sim.base_url) == await reply(sim.openai_base_url)
+    assert same != await reply(sim.base_url, seed=3)
+    with Simulator(MODELS, seed=7) as again:
+        assert same == await reply(again.base_url)
+
+
+async def test_json_object_reply(sim: Simulator) -> None:
+    _, _, raw = await post(sim.openai_base_url, request(response_format={"type": "json_object"}))
+    answer = json.loads(message_of(raw))
+    assert list(answer) == ["answer"] and len(answer["answer"].split()) >= 3
+    _, _, text = await post(sim.base_url, request(response_format={"type": "text"}))
+    assert message_of(text) == message_of((await post(sim.base_url, request()))[2])
+
+
+@pytest.mark.parametrize("base", ["base_url", "openai_base_url"])
+async def test_streamed_json_deltas_join_into_the_document(sim: Simulator, base: str) -> None:
+    fmt = schema_format(SCHEMAS["kitchen_sink"])
+    opts = {"stream_options": {"include_usage": True}}
+    _, _, raw = await post(getattr(sim, base), request(stream=True, response_format=fmt, **opts))
+    deltas = [c["choices"][0]["delta"].get("content") for c in chunks(raw) if c["choices"]]
+    pieces = [d for d in deltas if d]
+    assert len(pieces) > 5 and all(p.strip() for p in pieces)
+    validate(json.loads("".join(pieces)), SCHEMAS["kitchen_sink"])
+    usage = chunks(raw)[-1]["usage"]
+    assert usage["completion_tokens"] == len(pieces)
+    _, _, whole = await post(getattr(sim, base), request(response_format=fmt))
+    assert message_of(whole) == "".join(pieces)
+    assert json.loads(whole)["usage"]["completion_tokens"] == len(pieces)
+
+
+@pytest.mark.parametrize(("model", "cap"), [("t/plain", 1), ("t/plain", 3), ("t/reasoner", 4)])
+async def test_json_is_packed_into_max_tokens_not_cut(sim: Simulator, model: str, cap: int) -> None:
+    fmt = schema_format(SCHEMAS["kitchen_sink"])
+    _, _, raw = await post(sim.base_url, request(model, True, response_format=fmt, max_tokens=cap))
+    final = chunks(raw)[-1]
+    assert final["choices"][0]["finish_reason"] == "stop"
+    validate(json.loads(content_of(raw)), SCHEMAS["kitchen_sink"])
+    deltas = [c["choices"][0]["delta"] for c in chunks(raw)[1:-1]]
+    usage = final["usage"]
+    assert usage["completion_tokens"] == len(deltas) == cap
+    assert sum(1 for d in deltas if d.get("content")) >= 1
+    assert usage["cost"] == pytest.approx(
+        usage["prompt_tokens"] * (1e-7 if model == "t/plain" else 1e-6)
+        + cap * (4e-7 if model == "t/plain" else 4e-6) + (0.001 if model == "t/plain" else 0)
+    )
+    _, _, whole = await post(sim.base_url, request(model, response_format=fmt, max_tokens=cap))
+    assert json.loads(whole)["usage"]["completion_tokens"] == cap
+    assert message_of(whole) == content_of(raw)
+
+
+async def test_judge_score_is_spread_over_its_bounds(sim: Simulator) -> None:
+    scores = []
+    for seed in range(60):
+        _, _, raw = await post(sim.base_url, request(seed=seed,
+                                                     response_format=schema_format(JUDGE)))
+        scores.append(json.loads(message_of(raw))["score"])
+    assert all(1 <= s <= 5 for s in scores)
+    assert min(scores) < 2 and max(scores) > 4 and len(set(scores)) > 30
+
+
+async def test_openai_sdk_parses_a_structured_reply(sim: Simulator) -> None:
+    class Verdict(pydantic.BaseModel):
+        score: int = pydantic.Field(ge=0, le=10)
+        reason: str
+
+    async with AsyncOpenAI(api_key="sim", base_url=sim.openai_base_url, max_retries=0) as client:
+        reply = await client.chat.completions.parse(
+            model="t/plain", messages=[{"role": "user", "content": "Grade this."}],
+            response_format=Verdict,
+        )
+    parsed = reply.choices[0].message.parsed
+    assert parsed is not None and 0 <= parsed.score <= 10
+
+
+@pytest.mark.parametrize(
+    "response_format",
+    [
+        "json",
+        {"type": "yaml"},
+        {"type": "json_schema"},
+        {"type": "json_schema", "json_schema": {"schema": JUDGE}},
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": "object"}},
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": JUDGE, "strict": "yes"}},
+    ],
+)
+async def test_bad_response_format_is_400(sim: Simulator, response_format: object) -> None:
+    status, _, raw = await post(sim.openai_base_url, request(response_format=response_format))
+    assert status == 400 and "response_format" in json.loads(raw)["error"]["message"]
+
+
+async def test_openai_dialect_accepts_response_format_but_not_openrouter_fields(
+    sim: Simulator,
+) -> None:
+    fmt = schema_format(JUDGE, strict=None)
+    status, _, _ = await post(sim.openai_base_url, request(response_format=fmt))
+    assert status == 200
+    status, _, raw = await post(sim.openai_base_url, request(response_format=fmt, provider={}))
+    assert status == 400 and "provider" in json.loads(raw)["error"]["message"]
