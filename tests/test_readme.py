@@ -18,7 +18,8 @@ def test_annotated_job_file_is_valid(tmp_path: Path) -> None:
     block = re.search(r"```yaml\n(.*?)```", section, re.S)
     assert block is not None
     (tmp_path / "prompts").mkdir()
-    (tmp_path / "prompts" / "qa.jsonl").write_text('{"id": "qa1", "text": "Why is the sky blue?"}\n')
+    qa = tmp_path / "prompts" / "qa.jsonl"
+    qa.write_text('{"id": "qa1", "text": "Why is the sky blue?"}\n')
     job = load_job(_write(tmp_path / "job.yaml", block.group(1)))
     assert [m.label for m in job.models] == ["sim/fast-mini", "premium"]
     assert len(Plan(job)) > 0
