@@ -36,12 +36,14 @@ def test_fail_under_breaks_and_holds(write_job, results_dir, capsys) -> None:  #
 
 
 def test_regression_against_the_previous_run(write_job, results_dir, capsys) -> None:  # type: ignore[no-untyped-def]
-    path = write_job(JOB.format(ttft=0))
+    path = write_job(JOB.format(ttft=0.1))
     assert _run(path, results_dir, "--baseline", "previous") == 0
     assert "no previous run" in capsys.readouterr().out
-    assert _run(path, results_dir, "--baseline", "previous") == 0  # same speed: holds
-    path.write_text(JOB.format(ttft=0.15))                          # the model got slower
-    code = _run(path, results_dir, "--baseline", "previous", "--max-regression", "latency=0.5")
+    # the same model again: within a generous latency margin (this machine is noisy)
+    assert _run(path, results_dir, "--baseline", "previous",
+                "--max-regression", "latency=1,ttft=1") == 0
+    path.write_text(JOB.format(ttft=0.5))                           # the model got 5x slower
+    code = _run(path, results_dir, "--baseline", "previous", "--max-regression", "latency=1")
     err = capsys.readouterr().err
     assert code == 1 and "latency_p50_s" in err
     assert _run(path, results_dir, "--baseline", "previous",
