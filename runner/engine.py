@@ -8,6 +8,7 @@ files (`collect`) are called from here.
 
 from __future__ import annotations
 
+import gc
 import signal
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from .config import (
     Limits,
 )
 from .errors import ProviderError
+from .health import Health
 from .limits import Gates
 from .manifest import Manifest
 from .plan import Plan, Request
@@ -103,9 +105,12 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
                    skip=previous.skip(retry_errors) if previous else set())
         if progress is not None:
             progress.start(len(plan) - len(run.skip))
+        health = Health()
+        gc.collect()
+        gc.freeze()  # set-up objects live all run: keep them out of every later collection
         status = "failed"
         try:
-            await _pool(run, plan, flush_s, handle_signals, grace_s)
+            await _pool(run, plan, flush_s, handle_signals, grace_s, health)
             if run.interrupted:
                 status = "interrupted"
             else:
@@ -117,7 +122,8 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
                 totals = await anyio.to_thread.run_sync(_finish_files, collector)
                 final = manifest.write(status, budget=budget.figures(),
                                        counts=totals.pop("counts", run.counts), totals=totals,
-                                       stopped=run.stop_reason)
+                                       stopped=run.stop_reason, client=health.report())
+            gc.unfreeze()
     rejected = [name for name, why in run.stop_reason.items() if why == "auth"]
     if rejected:
         provider = job.providers[rejected[0]]
@@ -129,7 +135,7 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
 
 
 async def _pool(run: RunState, plan: Plan, flush_s: float, handle_signals: bool,
-                grace_s: float) -> None:
+                grace_s: float, health: Health) -> None:
     workers = run.limits.concurrency or 1
     send, receive = anyio.create_memory_object_stream[Request](max_buffer_size=workers)
 
@@ -166,6 +172,7 @@ async def _pool(run: RunState, plan: Plan, flush_s: float, handle_signals: bool,
 
     async with anyio.create_task_group() as outer:
         outer.start_soon(flush_every)
+        outer.start_soon(health.watch)
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 outer.start_soon(on_signals, tg.cancel_scope)

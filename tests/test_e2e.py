@@ -73,6 +73,9 @@ def test_run_writes_the_column_contract(write_job, results_dir: Path, stream: bo
     assert manifest["status"] == "completed" and manifest["counts"]["ok"] == len(df)
     assert manifest["totals"]["cost_usd"] == pytest.approx(df["cost_usd"].sum())
     assert manifest["planned_requests"] == len(df)
+    client = manifest["client"]  # the client's own health, to judge the latencies by
+    assert client["cpu_s"] > 0 and client["loop_lag_p99_ms"] >= 0
+    assert isinstance(client["saturated"], bool)
 
 
 def test_same_seed_same_text_and_ids(write_job, results_dir: Path) -> None:  # type: ignore[no-untyped-def]
