@@ -146,7 +146,7 @@ class Collector:
             for n, part in enumerate(parts):
                 table = pq.read_table(part, schema=file_schema())
                 if len(keep[n]) != table.num_rows:
-                    table = table.take(keep[n])
+                    table = table.take(pa.array(keep[n], type=pa.int64()))
                 writer.write_table(table)
                 if csv_writer is not None:
                     csv_writer.write_table(table.cast(_PLAIN))

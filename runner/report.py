@@ -27,8 +27,9 @@ def _run_table(run_dir: Path) -> pa.Table | None:
     if not parts:
         return None
     keep = latest_rows(parts)
-    return pa.concat_tables([pq.read_table(p, schema=file_schema()).take(keep[n])
-                             for n, p in enumerate(parts)])
+    return pa.concat_tables([
+        pq.read_table(p, schema=file_schema()).take(pa.array(keep[n], type=pa.int64()))
+        for n, p in enumerate(parts)])
 
 
 def _ended(run_dir: Path) -> bool:

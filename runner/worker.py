@@ -72,8 +72,29 @@ async def flush(run: RunState) -> None:
 
 
 async def handle(run: RunState, request: Request) -> None:
+    """Send one request (with retries), grade it, and record its row; never raises for a
+    failed request. Cut off by cancellation, it still records the row of what was sent."""
     result = new_result(run.run_id, run.job.name, request)
     t_ready = run.clock()
+    try:
+        started = await _attempts(run, request, result, t_ready)
+        checks = run.job.checks.for_prompt(request.prompt_id)
+        if checks:
+            await _grade(run, request, result, checks)
+    except anyio.get_cancelled_exc_class():
+        if result.attempts:  # something was sent, maybe paid for: the row must say so
+            if result.status != OK:  # a resume sends it again
+                result.status, result.error_type = ERROR, INTERRUPTED
+                result.error_message = "cut off by an interrupt"
+            _close_row(run, result, t_ready, datetime.now(UTC))
+        raise
+    _close_row(run, result, t_ready, started)
+    if run.collector.pending >= run.collector.flush_rows:
+        await flush(run)
+
+
+async def _attempts(run: RunState, request: Request, result: Result, t_ready: float) -> datetime:
+    """Attempts until one succeeds, fails for good, or is refused; returns when it started."""
     started = datetime.now(UTC)
     model = request.model
     endpoint = run.providers.endpoints[model.provider]
@@ -83,7 +104,6 @@ async def handle(run: RunState, request: Request) -> None:
     result.estimated_cost_usd = worst
     tokens = typical_prompt_tokens(request.messages) + int(request.params.get("max_tokens") or 0)
     retries = limits.retries or 0
-    attempt: Attempt | None = None
     for n in range(1, retries + 2):
         if _refused(run, result, model.provider, worst):
             break
@@ -103,13 +123,8 @@ async def handle(run: RunState, request: Request) -> None:
                 attempt = await endpoint.send(request, timeout_s=limits.timeout_s or 0,
                                               stall_timeout_s=limits.stall_timeout_s or 0)
             except anyio.get_cancelled_exc_class():
-                # cut off by a second Ctrl-C: the cost is unknown, so its reservation stays spent,
-                # and the row says so (a resume sends the request again)
-                _settle(run, reservation, None)
+                _settle(run, reservation, None)  # unknown cost: its reservation stays spent
                 result.attempts = n
-                result.status, result.error_type = ERROR, INTERRUPTED
-                result.error_message = "cancelled by an interrupt while in flight"
-                _close_row(run, result, t_ready, started)
                 raise
             cost, source = attempt_cost(attempt, price)
             _settle(run, reservation, cost)
@@ -123,16 +138,7 @@ async def handle(run: RunState, request: Request) -> None:
         if attempt.error_type not in RETRIABLE or n > retries:
             break
         await anyio.sleep(_backoff_s(n, attempt.retry_after_s))
-    checks = run.job.checks.for_prompt(request.prompt_id)
-    if checks:
-        try:
-            await _grade(run, request, result, checks)
-        except anyio.get_cancelled_exc_class():
-            _close_row(run, result, t_ready, started)  # the response is paid for: keep its row
-            raise
-    _close_row(run, result, t_ready, started)
-    if run.collector.pending >= run.collector.flush_rows:
-        await flush(run)
+    return started
 
 
 async def _grade(run: RunState, request: Request, result: Result,

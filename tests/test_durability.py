@@ -178,3 +178,36 @@ def test_retry_errors_only_when_asked(write_job, results_dir: Path) -> None:  # 
     retried = runner.run(path, out_dir=results_dir, resume="latest", retry_errors=True)
     assert len(retried.rows) == 8 and retried.rows["request_id"].is_unique
     assert retried.run_dir == first.run_dir
+
+
+def test_second_sigint_cancels_in_flight_and_resume_resends(write_job, results_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    job = """
+        name: cancelled
+        provider: simulated
+        simulator: {models: [{id: sim/fast-mini, ttft_s: TTFT, tokens_per_s: 0}]}
+        models: [sim/fast-mini]
+        prompts: [a, b, c, d, e, f]
+        params: {max_tokens: 8}
+        limits: {concurrency: 4}
+    """
+    path = write_job(job.replace("TTFT", "60"))  # every request hangs in flight
+    proc = _runner(str(path), "--out", str(results_dir), "--grace-s", "60")
+    _wait_for(lambda: (results_dir / "cancelled").is_dir())
+    run_dir = next((results_dir / "cancelled").iterdir())
+    _wait_for(lambda: json.loads((run_dir / "run.json").read_text())["status"] == "running")
+    time.sleep(0.5)  # let the four requests go out (nothing to poll for: they hang)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # the second: do not wait for the 60 s grace
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    df = pd.read_parquet(run_dir / "requests.parquet")
+    assert len(df) == 4 and set(df["error_type"]) == {"interrupted"}
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["status"] == "interrupted"
+    path.write_text(path.read_text().replace("ttft_s: 60", "ttft_s: 0"))
+    resumed = _runner(str(path), "--out", str(results_dir), "--resume")
+    _, err = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0, err
+    df = pd.read_parquet(run_dir / "requests.parquet")
+    assert len(df) == 6 and set(df["status"]) == {"ok"}
