@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import secrets
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,7 +91,8 @@ def write_json(path: Path, obj: Mapping[str, Any]) -> None:
 class Collector:
     """Buffers rows and writes them in batches; `finish()` writes the final files."""
 
-    __slots__ = ("run_dir", "_parts_dir", "_rows", "_part_no", "write_csv", "flush_rows")
+    __slots__ = ("run_dir", "_parts_dir", "_rows", "_part_no", "_lock", "write_csv",
+                 "flush_rows")
 
     def __init__(self, run_dir: Path, *, write_csv: bool = True, flush_rows: int = 500) -> None:
         self.run_dir = run_dir
@@ -99,6 +101,7 @@ class Collector:
         self.write_csv = write_csv
         self.flush_rows = flush_rows
         self._part_no = 0
+        self._lock = threading.Lock()
         self._parts_dir.mkdir(parents=True, exist_ok=True)
         existing = sorted(self._parts_dir.glob("part-*.parquet"))
         if existing:
@@ -120,9 +123,11 @@ class Collector:
         """Write one batch as the next part file (run this in a worker thread)."""
         if not rows:
             return
-        self._part_no += 1
+        with self._lock:  # two flushes can overlap (by count and by time): never one number
+            self._part_no += 1
+            part_no = self._part_no
         table = pa.Table.from_pylist(rows, schema=file_schema())
-        path = self._parts_dir / f"part-{self._part_no:06d}.parquet"
+        path = self._parts_dir / f"part-{part_no:06d}.parquet"
         tmp = path.with_name(f".{path.name}.tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, path)
@@ -130,10 +135,11 @@ class Collector:
     def part_files(self) -> list[Path]:
         return sorted(self._parts_dir.glob("part-*.parquet"))
 
-    def finish(self) -> Path:
+    def finish(self, dedupe: bool = False) -> Path:
         """Merge the parts into requests.parquet (and .csv), part by part to keep memory flat.
 
-        A request id written more than once (a resumed run sending it again) keeps its last row.
+        With `dedupe` (a resumed run, which may have sent a request again), a request id written
+        more than once keeps its last row.
         """
         self.write_part(self.take())
         final = self.run_dir / "requests.parquet"
@@ -141,11 +147,11 @@ class Collector:
         csv_tmp = self.run_dir / ".requests.csv.tmp"
         csv_writer = pacsv.CSVWriter(csv_tmp, _PLAIN) if self.write_csv else None
         parts = self.part_files()
-        keep = latest_rows(parts)
+        keep = latest_rows(parts) if dedupe else None
         with pq.ParquetWriter(tmp, file_schema()) as writer:
             for n, part in enumerate(parts):
                 table = pq.read_table(part, schema=file_schema())
-                if len(keep[n]) != table.num_rows:
+                if keep is not None and len(keep[n]) != table.num_rows:
                     table = table.take(pa.array(keep[n], type=pa.int64()))
                 writer.write_table(table)
                 if csv_writer is not None:

@@ -66,16 +66,13 @@ class RunProgress:
 
 def print_summary(outcome: Any) -> None:
     """The per-model table at the end of a run, and where the files are."""
+    import pandas as pd
     from rich.markup import escape
     from rich.table import Table
 
-    from .report import read_results, summarize
-
     console = _console()
-    try:
-        summary = summarize(read_results(outcome.run_dir))
-    except Exception:  # an empty run has no rows to summarise
-        summary = None
+    path = outcome.run_dir / "summary.csv"  # written at the end: the rows need not be read again
+    summary = pd.read_csv(path) if path.is_file() else None
     if summary is not None and len(summary):
         table = Table(title=f"{outcome.manifest['job']} — run {outcome.run_id} "
                       f"({outcome.status})")

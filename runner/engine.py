@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .budget import Budget
-from .collect import Collector, new_run_id, run_dir_for
+from .collect import Collector, file_schema, new_run_id, run_dir_for
 from .config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_RETRIES,
@@ -33,7 +33,7 @@ from .errors import ProviderError
 from .health import Health
 from .limits import Gates
 from .manifest import Manifest
-from .plan import Plan, Request
+from .plan import Plan
 from .result import SKIPPED
 from .resume import find_run_dir, load_previous, plan_summary
 from .setup import open_providers
@@ -106,6 +106,7 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
         if progress is not None:
             progress.start(len(plan) - len(run.skip))
         health = Health()
+        file_schema()  # imports pandas now, not in the first flush while requests are timed
         gc.collect()
         gc.freeze()  # set-up objects live all run: keep them out of every later collection
         status = "failed"
@@ -119,7 +120,8 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
             if progress is not None:
                 progress.stop()
             with anyio.CancelScope(shield=True):
-                totals = await anyio.to_thread.run_sync(_finish_files, collector)
+                totals = await anyio.to_thread.run_sync(_finish_files, collector,
+                                                        previous is not None)
                 final = manifest.write(status, budget=budget.figures(),
                                        counts=totals.pop("counts", run.counts), totals=totals,
                                        stopped=run.stop_reason, client=health.report())
@@ -137,23 +139,15 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
 async def _pool(run: RunState, plan: Plan, flush_s: float, handle_signals: bool,
                 grace_s: float, health: Health) -> None:
     workers = run.limits.concurrency or 1
-    send, receive = anyio.create_memory_object_stream[Request](max_buffer_size=workers)
+    # one generator shared by every worker: each next() runs without a checkpoint, so no two
+    # workers get the same request, and it costs far less than a memory object stream
+    todo = (request for request in plan if request.request_id not in run.skip)
 
-    producing = anyio.CancelScope()
-
-    async def produce() -> None:
-        with producing:
-            async with send:
-                for request in plan:
-                    if request.request_id not in run.skip:
-                        await send.send(request)
-
-    async def work(inbox: anyio.abc.ObjectReceiveStream[Request]) -> None:
-        async with inbox:
-            async for request in inbox:
-                if run.stopping:
-                    return  # not attempted: a resume sends it
-                await handle(run, request)
+    async def work() -> None:
+        for request in todo:
+            if run.stopping:
+                return  # not attempted: a resume sends it
+            await handle(run, request)
 
     async def flush_every() -> None:
         while True:
@@ -166,8 +160,7 @@ async def _pool(run: RunState, plan: Plan, flush_s: float, handle_signals: bool,
                 if run.stopping:  # the second signal: cancel in-flight requests now
                     pool.cancel()
                     return
-                run.stopping = run.interrupted = True
-                producing.cancel()  # closes the stream: idle workers end, busy ones finish
+                run.stopping = run.interrupted = True  # idle workers end, busy ones finish
                 pool.deadline = anyio.current_time() + grace_s
 
     async with anyio.create_task_group() as outer:
@@ -176,21 +169,19 @@ async def _pool(run: RunState, plan: Plan, flush_s: float, handle_signals: bool,
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 outer.start_soon(on_signals, tg.cancel_scope)
-            tg.start_soon(produce)
             for _ in range(workers):
-                tg.start_soon(work, receive.clone())
-            receive.close()
+                tg.start_soon(work)
         outer.cancel_scope.cancel()
 
 
-def _finish_files(collector: Collector) -> dict[str, Any]:
+def _finish_files(collector: Collector, resumed: bool) -> dict[str, Any]:
     """Write the final files and summary.csv; return the run's totals for the manifest."""
     import pyarrow.parquet as pq
 
     from .collect import write_summary
     from .report import summarize
 
-    final = collector.finish()
+    final = collector.finish(dedupe=resumed)
     columns = ["model", "status", "latency_s", "ttft_s", "tpot_s", "output_tokens_per_s",
                "prompt_tokens", "completion_tokens", "cost_usd", "passed"]
     df = pq.read_table(final, columns=columns).to_pandas()  # not the texts: memory stays flat

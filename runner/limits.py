@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import anyio
@@ -99,11 +99,18 @@ class Gates:
         """Pause sending to the model's provider (every model there shares its rate limit)."""
         self.providers[model.provider].pause.pause_for(seconds)
 
-    @asynccontextmanager
-    async def slot(self, model: ModelSpec, tokens: int) -> AsyncIterator[None]:
+    def slot(self, model: ModelSpec, tokens: int) -> AbstractAsyncContextManager[None]:
         """Hold a concurrency slot and pass the rate limits for one attempt."""
+        scopes = self.scopes(model)
+        if all(s.concurrency is None and s.rpm is None and s.tpm is None and not s.pause.active
+               for s in scopes):
+            return _FREE  # nothing to wait for: skip the machinery on the hot path
+        return self._slot(scopes, tokens)
+
+    @asynccontextmanager
+    async def _slot(self, scopes: tuple[Scope, Scope, Scope],
+                    tokens: int) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            scopes = self.scopes(model)
             for scope in scopes:
                 if scope.concurrency is not None:
                     await stack.enter_async_context(scope.concurrency)
@@ -120,3 +127,6 @@ class Gates:
                 if not any(scope.pause.active for scope in scopes):
                     break
             yield
+
+
+_FREE: AbstractAsyncContextManager[None] = nullcontext()

@@ -231,8 +231,9 @@ async def _reserve(run: RunState, worst: float) -> Reservation | None:
 
 def _settle(run: RunState, reservation: Reservation, cost: float | None) -> None:
     run.budget.settle(reservation, cost)
-    run.budget_changed.set()
-    run.budget_changed = anyio.Event()
+    if run.budget.budget_usd is not None:  # without a budget nobody waits on it
+        run.budget_changed.set()
+        run.budget_changed = anyio.Event()
 
 
 def _refusal(run: RunState, provider: str, worst: float | None) -> tuple[str, str] | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.client import Endpoint, build_body, classify_status, retry_after_s
+from runner.client import Attempt, Endpoint, build_body, classify_status, retry_after_s
 from runner.config import Provider, load_job
 from runner.plan import Plan
 from runner.pricing import price_from_entry
@@ -181,3 +181,33 @@ def test_body_respects_dialect(write_job) -> None:  # type: ignore[no-untyped-de
     router = json.loads(build_body(job.providers["openrouter"], plan[1], True))
     assert router["provider"] == {"sort": "price"}
 
+
+
+class _Blocks:
+    """The part of aiohttp's StreamReader the stream parser uses: `readany()`, scripted."""
+
+    def __init__(self, blocks: list[bytes]) -> None:
+        self._blocks = blocks
+
+    async def readany(self) -> bytes:
+        return self._blocks.pop(0) if self._blocks else b""
+
+
+async def test_events_split_anywhere_across_reads() -> None:
+    first = {"id": "gen-1", "model": "m", "choices": [{"index": 0, "delta": {"content": "Hé"}}]}
+    last = {"id": "gen-1", "choices": [{"index": 0, "delta": {"content": "!"},
+                                        "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "cost": 0.5}}
+    wire = (b": OPENROUTER PROCESSING\r\n\r\n"
+            + f"data: {json.dumps(first, ensure_ascii=False)}\r\n\r\n".encode()
+            + f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
+    # cut lines anywhere: mid-"\r\n", mid-"data:", inside the two UTF-8 bytes of "é"
+    for size in (1, 2, 7, 64, len(wire)):
+        blocks = [wire[i:i + size] for i in range(0, len(wire), size)]
+        response = type("Response", (), {"content": _Blocks(blocks)})()
+        attempt = Attempt()
+        async with Endpoint(_provider(), "http://127.0.0.1:9/api/v1", "k", connections=1) as ep:
+            await ep._read_stream(response, attempt, 0.0)  # type: ignore[arg-type]
+        assert attempt.ok, (size, attempt.error_message)
+        assert attempt.text == "Hé!" and attempt.cost_usd == 0.5 and attempt.ttft_s is not None
+        assert (attempt.finish_reason, attempt.generation_id) == ("stop", "gen-1")
