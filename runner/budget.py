@@ -19,12 +19,15 @@ class Reservation:
 class Budget:
     """A run's budget in USD (None: unlimited, but still counted)."""
 
-    __slots__ = ("budget_usd", "spent_usd", "reserved_usd", "refused", "overruns")
+    __slots__ = ("budget_usd", "spent_usd", "reserved_usd", "reserved_total_usd", "settled_usd",
+                 "refused", "overruns")
 
     def __init__(self, budget_usd: float | None, spent_usd: float = 0.0) -> None:
         self.budget_usd = budget_usd
         self.spent_usd = spent_usd  # a resumed run starts with what it spent before
         self.reserved_usd = 0.0     # held by attempts in flight
+        self.reserved_total_usd = 0.0  # every reservation ever made by this process
+        self.settled_usd = 0.0      # what the settled ones really cost
         self.refused = 0
         self.overruns = 0           # attempts whose actual cost exceeded their reservation
 
@@ -35,6 +38,7 @@ class Budget:
             self.refused += 1
             return None
         self.reserved_usd += worst_case_usd
+        self.reserved_total_usd += worst_case_usd
         return Reservation(worst_case_usd)
 
     def could_fit(self, worst_case_usd: float) -> bool:
@@ -45,11 +49,11 @@ class Budget:
         """Release a reservation and count what the attempt really cost."""
         self.reserved_usd = max(0.0, self.reserved_usd - reservation.usd)
         if actual_usd is None:
-            self.spent_usd += reservation.usd
-            return
-        if actual_usd > reservation.usd + 1e-12:
+            actual_usd = reservation.usd
+        elif actual_usd > reservation.usd + 1e-12:
             self.overruns += 1
         self.spent_usd += actual_usd
+        self.settled_usd += actual_usd
 
     @property
     def remaining_usd(self) -> float | None:
@@ -63,6 +67,9 @@ class Budget:
             "budget_usd": self.budget_usd,
             "spent_usd": round(self.spent_usd, 10),
             "reserved_in_flight_usd": round(self.reserved_usd, 10),
+            # how much more the worst-case estimates held than the requests cost
+            "reserved_unused_usd": round(max(0.0, self.reserved_total_usd - self.settled_usd
+                                             - self.reserved_usd), 10),
             "remaining_usd": self.remaining_usd,
             "utilisation": (self.spent_usd / self.budget_usd) if self.budget_usd else None,
             "refused_reservations": self.refused,

@@ -98,7 +98,8 @@ def print_summary(outcome: Any) -> None:
     budget = outcome.manifest.get("budget") or {}
     if budget.get("budget_usd"):
         console.print(f"budget ${budget['budget_usd']:g}: spent ${budget['spent_usd']:.6f} "
-                      f"({(budget['utilisation'] or 0) * 100:.1f}%)")
+                      f"({(budget['utilisation'] or 0) * 100:.1f}%); worst-case reservations "
+                      f"held ${budget['reserved_unused_usd']:.6f} more than was spent")
     console.print(f"results: {outcome.run_dir}/requests.parquet (also requests.csv, "
                   "summary.csv, run.json)", soft_wrap=True)
 

@@ -223,3 +223,24 @@ def test_key_never_reaches_files_or_output(write_job, results_dir, monkeypatch, 
     for path in files:
         assert secret.encode() not in path.read_bytes(), path
     assert os.environ["SIM_TEST_KEY"] == secret
+
+
+@pytest.mark.parametrize(("stream", "limits", "kind"), [
+    (True, "{timeout_s: 30, stall_timeout_s: 0.3, retries: 0}", "stall"),
+    (False, "{timeout_s: 0.3, retries: 0}", "timeout"),
+])
+def test_hanging_requests_end_as_stall_or_timeout(write_job, results_dir, stream, limits,  # type: ignore[no-untyped-def]
+                                                  kind) -> None:
+    path = write_job(f"""
+        name: hang
+        provider: simulated
+        simulator:
+          models: [{{id: sim/fast-mini, ttft_s: 0, tokens_per_s: 0, faults: {{hang_rate: 1}}}}]
+        models: [sim/fast-mini]
+        prompts: [a, b]
+        params: {{max_tokens: 8, stream: {str(stream).lower()}}}
+        limits: {limits}
+    """)
+    df = runner.run(path, out_dir=results_dir).rows
+    assert set(df["status"]) == {"error"} and set(df["error_type"]) == {kind}
+    assert df["error_message"].str.contains("0.3 s").all()
