@@ -100,9 +100,9 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
                             plan=plan_summary(job), previous=previous)
         manifest.write("running", budget=budget.figures())
         # limits wait on the event loop's clock (what anyio.sleep counts in), not on `clock`
-        run = RunState(job, run_id, providers, Gates.build(job, limits, anyio.current_time), budget,
-                   collector, limits, clock, progress,
-                   skip=previous.skip(retry_errors) if previous else set())
+        run = RunState(job, run_id, providers, Gates.build(job, limits, anyio.current_time),
+                       budget, collector, limits, clock, progress,
+                       skip=previous.skip(retry_errors) if previous else set())
         if progress is not None:
             progress.start(len(plan) - len(run.skip))
         health = Health()
