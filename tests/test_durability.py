@@ -61,10 +61,26 @@ def _job(write_job, url: str, name: str = "durable", repeats: int = 30) -> Path:
     """)
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans() -> Iterator[None]:
+    """A failed assertion must not leave a runner process behind to disturb later tests."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
 def _runner(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "runner", "run", *args, "--quiet"],
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", *args, "--quiet"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    _STARTED.append(proc)
+    return proc
 
 
 def _kill(proc: subprocess.Popen[str]) -> None:
@@ -194,7 +210,8 @@ def test_second_sigint_cancels_in_flight_and_resume_resends(write_job, results_d
     proc = _runner(str(path), "--out", str(results_dir), "--grace-s", "60")
     _wait_for(lambda: (results_dir / "cancelled").is_dir())
     run_dir = next((results_dir / "cancelled").iterdir())
-    _wait_for(lambda: json.loads((run_dir / "run.json").read_text())["status"] == "running")
+    _wait_for(lambda: (run_dir / "run.json").is_file()
+              and json.loads((run_dir / "run.json").read_text())["status"] == "running")
     time.sleep(0.5)  # let the four requests go out (nothing to poll for: they hang)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)
