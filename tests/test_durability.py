@@ -72,7 +72,9 @@ def _no_orphans() -> Iterator[None]:
         proc = _STARTED.pop()
         if proc.poll() is None:
             proc.kill()
-        proc.communicate()
+        if proc.stderr is not None and not proc.stderr.closed:
+            proc.communicate()
+        proc.wait()
 
 
 def _runner(*args: str) -> subprocess.Popen[str]:
