@@ -72,6 +72,6 @@ def _row(path: Path, n: int, row: Any) -> PromptIn:
         return PromptIn.model_validate({**known, "vars": variables})
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "row"
+        loc = ".".join(str(p) for p in err["loc"])
         msg = str(err["msg"]).removeprefix("Value error, ")
-        raise JobFileError(path, f"row {n}: {loc}", msg) from None
+        raise JobFileError(path, f"row {n}" + (f".{loc}" if loc else ""), msg) from None
