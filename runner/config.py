@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from jinja2 import TemplateError
 from pydantic import ValidationError
 
 from . import schema
@@ -22,7 +24,7 @@ from .checks import Check, CheckSet, build_check_set, compile_expected
 from .errors import ConfigError, JobFileError
 from .pricing import Price
 from .prompt_files import read_prompt_file
-from .templates import check_template
+from .templates import check_template, render
 
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
 SIMULATED = "simulated"
@@ -349,11 +351,32 @@ def _prompt(path: Path, where: str, item: schema.PromptIn, job: schema.JobIn) ->
             if len({(type(v), v) for v in values}) < len(values):
                 raise JobFileError(path, var_field, "duplicate value in the list (use repeats: "
                                    "to send a request more than once)")
+    _render_all(path, sourced, used)
     prompt_id = item.id or "p-" + hashlib.sha256(
         "\x1f".join(m.content for m in messages).encode()).hexdigest()[:10]
     return Prompt(id=prompt_id, messages=tuple(messages), vars=dict(sorted(used.items())),
                   expected=item.expected, metadata=dict(item.metadata),
                   checks=compile_expected(item.expected, path=path, field_name=f"{where}.expected"))
+
+
+RENDER_CHECK_LIMIT = 10_000   # var combinations rendered at load; bigger matrices: at run time
+
+
+def _render_all(path: Path, sourced: list[tuple[Message, str]],
+                used: Mapping[str, tuple[Any, ...]]) -> None:
+    """Render every var combination once, so a value that trips a template (a filter, the
+    sandbox) is a load-time error rather than a run that stops half way."""
+    names = list(used)
+    for n, values in enumerate(itertools.product(*(used[name] for name in names))):
+        if n >= RENDER_CHECK_LIMIT:
+            return
+        variables = dict(zip(names, values, strict=True))
+        for message, field_name in sourced:
+            try:
+                render(message.content, variables)
+            except TemplateError as exc:
+                raise JobFileError(path, field_name, f"template cannot be rendered with "
+                                   f"{variables}: {exc}") from None
 
 
 def api_key(provider: Provider) -> str:

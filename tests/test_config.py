@@ -369,3 +369,16 @@ def test_keyless_providers(tmp_path: Path) -> None:
     job = load(tmp_path, HEAD + LOCAL + OK_PROMPTS)
     assert api_key(job.providers["simulated"]) == "sim-key"
     assert api_key(job.providers["local"]) == "EMPTY"
+
+
+def test_every_var_combination_is_rendered_at_load(write_job, capsys) -> None:  # type: ignore[no-untyped-def]
+    # only the second value reaches the unsafe attribute: checking the first value is not enough
+    path = write_job("""
+        name: late-trap
+        models: [m]
+        vars: {v: [a, b]}
+        prompts: ['{% if v == "b" %}{{ "".__class__ }}{% endif %}hi']
+    """)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "prompts[0].text" in err and "'v': 'b'" in err and "unsafe" in err
