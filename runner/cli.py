@@ -215,7 +215,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                              budget_usd=args.budget_usd, progress=progress,
                              refresh_prices=args.refresh_prices, resume=args.resume,
                              retry_errors=args.retry_errors, force=args.force,
-                             handle_signals=True, grace_s=args.grace_s)
+                             handle_signals=True, grace_s=args.grace_s,
+                             on_stopping=_say_stopping)
 
     if (args.retry_errors or args.force) and args.resume is None:
         raise ConfigError("--retry-errors and --force only apply with --resume")
@@ -227,6 +228,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
               f"{outcome.run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return _after_run(args, outcome, gate)
+
+
+def _say_stopping(grace_s: float) -> None:
+    print(f"runner: stopping: no new requests; waiting up to {grace_s:g} s for those in flight "
+          "(Ctrl-C again to cancel them)", file=sys.stderr, flush=True)
 
 
 def _rate(text: str) -> float:

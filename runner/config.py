@@ -193,7 +193,7 @@ def _translate(path: Path, exc: ValidationError) -> JobFileError:
 
 
 def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any]) -> Job:
-    providers = _providers(path, job)
+    providers = resolve_providers(path, job)
     if job.provider not in providers:
         raise _unknown_provider(path, "provider", job.provider, providers)
     base_params = _params(job.params)
@@ -275,7 +275,8 @@ def _limits(limits: schema.LimitsIn | None) -> Limits:
     return Limits(**limits.model_dump()) if limits is not None else Limits()
 
 
-def _providers(path: Path, job: schema.JobIn) -> dict[str, Provider]:
+def resolve_providers(path: Path, job: schema.JobIn) -> dict[str, Provider]:
+    """The built-in providers with the job's `providers:` entries applied."""
     builtin = {
         "openrouter": Provider("openrouter", OPENROUTER_URL, "OPENROUTER_API_KEY", {}, True, True),
         SIMULATED: Provider(SIMULATED, None, None, {}, True, True),

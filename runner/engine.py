@@ -67,13 +67,15 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
                   progress: Progress | None = None, refresh_prices: bool = False,
                   resume: str | Path | None = None, retry_errors: bool = False,
                   force: bool = False, handle_signals: bool = False, grace_s: float = 10.0,
+                  on_stopping: Callable[[float], None] | None = None,
                   clock: Callable[[], float] = time.perf_counter,
                   flush_rows: int = 500, flush_s: float = 1.0) -> RunOutcome:
     """Run every request of `job` and write the results; request errors are rows, not raises.
 
     `resume` ("latest" or a run directory) continues an earlier run in place. With
     `handle_signals`, the first SIGINT/SIGTERM stops scheduling and lets in-flight requests
-    finish for `grace_s`; a second cancels them at once. Either way the rows are flushed.
+    finish for `grace_s` (`on_stopping(grace_s)` is called then); a second cancels them at once.
+    Either way the rows are flushed.
     """
     plan = Plan(job)
     limits = Limits(concurrency=concurrency, rpm=rpm).over(job.limits).over(
@@ -111,7 +113,7 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
         gc.freeze()  # set-up objects live all run: keep them out of every later collection
         status = "failed"
         try:
-            await _pool(run, plan, flush_s, handle_signals, grace_s, health)
+            await _pool(run, plan, flush_s, handle_signals, grace_s, health, on_stopping)
             if run.interrupted:
                 status = "interrupted"
             else:
@@ -137,7 +139,8 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
 
 
 async def _pool(run: RunState, plan: Plan, flush_s: float, handle_signals: bool,
-                grace_s: float, health: Health) -> None:
+                grace_s: float, health: Health,
+                on_stopping: Callable[[float], None] | None) -> None:
     workers = run.limits.concurrency or 1
     # one generator shared by every worker: each next() runs without a checkpoint, so no two
     # workers get the same request, and it costs far less than a memory object stream
@@ -162,6 +165,8 @@ async def _pool(run: RunState, plan: Plan, flush_s: float, handle_signals: bool,
                     return
                 run.stopping = run.interrupted = True  # idle workers end, busy ones finish
                 pool.deadline = anyio.current_time() + grace_s
+                if on_stopping is not None:
+                    on_stopping(grace_s)
 
     async with anyio.create_task_group() as outer:
         outer.start_soon(flush_every)

@@ -9,7 +9,7 @@ from typing import Any
 
 from .catalogue import load_catalogue
 from .client import Endpoint
-from .config import SIMULATED, Job, Provider, _providers, load_job
+from .config import SIMULATED, Job, Provider, load_job, resolve_providers
 from .errors import ConfigError
 from .schema import JobIn
 
@@ -22,7 +22,8 @@ async def list_models(provider_name: str, job_path: Path | None,
         providers = dict(job.providers) if job else {}
     else:
         job = None
-        providers = _providers(Path("<builtin>"), JobIn(name="x", models=["x"], prompts=["x"]))
+        builtin = JobIn(name="x", models=["x"], prompts=["x"])
+        providers = resolve_providers(Path("<builtin>"), builtin)
     provider = providers.get(provider_name)
     if provider is None:
         raise ConfigError(f"unknown provider {provider_name!r} (known: "

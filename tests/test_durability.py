@@ -3,6 +3,7 @@ for a clean stop, resume refusing a changed plan."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -31,20 +32,27 @@ def _wait_for(predicate, timeout_s: float = 30.0) -> None:  # type: ignore[no-un
         time.sleep(0.02)
 
 
-@pytest.fixture
-def simulator_process(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """`runner simulate` in its own process, logging every request it receives."""
-    log = tmp_path / "requests.jsonl"
+@contextlib.contextmanager
+def _simulate(log: Path, *flags: str) -> Iterator[str]:
+    """`runner simulate` in its own process, logging every request it receives; yields its URL."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "runner", "simulate", "--port", "0", "--ttft-s", "0.02",
-         "--tokens-per-s", "400", "--request-log", str(log)],
+         "--tokens-per-s", "400", "--request-log", str(log), *flags],
         stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout is not None
-    line = proc.stdout.readline()
-    url = line.split(" at ")[1].split(",")[0]
-    yield url, log
-    proc.terminate()
-    proc.communicate(timeout=10)
+    try:
+        line = proc.stdout.readline()
+        yield line.split(" at ")[1].split(",")[0]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def simulator_process(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    log = tmp_path / "requests.jsonl"
+    with _simulate(log) as url:
+        yield url, log
 
 
 def _job(write_job, url: str, name: str = "durable", repeats: int = 30) -> Path:  # type: ignore[no-untyped-def]
@@ -198,35 +206,38 @@ def test_retry_errors_only_when_asked(write_job, results_dir: Path) -> None:  # 
     assert retried.run_dir == first.run_dir
 
 
-def test_second_sigint_cancels_in_flight_and_resume_resends(write_job, results_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_second_sigint_cancels_in_flight_and_resume_resends(write_job, results_dir: Path,  # type: ignore[no-untyped-def]
+                                                            tmp_path: Path) -> None:
+    log = tmp_path / "hanging.jsonl"
     job = """
         name: cancelled
-        provider: simulated
-        simulator: {models: [{id: sim/fast-mini, ttft_s: TTFT, tokens_per_s: 0}]}
+        providers: {sim: {base_url: "URL", openrouter: true}}
+        provider: sim
         models: [sim/fast-mini]
         prompts: [a, b, c, d, e, f]
         params: {max_tokens: 8}
         limits: {concurrency: 4}
     """
-    path = write_job(job.replace("TTFT", "60"))  # every request hangs in flight
-    proc = _runner(str(path), "--out", str(results_dir), "--grace-s", "60")
-    _wait_for(lambda: (results_dir / "cancelled").is_dir())
-    run_dir = next((results_dir / "cancelled").iterdir())
-    _wait_for(lambda: (run_dir / "run.json").is_file()
-              and json.loads((run_dir / "run.json").read_text())["status"] == "running")
-    time.sleep(0.5)  # let the four requests go out (nothing to poll for: they hang)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)  # the second: do not wait for the 60 s grace
-    _, err = proc.communicate(timeout=30)
+    with _simulate(log, "--hang-rate", "1") as hanging:  # every request hangs in flight
+        path = write_job(job.replace("URL", hanging))
+        proc = _runner(str(path), "--out", str(results_dir), "--grace-s", "60")
+        _wait_for(lambda: len(_sent_ids(log)) == 4 if log.is_file() else False)
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr is not None
+        assert "stopping" in proc.stderr.readline()  # the first signal was taken
+        proc.send_signal(signal.SIGINT)  # the second: do not wait for the 60 s grace
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
+    run_dir = next((results_dir / "cancelled").iterdir())
     df = pd.read_parquet(run_dir / "requests.parquet")
     assert len(df) == 4 and set(df["error_type"]) == {"interrupted"}
+    assert set(df["request_id"]) == set(_sent_ids(log))
     manifest = json.loads((run_dir / "run.json").read_text())
     assert manifest["status"] == "interrupted"
-    path.write_text(path.read_text().replace("ttft_s: 60", "ttft_s: 0"))
-    resumed = _runner(str(path), "--out", str(results_dir), "--resume")
-    _, err = resumed.communicate(timeout=60)
+    with _simulate(tmp_path / "healthy.jsonl") as healthy:  # the plan is the same
+        path.write_text(path.read_text().replace(hanging, healthy))
+        resumed = _runner(str(path), "--out", str(results_dir), "--resume")
+        _, err = resumed.communicate(timeout=60)
     assert resumed.returncode == 0, err
     df = pd.read_parquet(run_dir / "requests.parquet")
     assert len(df) == 6 and set(df["status"]) == {"ok"}
