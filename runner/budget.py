@@ -14,13 +14,14 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class Reservation:
     usd: float
+    serial: int = 0     # this run's number for it: the spend journal pairs reserve and settle
 
 
 class Budget:
     """A run's budget in USD (None: unlimited, but still counted)."""
 
     __slots__ = ("budget_usd", "spent_usd", "reserved_usd", "reserved_total_usd", "settled_usd",
-                 "refused", "overruns")
+                 "refused", "overruns", "_serial")
 
     def __init__(self, budget_usd: float | None, spent_usd: float = 0.0) -> None:
         self.budget_usd = budget_usd
@@ -30,6 +31,7 @@ class Budget:
         self.settled_usd = 0.0      # what the settled ones really cost
         self.refused = 0
         self.overruns = 0           # attempts whose actual cost exceeded their reservation
+        self._serial = 0
 
     def reserve(self, worst_case_usd: float) -> Reservation | None:
         """Hold `worst_case_usd` for one attempt, or None when it would not fit."""
@@ -39,7 +41,8 @@ class Budget:
             return None
         self.reserved_usd += worst_case_usd
         self.reserved_total_usd += worst_case_usd
-        return Reservation(worst_case_usd)
+        self._serial += 1
+        return Reservation(worst_case_usd, self._serial)
 
     def could_fit(self, worst_case_usd: float) -> bool:
         """Whether the reservation would fit once every in-flight attempt has settled."""

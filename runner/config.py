@@ -32,6 +32,10 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_STALL_TIMEOUT_S = 60.0
 DEFAULT_RETRIES = 3
+DEFAULT_MAX_RETRY_WAIT_S = 120.0            # a longer Retry-After ends the request instead
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024   # one answer, decompressed (stream or body)
+DEFAULT_MAX_ERROR_BYTES = 64 * 1024             # one error body, decompressed
+DEFAULT_MAX_STREAM_EVENTS = 200_000             # SSE events in one streamed answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,10 @@ class Limits:
     timeout_s: float | None = None
     stall_timeout_s: float | None = None
     retries: int | None = None
+    max_retry_wait_s: float | None = None
+    max_response_bytes: int | None = None
+    max_error_bytes: int | None = None
+    max_stream_events: int | None = None
 
     def over(self, base: Limits) -> Limits:
         """These limits with unset fields taken from `base`."""
@@ -53,7 +61,8 @@ class Limits:
 
 def _astuple(limits: Limits) -> tuple[Any, ...]:
     return (limits.concurrency, limits.rpm, limits.tpm, limits.timeout_s,
-            limits.stall_timeout_s, limits.retries)
+            limits.stall_timeout_s, limits.retries, limits.max_retry_wait_s,
+            limits.max_response_bytes, limits.max_error_bytes, limits.max_stream_events)
 
 
 @dataclass(frozen=True, slots=True)

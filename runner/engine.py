@@ -23,6 +23,10 @@ from .budget import Budget
 from .collect import Collector, file_schema, new_run_id, run_dir_for
 from .config import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_ERROR_BYTES,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MAX_RETRY_WAIT_S,
+    DEFAULT_MAX_STREAM_EVENTS,
     DEFAULT_RETRIES,
     DEFAULT_STALL_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
@@ -80,7 +84,11 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
     plan = Plan(job)
     limits = Limits(concurrency=concurrency, rpm=rpm).over(job.limits).over(
         Limits(concurrency=DEFAULT_CONCURRENCY, timeout_s=DEFAULT_TIMEOUT_S,
-               stall_timeout_s=DEFAULT_STALL_TIMEOUT_S, retries=DEFAULT_RETRIES))
+               stall_timeout_s=DEFAULT_STALL_TIMEOUT_S, retries=DEFAULT_RETRIES,
+               max_retry_wait_s=DEFAULT_MAX_RETRY_WAIT_S,
+               max_response_bytes=DEFAULT_MAX_RESPONSE_BYTES,
+               max_error_bytes=DEFAULT_MAX_ERROR_BYTES,
+               max_stream_events=DEFAULT_MAX_STREAM_EVENTS))
     root = out_dir or job.output_dir
     previous = None
     if resume is not None:

@@ -41,6 +41,10 @@ class LimitsIn(Strict):
     timeout_s: float | None = Field(default=None, gt=0)
     stall_timeout_s: float | None = Field(default=None, gt=0)
     retries: int | None = Field(default=None, ge=0, le=20)
+    max_retry_wait_s: float | None = Field(default=None, ge=0)
+    max_response_bytes: int | None = Field(default=None, gt=0)
+    max_error_bytes: int | None = Field(default=None, gt=0)
+    max_stream_events: int | None = Field(default=None, gt=0)
 
 
 class ProviderIn(Strict):
