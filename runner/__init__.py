@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__: str  # from the installed metadata (see __getattr__)
 __all__ = ["load_job", "run_job", "run", "read_results", "summarize", "__version__"]
 
 if TYPE_CHECKING:
@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:  # lazy: `import runner` stays cheap
+    if name == "__version__":  # one home for the version: pyproject.toml, via the metadata
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("runner")
+        except PackageNotFoundError:  # a source tree that was never installed
+            return "0+unknown"
     if name == "load_job":
         from .config import load_job
 

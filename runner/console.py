@@ -90,11 +90,11 @@ def print_summary(outcome: Any) -> None:
                 cells.append("-" if rate is None or rate != rate else f"{rate:.0%}")
             table.add_row(*cells)
         console.print(table)
-    client = outcome.manifest.get("client") or {}
-    if client.get("saturated"):
-        console.print(f"[yellow]warning:[/] the client was saturated (event-loop lag p99 "
-                      f"{client['loop_lag_p99_ms']:.1f} ms, {client['cpu_s']:.1f} CPU s): "
-                      "latencies may include its own delay; lower --concurrency")
+    from .health import saturation_warning
+
+    warning = saturation_warning(outcome.manifest.get("client") or {})
+    if warning is not None:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     budget = outcome.manifest.get("budget") or {}
     if budget.get("budget_usd"):
         console.print(f"budget ${budget['budget_usd']:g}: spent ${budget['spent_usd']:.6f} "

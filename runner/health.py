@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -87,9 +87,14 @@ class Health:
 
     def warning(self) -> str | None:
         """One line for the run's output when the client may have inflated its latencies."""
-        report = self.report()
-        if not report["saturated"]:
-            return None
-        return (f"the client was saturated (event-loop lag p99 {report['loop_lag_p99_ms']:.1f} "
-                f"ms, {report['cpu_s']:.1f} CPU s): latencies may include the client's own "
-                "delay; lower concurrency or run the client on a less busy machine")
+        return saturation_warning(self.report())
+
+
+def saturation_warning(report: Mapping[str, Any]) -> str | None:
+    """The one wording of the client-saturation warning, from a `Health.report()` (or run.json's
+    `client` section); None when the client kept up."""
+    if not report.get("saturated"):
+        return None
+    return (f"the client was saturated (event-loop lag p99 {report['loop_lag_p99_ms']:.1f} "
+            f"ms, {report['cpu_s']:.1f} CPU s): latencies may include the client's own "
+            "delay; lower concurrency or run the client on a less busy machine")
