@@ -10,6 +10,7 @@ for, since latency already includes it and TTFT alone is the noisiest number on 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -138,7 +139,7 @@ def format_value(value: float, unit: str) -> str:
             "rate": formatting.percent}[unit](value)
 
 
-def format_change(row: dict[str, Any], metric: str) -> tuple[str, str]:
+def format_change(row: Mapping[Any, Any], metric: str) -> tuple[str, str]:
     """(change, limit) of a comparison row for people: (`+12.3%`, `20%`) for a relative
     metric, (`+5.0 points`, `5.0 points`) for a rate; the limit is `-` when not checked."""
     relative = next(m.relative for m in METRICS if m.name == metric)
@@ -154,7 +155,7 @@ def metric_unit(name: str) -> str:
 
 
 def _per_model(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    from .report import summarize   # pyarrow: not at import, `runner --help` reads this module
+    from .report import summarize  # pyarrow: not at import, `runner --help` reads this module
 
     if not len(df):
         return {}
