@@ -96,10 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--retry-after-s", type=float, default=1.0)
     sim.add_argument("--request-log", type=Path, help="append one JSON line per request")
 
-    models = sub.add_parser("models", help="list a provider's models and prices")
-    models.add_argument("--provider", default="simulated",
-                        help="openrouter or simulated (default), or a job's provider with --job")
-    models.add_argument("--job", type=Path, help="job file defining custom providers")
+    models = sub.add_parser("models", help="list providers' models and prices")
+    models.add_argument("--provider", help="openrouter or simulated, or a job's provider with "
+                        "--job (default: every provider the job uses; without --job, simulated)")
+    models.add_argument("--job", type=Path, help="job file: list its providers' catalogues")
     models.add_argument("--refresh-prices", action="store_true", help="ignore the price cache")
 
     report = sub.add_parser("report", help="per-model tables of a run, or of every run of a job")
@@ -328,10 +328,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
     import anyio
 
     from .console import print_models
-    from .inventory import list_models
+    from .inventory import list_catalogues
 
-    rows = anyio.run(lambda: list_models(args.provider, args.job, args.refresh_prices))
-    print_models(args.provider, rows)
+    catalogues = anyio.run(lambda: list_catalogues(args.job, args.provider,
+                                                   args.refresh_prices))
+    for catalogue in catalogues:
+        if catalogue.missing is None:
+            print_models(catalogue.provider, list(catalogue.models))
+        else:
+            print(f"{catalogue.provider}: no catalogue ({catalogue.missing})")
     return EXIT_OK
 
 
