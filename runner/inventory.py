@@ -43,10 +43,10 @@ async def list_catalogues(job_path: Path | None, provider_name: str | None = Non
                               f"{', '.join(sorted(providers))}; custom ones need --job)")
     out = []
     async with AsyncExitStack() as stack:
-        simulator_url = None
+        simulator_url = ""
         for name in names:
             provider = providers[name]
-            if provider.simulated and simulator_url is None:
+            if provider.simulated and not simulator_url:
                 simulator_url = _start_simulator(stack, job)
             endpoint = Endpoint(provider, simulator_url if provider.simulated
                                 else str(provider.base_url), _key(provider), connections=2)
