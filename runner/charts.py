@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .formatting import short as fmt
+
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
            "#ff9da7", "#9c755f", "#bab0ac")
 WIDTH = 760
@@ -51,15 +53,6 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     first = math.floor(lo / step + 1e-9)
     last = math.ceil(hi / step - 1e-9)
     return [round(k * step, 12) for k in range(first, max(last, first + 1) + 1)]
-
-
-def fmt(value: float) -> str:
-    """A short number for an axis or a tooltip: 0.00012, 1.5, 2400."""
-    if value == 0:
-        return "0"
-    if abs(value) >= 1000 or abs(value) < 0.001:
-        return f"{value:.3g}"
-    return f"{value:.4g}"
 
 
 def box_plot(groups: Mapping[str, Sequence[float]], *, title: str, x_label: str,

@@ -62,3 +62,13 @@ def limit_percent(value: Any) -> str:
         return MISSING
     text = f"{float(value) * 100:.1f}".removesuffix(".0")
     return f"{text}%"
+
+
+def short(value: float) -> str:
+    """A number in four significant digits or fewer, for an axis or a tooltip: 0.00012, 1.5,
+    999.5, 2.4e+03."""
+    if value == 0:
+        return "0"
+    if abs(value) >= 1000 or abs(value) < 0.001:
+        return f"{value:.3g}"
+    return f"{value:.4g}"

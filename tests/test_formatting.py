@@ -35,6 +35,10 @@ from .runs import bench_job, write_and_run
     (formatting.points, -0.025, "-2.5 points"),
     (formatting.limit_percent, 0.2, "20%"),
     (formatting.limit_percent, 0.125, "12.5%"),
+    (formatting.short, 0.00012, "0.00012"),
+    (formatting.short, 999.5, "999.5"),
+    (formatting.short, 2400, "2.4e+03"),
+    (formatting.short, 0, "0"),
 ])
 def test_formatters(function: Any, value: Any, text: str) -> None:
     assert function(value) == text
