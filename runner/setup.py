@@ -175,7 +175,8 @@ def _worst_price(job: Job, out: Providers, model: ModelSpec, names: list[str]) -
                  or job.pricing.get(base) or out.prices.get((model.provider, base)))
         if price is None:
             return None
-        fee = pricing.web_search_usd(name, model.extra_body, price) if openrouter else 0.0
+        fee = max(pricing.web_search_usd(candidate, model.extra_body, price)
+                  for candidate in (name, model.id)) if openrouter else 0.0
         prices.append(pricing.with_web_search(price, fee))
     return pricing.dearest(prices) if prices else None
 

@@ -124,10 +124,12 @@ def test_routers_and_fallbacks_cost_their_dearest_candidate(
 def test_a_router_limited_to_cheap_models_costs_the_cheap_price(
         server: CatalogueServer, write_job: Callable[..., Path],
         capsys: pytest.CaptureFixture[str]) -> None:
-    models = json.dumps(["acme/small", {"id": "openrouter/auto", "extra_body": {
-        "plugins": [{"id": "auto-router", "allowed_models": ["acme/small*"]}]}}])
+    cheap = {"plugins": [{"id": "auto-router", "allowed_models": ["acme/small*"]}]}
+    models = json.dumps(["acme/small", {"id": "openrouter/auto", "extra_body": cheap},
+                         {"id": "openrouter/auto:online", "extra_body": cheap}])
     worst = _worst(write_job(_job(server, models)), capsys)
     assert worst["openrouter/auto"] == pytest.approx(worst["acme/small"])
+    assert worst["openrouter/auto:online"] == pytest.approx(worst["acme/small"] + WEB_FEE)
 
 
 def test_unlisted_ids_are_refused_naming_the_switch(
