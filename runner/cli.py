@@ -38,6 +38,8 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .compare import defaults_text
+
     parser = _Parser(prog="runner", description="Run prompts x models against LLM APIs and "
                      "collect one row per request (latency, TTFT, tokens, cost, status).")
     parser.add_argument("--version", action="version", version=f"runner {_version()}")
@@ -65,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="compare with this run (or the job's previous one); exit 1 on a "
                      "regression beyond --max-regression")
     run.add_argument("--max-regression", default="", metavar="SPEC",
-                     help="e.g. latency=0.2,cost=0.1,pass_rate=0.05 (relative for latency/ttft/"
-                     "cost, points for error_rate/pass_rate)")
+                     help="with --baseline: e.g. latency=0.25,ttft=0.3,pass_rate=0.05 (relative "
+                     "for latency/ttft/cost, points for error_rate/pass_rate; metrics not named "
+                     f"keep the defaults: {defaults_text()})")
     run.add_argument("--junit", type=Path, metavar="PATH", help="write JUnit XML here")
     run.add_argument("--html", nargs="?", const="", metavar="PATH",
                      help="write the HTML report (default: report.html in the run directory)")
@@ -93,10 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--retry-after-s", type=float, default=1.0)
     sim.add_argument("--request-log", type=Path, help="append one JSON line per request")
 
-    models = sub.add_parser("models", help="list a provider's models and prices")
-    models.add_argument("--provider", default="simulated",
-                        help="openrouter or simulated (default), or a job's provider with --job")
-    models.add_argument("--job", type=Path, help="job file defining custom providers")
+    models = sub.add_parser("models", help="list providers' models and prices")
+    models.add_argument("--provider", help="openrouter or simulated, or a job's provider with "
+                        "--job (default: every provider the job uses; without --job, simulated)")
+    models.add_argument("--job", type=Path, help="job file: list its providers' catalogues")
     models.add_argument("--refresh-prices", action="store_true", help="ignore the price cache")
 
     report = sub.add_parser("report", help="per-model tables of a run, or of every run of a job")
@@ -107,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--junit", type=Path, metavar="PATH",
                         help="also write JUnit XML (one test case per prompt x model)")
 
-    compare = sub.add_parser("compare", help="per-model deltas of a run against a baseline run")
+    compare = sub.add_parser("compare", help="per-model deltas of a run against a baseline run "
+                             "(exit 1 on a regression)")
     compare.add_argument("baseline", type=Path, metavar="RUN_A",
                          help="the baseline: a run directory (a job directory: its latest run)")
     compare.add_argument("current", type=Path, metavar="RUN_B", nargs="?",
@@ -115,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "latest run against the one before)")
     compare.add_argument("--max-regression", default="", metavar="METRIC=LIMIT,...",
                          help="latency, ttft, cost (relative: 0.2 = 20%%), error_rate, pass_rate "
-                         "(points: 0.05), or off (default: latency=0.2,ttft=0.2,cost=0.1,"
-                         "error_rate=0.05,pass_rate=0.05)")
+                         "(points: 0.05), or off; metrics not named keep the defaults: "
+                         f"{defaults_text()}; exit 1 when a limit is passed")
     return parser
 
 
@@ -324,10 +328,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
     import anyio
 
     from .console import print_models
-    from .inventory import list_models
+    from .inventory import list_catalogues
 
-    rows = anyio.run(lambda: list_models(args.provider, args.job, args.refresh_prices))
-    print_models(args.provider, rows)
+    catalogues = anyio.run(lambda: list_catalogues(args.job, args.provider,
+                                                   args.refresh_prices))
+    for catalogue in catalogues:
+        if catalogue.missing is None:
+            print_models(catalogue.provider, list(catalogue.models))
+        else:
+            print(f"{catalogue.provider}: no catalogue ({catalogue.missing})")
     return EXIT_OK
 
 
@@ -366,8 +375,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     else:
         baseline, current = _latest_run(args.baseline), _latest_run(args.current)
     table = compare(read_results(baseline), read_results(current), thresholds)
-    print_comparison(table, regressions(table), _run_label(baseline), _run_label(current))
-    return EXIT_OK
+    found = regressions(table)
+    print_comparison(table, found, _run_label(baseline), _run_label(current))
+    return EXIT_THRESHOLD if found else EXIT_OK
 
 
 def _run_label(run_dir: Path) -> str:

@@ -74,6 +74,7 @@ class Provider:
     openrouter: bool              # speaks OpenRouter's extensions (provider/models/usage/cost)
     stream_usage: bool            # send stream_options.include_usage when streaming
     limits: Limits = Limits()
+    check_models: bool = True     # refuse model ids its catalogue does not list
 
     @property
     def simulated(self) -> bool:
@@ -308,6 +309,7 @@ def resolve_providers(path: Path, job: schema.JobIn) -> dict[str, Provider]:
             else (base.openrouter if base else False),
             stream_usage=spec.stream_usage,
             limits=_limits(spec.limits),
+            check_models=spec.check_models,
         )
     return out
 

@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from .formatting import percent, seconds, usd, whole
 from .result import ERROR, OK, SKIPPED, Result
 
 
@@ -48,7 +49,7 @@ class RunProgress:
         self._counts[result.status] = self._counts.get(result.status, 0) + 1
         done = sum(self._counts.values())
         info = (f"errors {self._counts[ERROR]}  skipped {self._counts[SKIPPED]}  "
-                f"${spent_usd:.4f}")
+                f"{usd(spent_usd)}")
         if self._bar is not None:
             self._bar.update(self._task, completed=done, info=info)
             return
@@ -78,16 +79,15 @@ def print_summary(outcome: Any) -> None:
                       f"({outcome.status})")
         graded = "pass_rate" in summary.columns
         for name in ("model", "n", "ok", "errors", "skipped", "latency p50", "latency p90",
-                     "ttft p50", "tok/s p50", "cost $") + (("pass rate",) if graded else ()):
+                     "ttft p50", "tok/s p50", "cost") + (("pass rate",) if graded else ()):
             table.add_column(name, justify="left" if name == "model" else "right")
         for row in summary.to_dict("records"):
             cells = [escape(str(row["model"])), str(row["n"]), str(row["ok"]),
-                     str(row["errors"]), str(row["skipped"]), _s(row["latency_p50_s"]),
-                     _s(row["latency_p90_s"]), _s(row["ttft_p50_s"]),
-                     _num(row["output_tokens_per_s_p50"]), f"{row['cost_usd']:.6f}"]
+                     str(row["errors"]), str(row["skipped"]), seconds(row["latency_p50_s"]),
+                     seconds(row["latency_p90_s"]), seconds(row["ttft_p50_s"]),
+                     whole(row["output_tokens_per_s_p50"]), usd(row["cost_usd"])]
             if graded:
-                rate = row.get("pass_rate")
-                cells.append("-" if rate is None or rate != rate else f"{rate:.0%}")
+                cells.append(percent(row.get("pass_rate")))
             table.add_row(*cells)
         console.print(table)
     from .health import saturation_warning
@@ -97,9 +97,9 @@ def print_summary(outcome: Any) -> None:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     budget = outcome.manifest.get("budget") or {}
     if budget.get("budget_usd"):
-        console.print(f"budget ${budget['budget_usd']:g}: spent ${budget['spent_usd']:.6f} "
-                      f"({(budget['utilisation'] or 0) * 100:.1f}%); worst-case reservations "
-                      f"held ${budget['reserved_unused_usd']:.6f} more than was spent")
+        console.print(f"budget {usd(budget['budget_usd'])}: spent {usd(budget['spent_usd'])} "
+                      f"({percent(budget['utilisation'] or 0)}); worst-case reservations "
+                      f"held {usd(budget['reserved_unused_usd'])} more than was spent")
     console.print(f"results: {outcome.run_dir}/requests.parquet (also requests.csv, "
                   "summary.csv, run.json)", soft_wrap=True)
 
@@ -109,14 +109,6 @@ def _console() -> Any:
 
     # a log or a pipe is not 80 columns wide: do not squeeze model names into ellipses
     return Console() if sys.stdout.isatty() else Console(width=160)
-
-
-def _s(value: Any) -> str:
-    return "-" if value is None or value != value else f"{value:.3f}s"
-
-
-def _num(value: Any) -> str:
-    return "-" if value is None or value != value else f"{value:.0f}"
 
 
 def print_models(provider: str, rows: list[dict[str, Any]]) -> None:
@@ -142,7 +134,7 @@ def print_plan(job_name: str, estimate: Any) -> None:
 
     total_requests = sum(m.requests for m in estimate.models)
     table = Table(title=f"{job_name}: {total_requests} requests")
-    for name in ("model", "provider", "requests", "worst case $"):
+    for name in ("model", "provider", "requests", "worst case"):
         table.add_column(name, justify="left" if name in ("model", "provider") else "right")
     for m in estimate.models:
         table.add_row(m.label, m.provider, str(m.requests), _usd(m.worst_case_usd))
@@ -154,14 +146,14 @@ def print_plan(job_name: str, estimate: Any) -> None:
     if estimate.budget_usd is None:
         console.print("no budget_usd set: spending is not capped")
     elif estimate.budget_covers is None:
-        console.print(f"budget ${estimate.budget_usd:g}: worst case unknown (a model has no "
+        console.print(f"budget {usd(estimate.budget_usd)}: worst case unknown (a model has no "
                       "price or no max_tokens)")
     elif estimate.budget_covers:
-        console.print(f"budget ${estimate.budget_usd:g} covers the worst case")
+        console.print(f"budget {usd(estimate.budget_usd)} covers the worst case")
     else:
-        console.print(f"budget ${estimate.budget_usd:g} does NOT cover the worst case "
-                      f"(${estimate.total_usd:.4f}): the run stops sending when it is used up")
+        console.print(f"budget {usd(estimate.budget_usd)} does NOT cover the worst case "
+                      f"({usd(estimate.total_usd)}): the run stops sending when it is used up")
 
 
 def _usd(value: float | None) -> str:
-    return "unknown" if value is None else f"{value:.6f}"
+    return "unknown" if value is None else usd(value)

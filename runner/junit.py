@@ -22,11 +22,11 @@ MAX_REASON_CHARS = 500
 
 def write_junit(df: pd.DataFrame, path: str | Path) -> Path:
     """Write the JUnit XML of `df` (from `read_results`) to `path`; return the path."""
+    from .collect import write_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(render_junit(df))
-    tmp.replace(path)
+    write_atomic(path, render_junit(df))
     return path
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .compare import format_value, metric_unit
+from .compare import format_change, format_value, metric_unit
+from .formatting import percent, seconds, usd, whole
 from .report import summarize
 
 if TYPE_CHECKING:
@@ -23,25 +24,26 @@ def print_report(df: pd.DataFrame) -> None:
     console = _console()
     table = Table(title=escape(f"{df['job'].iloc[0]} — run {runs[-1]}"))
     columns = ["model", "n", "ok", "errors", "skipped", "error rate", "latency p50",
-               "latency p90", "ttft p50", "tok/s p50", "cost $", "$ / 1k req", "pass rate"]
+               "latency p90", "ttft p50", "tok/s p50", "cost", "cost / 1k req", "pass rate"]
     for name in columns:
         table.add_column(name, justify="left" if name == "model" else "right")
     for row in summarize(latest).to_dict("records"):
         table.add_row(escape(str(row["model"])), str(row["n"]), str(row["ok"]), str(row["errors"]),
-                      str(row["skipped"]), _rate(row["error_rate"]), _s(row["latency_p50_s"]),
-                      _s(row["latency_p90_s"]), _s(row["ttft_p50_s"]),
-                      _int(row["output_tokens_per_s_p50"]), f"{row['cost_usd']:.6f}",
-                      _usd(row["cost_per_1k_requests_usd"]), _rate(row.get("pass_rate")))
+                      str(row["skipped"]), percent(row["error_rate"]),
+                      seconds(row["latency_p50_s"]), seconds(row["latency_p90_s"]),
+                      seconds(row["ttft_p50_s"]), whole(row["output_tokens_per_s_p50"]),
+                      usd(row["cost_usd"]), usd(row["cost_per_1k_requests_usd"]),
+                      percent(row.get("pass_rate")))
     console.print(table)
     if len(runs) > 1:
         history = Table(title=f"{len(runs)} runs, oldest first")
-        for name in ("run", "model", "n", "error rate", "latency p50", "$ / 1k req",
+        for name in ("run", "model", "n", "error rate", "latency p50", "cost / 1k req",
                      "pass rate"):
             history.add_column(name, justify="left" if name in ("run", "model") else "right")
         for row in summarize(df, by=("run_id", "model")).to_dict("records"):
             history.add_row(str(row["run_id"]), escape(str(row["model"])), str(row["n"]),
-                            _rate(row["error_rate"]), _s(row["latency_p50_s"]),
-                            _usd(row["cost_per_1k_requests_usd"]), _rate(row.get("pass_rate")))
+                            percent(row["error_rate"]), seconds(row["latency_p50_s"]),
+                            usd(row["cost_per_1k_requests_usd"]), percent(row.get("pass_rate")))
         console.print(history)
 
 
@@ -57,15 +59,10 @@ def print_comparison(table: pd.DataFrame, reasons: list[str], baseline: str,
         out.add_column(name, justify="left" if name in ("model", "metric", "") else "right")
     for row in table.to_dict("records"):
         unit = metric_unit(row["metric"])
-        relative = unit != "rate"
-        change = row["relative_change"] if relative else row["change"]
-        limit = row["threshold"]
+        change, limit = format_change(row, row["metric"])
         out.add_row(escape(str(row["model"])), str(row["metric"]),
                     format_value(row["baseline"], unit), format_value(row["current"], unit),
-                    _change(change, relative),
-                    "-" if limit is None or limit != limit else
-                    (f"{limit:.0%}" if relative else f"{limit * 100:.1f} pts"),
-                    "[bold red]REGRESSED[/]" if row["regressed"] else "")
+                    change, limit, "[bold red]REGRESSED[/]" if row["regressed"] else "")
     console.print(out)
     if reasons:
         console.print(f"[bold red]{len(reasons)} regression(s):[/]")
@@ -81,30 +78,3 @@ def _console() -> Any:
     # a log or a pipe is not 80 columns wide: do not squeeze model names into ellipses
     return Console() if sys.stdout.isatty() else Console(width=160)
 
-
-def _missing(value: Any) -> bool:
-    return value is None or value != value
-
-
-def _s(value: Any) -> str:
-    return "-" if _missing(value) else f"{value:.3f}s"
-
-
-def _int(value: Any) -> str:
-    return "-" if _missing(value) else f"{value:.0f}"
-
-
-def _rate(value: Any) -> str:
-    return "-" if _missing(value) else f"{value:.1%}"
-
-
-def _usd(value: Any) -> str:
-    return "-" if _missing(value) else f"{value:.4f}"
-
-
-def _change(value: Any, relative: bool) -> str:
-    if _missing(value):
-        return "-"
-    if value == float("inf"):
-        return "from 0"
-    return f"{value:+.1%}" if relative else f"{value * 100:+.1f} pts"

@@ -56,6 +56,7 @@ class ProviderIn(Strict):
     openrouter: bool | None = None
     stream_usage: bool = True
     limits: LimitsIn | None = None
+    check_models: bool = True     # false: send model ids its /models does not list (aliases)
 
     @field_validator("base_url")
     @classmethod

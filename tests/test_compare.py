@@ -1,5 +1,6 @@
 """Comparisons: thresholds parse or name the flag; relative/absolute regression rules; a real run
-made slower, dearer and flakier is flagged on exactly those metrics; `runner compare` exits 0."""
+made slower, dearer and flakier is flagged on exactly those metrics; `runner compare` exits 1 on
+a regression and 0 without one; the defaults are the documented ones."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import pytest
 
 import runner
 from runner.cli import main
-from runner.compare import Thresholds, compare, parse_thresholds, regressions
+from runner.compare import Thresholds, compare, defaults_text, parse_thresholds, regressions
 from runner.errors import ConfigError
 
+from .conftest import ROOT
 from .runs import bench_job, write_and_run
 
 
@@ -105,7 +107,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_real_runs_flag_what_got_worse(two_runs: tuple[Path, Path]) -> None:
     baseline, current = (runner.read_results(p) for p in two_runs)
-    table = compare(baseline, current, Thresholds(latency=0.5))
+    table = compare(baseline, current, Thresholds(latency=0.5, ttft=0.5))
     flagged = {(r["model"], r["metric"]) for r in table[table["regressed"]].to_dict("records")}
     assert {("sim/balanced", "latency_p50_s"), ("sim/balanced", "ttft_p50_s"),
             ("sim/balanced", "error_rate"), ("sim/balanced", "pass_rate"),
@@ -124,10 +126,10 @@ def test_real_runs_flag_what_got_worse(two_runs: tuple[Path, Path]) -> None:
                for r in reasons)
 
 
-def test_cli_compare_prints_deltas_and_exits_0(two_runs: tuple[Path, Path], tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_compare_exits_1_on_a_regression(two_runs: tuple[Path, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", str(two_runs[0]), str(two_runs[1]),
-                 "--max-regression", "latency=50%"]) == 0
+                 "--max-regression", "latency=50%"]) == 1
     out = capsys.readouterr().out
     assert "REGRESSED" in out and "regression(s):" in out
     assert "sim/balanced: error_rate" in out and "<b>premium</b> & co" in out
@@ -135,9 +137,41 @@ def test_cli_compare_prints_deltas_and_exits_0(two_runs: tuple[Path, Path], tmp_
     job_dir = tmp_path / "bench"
     shutil.copytree(two_runs[0], job_dir / "20200101T000000Z-aaaa")
     shutil.copytree(two_runs[1], job_dir / "20200101T000001Z-bbbb")
-    assert main(["compare", str(job_dir)]) == 0
+    assert main(["compare", str(job_dir)]) == 1
     assert "bench/20200101T000001Z-bbbb against baseline bench/20200101T000000Z-aaaa" \
         in capsys.readouterr().out.replace("\n", " ").replace("  ", " ")
+
+
+def test_cli_compare_exits_0_without_a_regression(two_runs: tuple[Path, Path],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # the same run against itself, and a worse run with every limit switched off
+    assert main(["compare", str(two_runs[0]), str(two_runs[0])]) == 0
+    assert "no regressions" in capsys.readouterr().out
+    assert main(["compare", str(two_runs[0]), str(two_runs[1]), "--max-regression",
+                 "latency=off,ttft=off,cost=off,error_rate=off,pass_rate=off"]) == 0
+    assert "no regressions" in capsys.readouterr().out
+
+
+def test_ttft_is_not_checked_unless_asked_for() -> None:
+    base = _rows("m", [1.0] * 4)
+    slow_start = base.assign(ttft_s=3.0)     # TTFT tripled, latency the same
+    assert regressions(compare(base, slow_start)) == []
+    assert regressions(compare(base, slow_start, parse_thresholds("latency=0.5"))) == []
+    flagged = regressions(compare(base, slow_start, parse_thresholds("ttft=0.5")))
+    assert [line.split(" (")[0] for line in flagged] == ["m: ttft_p50_s 1.000s -> 3.000s"]
+    assert "(+200.0%, limit +50%)" in flagged[0]
+
+
+def test_the_defaults_are_documented(monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert defaults_text() == "latency=0.2,cost=0.1,error_rate=0.05,pass_rate=0.05 (ttft off)"
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert "`latency=0.2,cost=0.1,error_rate=0.05,pass_rate=0.05`" in readme
+    assert "TTFT is not checked unless" in readme
+    monkeypatch.setenv("COLUMNS", "200")     # help text on one line: no wrapped token
+    for command in ("run", "compare"):
+        assert main([command, "--help"]) == 0
+        assert defaults_text() in " ".join(capsys.readouterr().out.split()), command
 
 
 def test_cli_compare_bad_input_exits_2(two_runs: tuple[Path, Path], tmp_path: Path,

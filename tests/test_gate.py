@@ -75,3 +75,20 @@ def test_bad_gate_flags_are_bad_input(write_job, results_dir, capsys) -> None:  
     assert _run(no_checks, results_dir, "--baseline", "previous",
                 "--max-regression", "latency=fast") == 2
     assert not (results_dir / "plain").exists()  # nothing ran
+
+
+def test_no_ttft_threshold_unless_set(write_job, results_dir, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The nightly gate checks what the user set and the documented defaults, nothing more:
+    TTFT got 50x worse, but nobody asked for a TTFT limit and latency is switched off."""
+    path = write_job(JOB.format(ttft=0.01))
+    assert _run(path, results_dir, "--baseline", "previous") == 0
+    path.write_text(JOB.format(ttft=0.5))
+    assert _run(path, results_dir, "--baseline", "previous",
+                "--max-regression", "latency=off") == 0
+    assert "ttft" not in capsys.readouterr().err
+    assert _run(path, results_dir, "--baseline", "previous",
+                "--max-regression", "latency=off,ttft=1") == 0      # same TTFT as the last run
+    path.write_text(JOB.format(ttft=1.5))                           # 3x the last run's TTFT
+    code = _run(path, results_dir, "--baseline", "previous", "--max-regression",
+                "latency=off,ttft=1")
+    assert code == 1 and "ttft_p50_s" in capsys.readouterr().err

@@ -1,8 +1,10 @@
 """The HTML report: written from real runs, self-contained (loads nothing), every plot an inline
-SVG, data escaped; rendered by headless Chromium without console errors where it is installed."""
+SVG, data escaped by the templates; rendered by headless Chromium without console errors, and
+without running a script planted in a response, where Chromium is installed."""
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
@@ -15,7 +17,7 @@ import pytest
 import runner
 from runner.charts import nice_ticks
 from runner.cli import main
-from runner.html_report import render_html, write_html
+from runner.html_report import render_html, short_run_labels, write_html
 
 from .runs import bench_job, write_and_run
 
@@ -99,7 +101,7 @@ def test_data_is_escaped(history: pd.DataFrame) -> None:
     assert loads("<style>p{background:url(x.png)}</style><p>&lt;img src=x&gt;</p>") == ["url("]
     page = render_html(history)
     assert "<script" not in page and "<b>premium" not in page
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page      # a prompt id
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page      # a prompt id
     assert "&lt;b&gt;premium&lt;/b&gt; &amp; co" in page                   # a model alias
     hostile = history.copy()
     hostile["response_text"] = "</td></table><img src=https://evil.example/x.png>"
@@ -118,6 +120,53 @@ def test_one_run_has_no_trends_and_no_checks_says_so(job_dir: Path, history: pd.
     assert not any(s.startswith("Failed checks") for s in _sections(page))
     unstreamed = first.assign(ttft_s=float("nan"))
     assert "No TTFT: the requests were not streamed." in render_html(unstreamed)
+
+
+# a response, a model name and an error message that would run script if pasted as markup
+HOSTILE_RESPONSE = ("<script>document.documentElement.setAttribute('data-pwned','script')"
+                    "</script><b>bold</b></td></tr></table>")
+HOSTILE_MODEL = "<img src=x onerror=\"document.documentElement.setAttribute('data-pwned','img')\">"
+HOSTILE_ERROR = "<svg onload=\"document.documentElement.setAttribute('data-pwned','svg')\"></svg>"
+
+
+def _hostile(history: pd.DataFrame) -> pd.DataFrame:
+    """The history with planted markup in a response, a model name and an error message."""
+    latest = history["run_id"] == history["run_id"].iloc[-1]
+    out = history.assign(response_text=HOSTILE_RESPONSE,
+                         passed=pd.array([False] * len(history), dtype="boolean"))
+    out["model"] = out["model"].astype(str).where(~latest | (out["model"] != "sim/balanced"),
+                                                  HOSTILE_MODEL)
+    out.loc[out["status"] != "ok", "error_message"] = HOSTILE_ERROR
+    return out
+
+
+def _escaped(text: str) -> str:
+    """`text` escaped for HTML the way Jinja2 (markupsafe) spells the entities."""
+    return html.escape(text).replace("&#x27;", "&#39;").replace("&quot;", "&#34;")
+
+
+def test_planted_markup_is_escaped_text(history: pd.DataFrame) -> None:
+    page = render_html(_hostile(history))
+    assert loads(page) == []
+    assert "<script" not in page and "<b>bold" not in page and "<img" not in page
+    for text in (HOSTILE_RESPONSE, HOSTILE_MODEL, HOSTILE_ERROR):
+        assert _escaped(text) in page, text       # shown, as text
+    # the model name in the charts' labels and tooltips too, escaped
+    assert page.count(_escaped(HOSTILE_MODEL)) >= 4
+
+
+def test_trend_labels_are_short_run_times(history: pd.DataFrame) -> None:
+    assert short_run_labels(["20261125T231755.042Z-3fa9", "20261126T010203.500Z-beef"]) == [
+        "11-25 23:17:55", "11-26 01:02:03"]
+    assert short_run_labels(["20261125T231755.042Z-3fa9", "20261125T231755.913Z-0a0a"]) == [
+        "11-25 23:17:55.042", "11-25 23:17:55.913"]           # same second: the milliseconds
+    assert short_run_labels(["nightly-1", "nightly-2"]) == ["nightly-1", "nightly-2"]
+    first, second = dict.fromkeys(history["run_id"])
+    renamed = history.assign(run_id=history["run_id"].map({
+        first: "20261125T231755.042Z-3fa9", second: "20261126T010203.500Z-beef"}))
+    page = render_html(renamed)
+    assert ">11-25 23:17:55</text>" in page and ">11-26 01:02:03</text>" in page
+    assert ">20261125T231755" not in page
 
 
 @pytest.mark.parametrize(("lo", "hi"), [(0, 0.000844), (0, 0.1054), (0, 1), (0.2, 0.9),
@@ -169,3 +218,29 @@ def test_report_renders_in_headless_chromium(history: pd.DataFrame, tmp_path: Pa
     # charts and tables drawn: far more detail to compress than an empty page
     assert png.stat().st_size > 5 * empty_png.stat().st_size
     shutil.rmtree(tmp_path / "profile-report", ignore_errors=True)
+
+
+def _dom(page: Path, tmp_path: Path, name: str) -> str:
+    """The DOM Chromium ends up with after loading `page` (its scripts, if any, have run)."""
+    done = subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", f"--user-data-dir={tmp_path / f'profile-{name}'}",
+         "--virtual-time-budget=2000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install "
+                    "chromium) to render the report in")
+def test_planted_script_does_not_run_in_chromium(history: pd.DataFrame, tmp_path: Path) -> None:
+    # the probe works: the same markup pasted raw into a page does run
+    raw = tmp_path / "raw.html"
+    raw.write_text(f"<!DOCTYPE html><html><body>{HOSTILE_RESPONSE}{HOSTILE_MODEL}"
+                   f"{HOSTILE_ERROR}</body></html>", encoding="utf-8")
+    assert 'data-pwned="' in _dom(raw, tmp_path, "raw")
+    dom = _dom(write_html(_hostile(history), tmp_path / "report.html"), tmp_path, "report")
+    assert "Failed checks" in dom and "setAttribute('data-pwned'" in dom   # the text is there
+    assert 'data-pwned="' not in dom                          # but nothing ran
+    assert "<b>bold</b>" not in dom and "&lt;b&gt;bold&lt;/b&gt;" in dom
