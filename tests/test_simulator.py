@@ -839,3 +839,30 @@ def test_simulate_has_a_flag_for_every_fault_and_refuses_rates_over_one(
     assert cli._FAULT_NAMES == FAULT_NAMES
     assert cli.main(["simulate", "--port", "0", "--all-faults", "0.1"]) == 2
     assert "rates must sum to at most 1" in capsys.readouterr().err
+
+
+def test_job_files_set_every_fault_per_model_and_refuse_rates_over_one(write_job) -> None:  # type: ignore[no-untyped-def]
+    import runner
+    from runner.errors import JobFileError
+    from runner.setup import simulated_models
+
+    rates = ", ".join(f"{name}_rate: 0.05" for name in FAULT_NAMES)
+    job = runner.load_job(write_job(f"""
+        name: hostile
+        provider: simulated
+        simulator: {{models: [{{id: sim/fast-mini, faults: {{{rates}, overbill_factor: 7}}}}]}}
+        models: [sim/fast-mini]
+        prompts: [hi]
+    """))
+    model = {m.id: m for m in simulated_models(job.simulator)}["sim/fast-mini"]  # type: ignore[attr-defined]
+    assert model.faults.rates() == (0.05,) * len(FAULT_NAMES)
+    assert model.faults.overbill_factor == 7
+    too_much = runner.load_job(write_job(f"""
+        name: hostile
+        provider: simulated
+        simulator: {{models: [{{id: sim/fast-mini, faults: {{{rates.replace("0.05", "0.1")}}}}}]}}
+        models: [sim/fast-mini]
+        prompts: [hi]
+    """))
+    with pytest.raises(JobFileError, match=r"simulator.models\[0\].*sum to at most 1"):
+        simulated_models(too_much.simulator, too_much.path)
