@@ -35,13 +35,13 @@ class ChaosSettings:
     seed: int = 20261126
     repeats: int = 5                # requests planned: len(MODELS) x len(PROMPTS) x repeats
     kills: int = 3                  # SIGKILLs before the last run is left to end by itself
-    kill_delay_s: tuple[float, float] = (0.2, 1.5)  # a random moment after a run has started
+    kill_delay_s: tuple[float, float] = (0.0, 1.2)  # a random moment after a run's first send
     fault_rate: float = 0.05        # each of the 17 faults (0.85 of requests meet one)
     budget_fraction: float = 0.4    # of the plan's worst case: the budget binds mid-run
     final_timeout_s: float = 20.0   # the last run must end by itself within this
     gzip_bomb_bytes: int = 16 << 20
-    concurrency: int = 6
-    tokens_per_s: float = 2000.0
+    concurrency: int = 8
+    tokens_per_s: float = 200.0     # 32 tokens: 0.16 s, so a kill finds requests in flight
     simulator_flags: tuple[str, ...] = ()  # more `runner simulate` flags (e.g. to turn one off)
 
 
@@ -218,18 +218,17 @@ def run_chaos(settings: ChaosSettings, work: Path,
             path = _job(work / "chaos.yaml", url, settings, header, budget_usd)
             outcome = ChaosOutcome({r.request_id for r in Plan(runner.load_job(path))},
                                    budget_usd)
-            job_dir = results / "chaos"
             for attempt in range(settings.kills + 1):
                 args = [str(path), "--out", str(results), "--quiet"]
-                before_ns = time.time_ns()
+                sent_before = _lines(work / "arrivals.jsonl")
                 proc = procs.start([sys.executable, "-m", "runner", "run", *args,
                                     *(["--resume", "latest"] if attempt else [])],
                                    logs / f"run-{attempt}", env=env)
                 outcome.runs += 1
                 if attempt < settings.kills:
-                    # this process has started its run (written run.json), or has ended
-                    wait_for(lambda p=proc, t=before_ns: _touched_since(job_dir, t)  # type: ignore[misc]
-                             or p.poll() is not None)
+                    # this process has sent its first request (or has ended)
+                    wait_for(lambda p=proc, n=sent_before:  # type: ignore[misc]
+                             _lines(work / "arrivals.jsonl") > n or p.poll() is not None)
                     time.sleep(rng.uniform(*settings.kill_delay_s))  # a random moment, no wait
                     if proc.poll() is None:
                         proc.kill()
@@ -257,13 +256,12 @@ def run_chaos(settings: ChaosSettings, work: Path,
     return outcome
 
 
-def _touched_since(job_dir: Path, t_ns: int) -> bool:
-    """Whether a run.json under `job_dir` was written after `t_ns` (time.time_ns())."""
-    for manifest in job_dir.glob("*/run.json"):
-        with contextlib.suppress(OSError):
-            if manifest.stat().st_mtime_ns > t_ns:
-                return True
-    return False
+def _lines(path: Path) -> int:
+    """Lines in a file another process appends to (0 before it exists)."""
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
 
 
 def _inspect(outcome: ChaosOutcome, work: Path, results: Path, secrets: dict[str, str]) -> None:
@@ -293,13 +291,12 @@ def _inspect(outcome: ChaosOutcome, work: Path, results: Path, secrets: dict[str
     for file in sorted(p for p in [*results.rglob("*"), *(work / "logs").glob("*")]
                        if p.is_file()):
         where = file.relative_to(work)
-        for text in _texts(file):
-            for name, secret in secrets.items():
-                if secret in text:
-                    outcome.leaks.append(f"{name} in {where}")
+        found = {name for text in _texts(file) for name, secret in secrets.items()
+                 if secret in text}
+        if found:
+            outcome.leaks.append(f"{', '.join(sorted(found))} in {where}")
         if file.suffix == ".err" and "Traceback" in file.read_text(errors="replace"):
             outcome.tracebacks.append(str(where))
-    outcome.leaks = sorted(set(outcome.leaks))
 
 
 def _texts(file: Path) -> Iterator[str]:
