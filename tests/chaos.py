@@ -228,7 +228,8 @@ def run_chaos(settings: ChaosSettings, work: Path,
                 if attempt < settings.kills:
                     # this process has sent its first request (or has ended)
                     wait_for(lambda p=proc, n=sent_before:  # type: ignore[misc]
-                             _lines(work / "arrivals.jsonl") > n or p.poll() is not None)
+                             _lines(work / "arrivals.jsonl") > n or p.poll() is not None,
+                             timeout_s=10.0)
                     time.sleep(rng.uniform(*settings.kill_delay_s))  # a random moment, no wait
                     if proc.poll() is None:
                         proc.kill()
