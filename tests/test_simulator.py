@@ -4,6 +4,7 @@ the arrival log, and shutdown. Every model is zero-latency, so nothing here slee
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import re
@@ -866,3 +867,20 @@ def test_job_files_set_every_fault_per_model_and_refuse_rates_over_one(write_job
     """))
     with pytest.raises(JobFileError, match=r"simulator.models\[0\].*sum to at most 1"):
         simulated_models(too_much.simulator, too_much.path)
+
+
+@pytest.mark.parametrize("base", ["base_url", "openai_base_url"])
+async def test_every_fault_in_both_dialects_gets_one_charge_and_no_server_error(
+        sim: Simulator, base: str, caplog: pytest.LogCaptureFixture) -> None:
+    names = [n for n in FAULTS if n not in ("hang", "endless_stream")]
+    async with aiohttp.ClientSession() as session:
+        for name in names:
+            for stream in (False, True):
+                url = f"{getattr(sim, base)}/chat/completions"
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.post(url, json=request(f"t/{name}", stream),
+                                            headers=AUTH, allow_redirects=False) as resp:
+                        await resp.read()
+    bill = await charges_once(sim, 2 * len(names))
+    assert len(bill) == 2 * len(names) and all(c.cost_usd >= 0 for c in bill)
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
