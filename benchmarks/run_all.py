@@ -1,6 +1,6 @@
 """Run every benchmark in sequence, each as its own process, and print their tables.
 
-    .venv/bin/python benchmarks/run_all.py            # the full set (`make bench`), ~6 minutes
+    .venv/bin/python benchmarks/run_all.py            # the full set (`make bench`), ~11 minutes
     .venv/bin/python benchmarks/run_all.py --quick    # small counts: a smoke run, not numbers
     .venv/bin/python benchmarks/run_all.py --only throughput startup
 
@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "memory": ("bench_memory.py", ["--sizes", "1000", "5000"]),
     "rate": ("bench_rate.py", ["--seconds", "10"]),
     "startup": ("bench_startup.py", ["--repeats", "3"]),
+    "soak": ("bench_soak.py", ["--quick"]),
 }
 
 

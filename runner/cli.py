@@ -16,6 +16,12 @@ from .errors import ConfigError, RunnerError
 
 EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+# the simulator's faults, each a `--NAME-rate` flag of `simulate` (as in simulator.FAULT_NAMES,
+# which is not imported here: `runner --help` stays fast)
+_FAULT_NAMES = ("rate_limit", "error", "hang", "disconnect", "stream_error", "error_body",
+                "malformed", "echo_error", "echo_text", "odd_shape", "negative_cost", "overbill",
+                "endless_stream", "gzip_bomb", "redirect", "json_to_stream", "long_retry_after")
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -90,11 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--ttft-s", type=float, help="override every model's time to first token")
     sim.add_argument("--tokens-per-s", type=float, help="override every model's speed (0: max)")
-    for name in ("error-rate", "rate-limit-rate", "hang-rate", "disconnect-rate",
-                 "stream-error-rate", "error-body-rate", "malformed-rate"):
-        sim.add_argument(f"--{name}", type=float, default=0.0, help="probability 0..1")
+    sim.add_argument("--all-faults", type=float, default=0.0, metavar="RATE",
+                     help="every fault at this probability (the rates must sum to <= 1)")
+    for name in _FAULT_NAMES:
+        sim.add_argument(f"--{name.replace('_', '-')}-rate", type=float,
+                         help="probability 0..1 (default: --all-faults)")
     sim.add_argument("--retry-after-s", type=float, default=1.0)
+    sim.add_argument("--long-retry-after-s", type=float, default=86400.0,
+                     help="Retry-After of the long_retry_after fault (default: a day)")
+    sim.add_argument("--overbill-factor", type=float, default=100.0,
+                     help="usage.cost of the overbill fault, times the price")
+    sim.add_argument("--gzip-bomb-bytes", type=int, default=64 * 1024 * 1024,
+                     help="inflated size of the gzip_bomb fault's error body")
     sim.add_argument("--request-log", type=Path, help="append one JSON line per request")
+    sim.add_argument("--bill", type=Path, metavar="PATH",
+                     help="append one JSON line per request as it ends: what it cost")
 
     models = sub.add_parser("models", help="list providers' models and prices")
     models.add_argument("--provider", help="openrouter or simulated, or a job's provider with "
@@ -288,18 +304,20 @@ def _after_run(args: argparse.Namespace, outcome: Any, gate: Any) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
     import dataclasses
-
-    import anyio
+    import signal
 
     from .simulator import DEFAULT_MODELS, Faults, serve
 
+    rates = {f"{name}_rate": getattr(args, f"{name}_rate") for name in _FAULT_NAMES}
     try:
-        faults = Faults(error_rate=args.error_rate, rate_limit_rate=args.rate_limit_rate,
-                    retry_after_s=args.retry_after_s, hang_rate=args.hang_rate,
-                    disconnect_rate=args.disconnect_rate,
-                    stream_error_rate=args.stream_error_rate,
-                    error_body_rate=args.error_body_rate, malformed_rate=args.malformed_rate)
+        faults = Faults(**{k: args.all_faults if v is None else v for k, v in rates.items()},
+                        retry_after_s=args.retry_after_s,
+                        long_retry_after_s=args.long_retry_after_s,
+                        overbill_factor=args.overbill_factor,
+                        gzip_bomb_bytes=args.gzip_bomb_bytes)
     except ValueError as exc:
         raise ConfigError(f"fault flags: {exc}") from None
     changes: dict[str, Any] = {"faults": faults}
@@ -314,9 +332,18 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
               f"OpenAI dialect at http://{args.host}:{port}/v1 (any bearer key; Ctrl-C stops)",
               flush=True)
 
+    async def until_signal() -> None:
+        # SIGTERM stops like Ctrl-C: in-flight requests are cut and billed before exit (one
+        # plain asyncio cancel, so the server's own clean-up still runs)
+        serving = asyncio.ensure_future(serve(
+            models, host=args.host, port=args.port, seed=args.seed,
+            request_log=args.request_log, on_ready=ready, bill=args.bill))
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, serving.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+
     try:
-        anyio.run(lambda: serve(models, host=args.host, port=args.port, seed=args.seed,
-                                request_log=args.request_log, on_ready=ready))
+        asyncio.run(until_signal())
     except KeyboardInterrupt:
         pass
     except OSError as exc:

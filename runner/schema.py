@@ -87,6 +87,20 @@ class FaultsIn(Strict):
     stream_error_rate: float = Field(default=0.0, ge=0, le=1)
     error_body_rate: float = Field(default=0.0, ge=0, le=1)
     malformed_rate: float = Field(default=0.0, ge=0, le=1)
+    # hostile servers (see runner/simulator/models.py FAULT_NAMES)
+    echo_error_rate: float = Field(default=0.0, ge=0, le=1)
+    echo_text_rate: float = Field(default=0.0, ge=0, le=1)
+    odd_shape_rate: float = Field(default=0.0, ge=0, le=1)
+    negative_cost_rate: float = Field(default=0.0, ge=0, le=1)
+    overbill_rate: float = Field(default=0.0, ge=0, le=1)
+    overbill_factor: float = Field(default=100.0, ge=1)
+    endless_stream_rate: float = Field(default=0.0, ge=0, le=1)
+    gzip_bomb_rate: float = Field(default=0.0, ge=0, le=1)
+    gzip_bomb_bytes: int = Field(default=64 * 1024 * 1024, ge=1, le=1 << 34)
+    redirect_rate: float = Field(default=0.0, ge=0, le=1)
+    json_to_stream_rate: float = Field(default=0.0, ge=0, le=1)
+    long_retry_after_rate: float = Field(default=0.0, ge=0, le=1)
+    long_retry_after_s: float = Field(default=86400.0, ge=0)
 
 
 class SimModelIn(Strict):

@@ -4,6 +4,8 @@ the arrival log, and shutdown. Every model is zero-latency, so nothing here slee
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gzip
 import json
 import re
 import time
@@ -17,7 +19,17 @@ import pydantic
 import pytest
 from openai import AsyncOpenAI
 
-from runner.simulator import DEFAULT_MODELS, Faults, SimModel, Simulator
+from runner.simulator import (
+    DEFAULT_MODELS,
+    FAULT_NAMES,
+    Charge,
+    Faults,
+    SimModel,
+    Simulator,
+    read_bill,
+    total_usd,
+)
+from runner.simulator.text import generate
 
 FAST: dict[str, Any] = {"ttft_s": 0.0, "tokens_per_s": 0.0}
 AUTH = {"Authorization": "Bearer test-key"}
@@ -33,10 +45,21 @@ FAULTS = {
     "error_body": Faults(error_body_rate=1.0),
     "malformed": Faults(malformed_rate=1.0),
     "coin": Faults(error_rate=0.5),
+    "echo_error": Faults(echo_error_rate=1.0, error_statuses=(500,)),
+    "echo_text": Faults(echo_text_rate=1.0),
+    "odd_shape": Faults(odd_shape_rate=1.0),
+    "negative_cost": Faults(negative_cost_rate=1.0),
+    "overbill": Faults(overbill_rate=1.0, overbill_factor=50.0),
+    "endless_stream": Faults(endless_stream_rate=1.0),
+    "gzip_bomb": Faults(gzip_bomb_rate=1.0, gzip_bomb_bytes=4 << 20),
+    "redirect": Faults(redirect_rate=1.0),
+    "json_to_stream": Faults(json_to_stream_rate=1.0),
+    "long_retry_after": Faults(long_retry_after_rate=1.0),
 }
 FAULTY = [SimModel(f"t/{name}", name, 1e-7, 4e-7, faults=f, **FAST) for name, f in FAULTS.items()]
 SLOW = SimModel("t/slow", "Slow", 1e-7, 4e-7, ttft_s=0.0, tokens_per_s=200.0)
-MODELS = [PLAIN, REASONER, FREE, SLOW, *FAULTY]
+CRAWL = SimModel("t/crawl", "Crawl", 1e-7, 4e-7, request_usd=0.001, ttft_s=0.0, tokens_per_s=50.0)
+MODELS = [PLAIN, REASONER, FREE, SLOW, CRAWL, *FAULTY]
 
 
 @pytest.fixture
@@ -612,3 +635,252 @@ async def test_openai_dialect_accepts_response_format_but_not_openrouter_fields(
     assert status == 200
     status, _, raw = await post(sim.openai_base_url, request(response_format=fmt, provider={}))
     assert status == 400 and "provider" in json.loads(raw)["error"]["message"]
+
+
+# --- the bill -------------------------------------------------------------------------------
+
+SECRET = "sk-or-v1-TESTSECRET0123456789abcdef"
+SECRET_AUTH = {"Authorization": f"Bearer {SECRET}", "X-Custom-Secret": "hdr-TESTSECRET-42"}
+
+
+def price(model: SimModel, prompt_tokens: int, completion_tokens: int) -> float:
+    return (prompt_tokens * model.prompt_usd_per_token
+            + completion_tokens * model.completion_usd_per_token + model.request_usd)
+
+
+def natural_tokens(model: str, seed: object = None) -> int:
+    """How many tokens the simulator (seed 7) generates for `request(model, seed=seed)`."""
+    return generate(sim_seed=7, model_id=model, messages=request()["messages"],
+                    request_seed=seed, reasoning=False, cap_tokens=4096).completion_tokens
+
+
+async def charges_once(sim: Simulator, n: int) -> list[Charge]:
+    """The bill once it holds `n` charges (a cut request is billed when the server notices)."""
+    deadline = time.monotonic() + 10
+    while len(sim.bill()) < n:
+        assert time.monotonic() < deadline, f"bill: {sim.bill()}"
+        await asyncio.sleep(0.01)
+    return sim.bill()
+
+
+async def test_bill_prices_every_request_like_its_usage_and_survives_in_a_file(
+        tmp_path: Path) -> None:
+    path = tmp_path / "bill.jsonl"
+    with Simulator(MODELS, seed=7, bill=path) as sim:
+        _, _, body = await post(sim.base_url, request())
+        _, _, streamed = await post(sim.base_url, request(stream=True, seed=3))
+        await post(sim.base_url, request("t/rate_limit"))
+        async with (aiohttp.ClientSession() as session,
+                    session.get(f"http://127.0.0.1:{sim.port}/_sim/bill") as resp):
+            served = await resp.json()
+        bill = sim.bill()
+        assert sim.billed_usd() == pytest.approx(total_usd(bill))
+    usages = [json.loads(body)["usage"], chunks(streamed)[-1]["usage"]]
+    assert [(c.outcome, c.cost_usd) for c in bill[:2]] == [
+        ("complete", pytest.approx(u["cost"])) for u in usages]
+    assert [c.completion_tokens for c in bill[:2]] == [u["completion_tokens"] for u in usages]
+    assert (bill[2].outcome, bill[2].status, bill[2].cost_usd) == ("free", 429, 0.0)
+    assert served["requests"] == 3 and served["total_usd"] == pytest.approx(total_usd(bill))
+    assert read_bill(path) == served["charges"]
+
+
+async def test_a_stream_cut_by_the_client_is_billed_for_the_tokens_sent(sim: Simulator) -> None:
+    total = natural_tokens("t/crawl", seed=27)  # 185 tokens: 3.7 s at 50 tokens/s
+    received = 0
+    async with aiohttp.ClientSession() as session:
+        url = f"{sim.base_url}/chat/completions"
+        payload = request("t/crawl", stream=True, seed=27)
+        async with session.post(url, json=payload, headers=AUTH) as resp:
+            async for line in resp.content:
+                received += line.startswith(b"data: {") and b'"content":""' not in line
+                if received == 3:
+                    break  # the client walks away after three tokens
+    cut = (await charges_once(sim, 1))[0]
+    assert cut.outcome == "cut" and received <= cut.completion_tokens < total
+    assert cut.cost_usd == pytest.approx(price(CRAWL, cut.prompt_tokens, cut.completion_tokens))
+
+
+async def test_a_stream_the_server_breaks_is_billed_for_what_it_sent(sim: Simulator) -> None:
+    received = b""
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            url = f"{sim.base_url}/chat/completions"
+            async with session.post(url, json=request("t/disconnect", True), headers=AUTH) as r:
+                async for piece in r.content.iter_any():
+                    received += piece
+    charge = (await charges_once(sim, 1))[0]
+    assert charge.outcome == "cut" and charge.fault == "disconnect"
+    assert charge.completion_tokens == len(content_of(received).split()) > 0
+
+
+async def test_a_hung_request_is_billed_when_it_is_cut(sim: Simulator) -> None:
+    async with aiohttp.ClientSession() as session:
+        url = f"{sim.base_url}/chat/completions"
+        async with session.post(url, json=request("t/hang", True), headers=AUTH) as resp:
+            await resp.content.readexactly(25)
+    charge = (await charges_once(sim, 1))[0]
+    # a zero-latency model has generated everything by the time it is cut
+    assert charge.outcome == "cut" and charge.fault == "hang"
+    assert charge.completion_tokens == natural_tokens("t/hang") > 0
+
+
+@pytest.mark.parametrize("model", ["t/rate_limit", "t/error", "t/echo_error", "t/gzip_bomb",
+                                   "t/redirect", "t/long_retry_after", "t/error_body",
+                                   "nope/missing"])
+async def test_errors_before_generation_are_free(sim: Simulator, model: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        url = f"{sim.base_url}/chat/completions"
+        async with session.post(url, json=request(model), headers=AUTH,
+                                allow_redirects=False) as resp:
+            assert resp.status >= 300 or model == "t/error_body"
+    assert [(c.outcome, c.cost_usd) for c in await charges_once(sim, 1)] == [("free", 0.0)]
+
+
+async def test_an_endless_stream_is_billed_at_most_its_cap(sim: Simulator) -> None:
+    events = 0
+    async with aiohttp.ClientSession() as session:
+        url = f"{sim.base_url}/chat/completions"
+        payload = request("t/endless_stream", stream=True, max_tokens=5)
+        async with session.post(url, json=payload, headers=AUTH) as resp:
+            async for line in resp.content:
+                events += line.startswith(b"data: ")
+                if events == 500:
+                    break
+    charge = (await charges_once(sim, 1))[0]
+    assert (charge.outcome, charge.completion_tokens) == ("cut", 5)
+
+
+# --- hostile faults -------------------------------------------------------------------------
+
+
+async def test_echo_error_leaks_every_header_into_the_error(sim: Simulator) -> None:
+    status, _, raw = await post(sim.base_url, request("t/echo_error"), headers=SECRET_AUTH)
+    error = json.loads(raw)["error"]
+    assert status == 500 and SECRET in error["message"] and "hdr-TESTSECRET-42" in raw.decode()
+    assert SECRET in error["metadata"]["raw"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_echo_text_leaks_headers_into_the_completion_split_across_deltas(
+        sim: Simulator, stream: bool) -> None:
+    _, _, raw = await post(sim.base_url, request("t/echo_text", stream), headers=SECRET_AUTH)
+    text = content_of(raw) if stream else message_of(raw)
+    assert SECRET in text and "hdr-TESTSECRET-42" in text
+    if stream:
+        assert not any(SECRET in c["choices"][0]["delta"].get("content", "") for c in chunks(raw))
+
+
+async def test_odd_shapes_are_valid_json_of_every_unexpected_shape(sim: Simulator) -> None:
+    seen: set[str] = set()
+    for i in range(40):
+        _, _, raw = await post(sim.base_url, request("t/odd_shape", stream=bool(i % 2)))
+        body = chunks(raw)[-1] if i % 2 else json.loads(raw)
+        usage = body.get("usage")
+        seen |= {name for name, odd in [
+            ("usage_list", isinstance(usage, list)), ("usage_string", isinstance(usage, str)),
+            ("choices_dict", isinstance(body["choices"], dict)),
+            ("id_int", isinstance(body["id"], int)),
+            ("counts_strings", isinstance(usage, dict)
+             and isinstance(usage["completion_tokens"], str))] if odd}
+    assert seen == {"usage_list", "usage_string", "choices_dict", "id_int", "counts_strings"}
+
+
+async def test_usage_lies_are_lies_the_bill_does_not_tell(sim: Simulator) -> None:
+    _, _, negative = await post(sim.base_url, request("t/negative_cost"))
+    _, _, over = await post(sim.base_url, request("t/overbill", stream=True))
+    lie, inflated = json.loads(negative)["usage"], chunks(over)[-1]["usage"]
+    assert lie["cost"] < 0 and lie["completion_tokens"] < 0 and lie["prompt_tokens"] < 0
+    first, second = await charges_once(sim, 2)
+    assert first.cost_usd > 0 and inflated["cost"] == pytest.approx(50 * second.cost_usd)
+
+
+async def test_gzip_bomb_inflates_far_beyond_what_was_sent(sim: Simulator) -> None:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        url = f"{sim.base_url}/chat/completions"
+        async with session.post(url, json=request("t/gzip_bomb"), headers=AUTH) as resp:
+            assert resp.status == 502 and resp.headers["Content-Encoding"] == "gzip"
+            packed = await resp.read()
+    inflated = gzip.decompress(packed)
+    assert len(packed) < 64 * 1024 and len(inflated) == 4 << 20
+    assert json.loads(inflated)["error"]["code"] == 502
+
+
+async def test_redirect_points_at_another_origin_which_notes_credentials(sim: Simulator) -> None:
+    async with aiohttp.ClientSession() as session:
+        url = f"{sim.base_url}/chat/completions"
+        async with session.post(url, json=request("t/redirect"), headers=SECRET_AUTH,
+                                allow_redirects=False) as resp:
+            location = resp.headers["Location"]
+            assert resp.status == 307
+        assert location == f"http://localhost:{sim.port}/_sim/elsewhere/api/v1/chat/completions"
+        for headers in (SECRET_AUTH, {"Content-Type": "application/json"}):
+            async with session.post(location, json=request(), headers=headers) as resp:
+                assert resp.status == 400 and (SECRET in await resp.text()) == (
+                    headers is SECRET_AUTH)
+    outcomes = [c.outcome for c in await charges_once(sim, 3)]
+    assert outcomes == ["free", "redirect_target_credentials", "redirect_target"]
+
+
+async def test_json_answer_to_a_streaming_request(sim: Simulator) -> None:
+    _, headers, raw = await post(sim.base_url, request("t/json_to_stream", stream=True))
+    assert headers["Content-Type"].startswith("application/json")
+    assert json.loads(raw)["object"] == "chat.completion"
+    assert (await charges_once(sim, 1))[0].outcome == "complete"
+
+
+async def test_long_retry_after_is_a_day(sim: Simulator) -> None:
+    status, headers, _ = await post(sim.base_url, request("t/long_retry_after"))
+    assert status == 429 and headers["Retry-After"] == "86400"
+
+
+def test_simulate_has_a_flag_for_every_fault_and_refuses_rates_over_one(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from runner import cli
+
+    assert cli._FAULT_NAMES == FAULT_NAMES
+    assert cli.main(["simulate", "--port", "0", "--all-faults", "0.1"]) == 2
+    assert "rates must sum to at most 1" in capsys.readouterr().err
+
+
+def test_job_files_set_every_fault_per_model_and_refuse_rates_over_one(write_job) -> None:  # type: ignore[no-untyped-def]
+    import runner
+    from runner.errors import JobFileError
+    from runner.setup import simulated_models
+
+    rates = ", ".join(f"{name}_rate: 0.05" for name in FAULT_NAMES)
+    job = runner.load_job(write_job(f"""
+        name: hostile
+        provider: simulated
+        simulator: {{models: [{{id: sim/fast-mini, faults: {{{rates}, overbill_factor: 7}}}}]}}
+        models: [sim/fast-mini]
+        prompts: [hi]
+    """))
+    model = {m.id: m for m in simulated_models(job.simulator)}["sim/fast-mini"]  # type: ignore[attr-defined]
+    assert model.faults.rates() == (0.05,) * len(FAULT_NAMES)
+    assert model.faults.overbill_factor == 7
+    too_much = runner.load_job(write_job(f"""
+        name: hostile
+        provider: simulated
+        simulator: {{models: [{{id: sim/fast-mini, faults: {{{rates.replace("0.05", "0.1")}}}}}]}}
+        models: [sim/fast-mini]
+        prompts: [hi]
+    """))
+    with pytest.raises(JobFileError, match=r"simulator.models\[0\].*sum to at most 1"):
+        simulated_models(too_much.simulator, too_much.path)
+
+
+@pytest.mark.parametrize("base", ["base_url", "openai_base_url"])
+async def test_every_fault_in_both_dialects_gets_one_charge_and_no_server_error(
+        sim: Simulator, base: str, caplog: pytest.LogCaptureFixture) -> None:
+    names = [n for n in FAULTS if n not in ("hang", "endless_stream")]
+    async with aiohttp.ClientSession() as session:
+        for name in names:
+            for stream in (False, True):
+                url = f"{getattr(sim, base)}/chat/completions"
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.post(url, json=request(f"t/{name}", stream),
+                                            headers=AUTH, allow_redirects=False) as resp:
+                        await resp.read()
+    bill = await charges_once(sim, 2 * len(names))
+    assert len(bill) == 2 * len(names) and all(c.cost_usd >= 0 for c in bill)
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]

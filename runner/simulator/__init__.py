@@ -3,14 +3,17 @@ loopback endpoint speaking OpenRouter (/api/v1) and plain OpenAI (/v1) out.
 
     with Simulator(seed=1) as sim:
         client = AsyncOpenAI(api_key="sim", base_url=sim.base_url, max_retries=0)
+        ...
+        spent = sim.billed_usd()  # the server's own bill: one `Charge` per request (bill())
 """
 
 from runner.simulator.account import Account
 from runner.simulator.arrivals import Arrival
+from runner.simulator.bill import Charge, read_bill, total_usd
 from runner.simulator.models import DEFAULT_MODELS, FAULT_NAMES, Faults, SimModel
 from runner.simulator.server import Simulator, serve
 
 __all__ = [
-    "DEFAULT_MODELS", "FAULT_NAMES", "Account", "Arrival", "Faults", "SimModel", "Simulator",
-    "serve",
+    "DEFAULT_MODELS", "FAULT_NAMES", "Account", "Arrival", "Charge", "Faults", "SimModel",
+    "Simulator", "read_bill", "serve", "total_usd",
 ]

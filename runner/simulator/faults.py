@@ -22,6 +22,7 @@ class Fate:
     error_status: int  # the HTTP status for the "error" fault; unused otherwise
     jitter_s: float  # added to ttft_s (may be negative; the total is clamped at 0)
     break_fraction: float  # where in the content a stream fault strikes, 0.2..0.8
+    variant: float  # 0..1: which variant of a fault with several (odd_shape's shapes)
 
 
 def draw_fate(model: SimModel, *, sim_seed: int, arrival_index: int) -> Fate:
@@ -37,15 +38,20 @@ def draw_fate(model: SimModel, *, sim_seed: int, arrival_index: int) -> Fate:
             break
     error_status = rng.choice(model.faults.error_statuses)
     jitter_s = rng.uniform(-model.jitter_s, model.jitter_s) if model.jitter_s else 0.0
-    return Fate(fault, error_status, jitter_s, rng.uniform(0.2, 0.8))
+    break_fraction = rng.uniform(0.2, 0.8)
+    return Fate(fault, error_status, jitter_s, break_fraction, rng.random())
 
 
 def status_of(fate: Fate, *, stream: bool) -> int:
     """The HTTP status the simulator sends for this fate; 0 when it sends no response at all."""
-    if fate.fault == "rate_limit":
+    if fate.fault in ("rate_limit", "long_retry_after"):
         return 429
-    if fate.fault == "error":
+    if fate.fault in ("error", "echo_error"):
         return fate.error_status
+    if fate.fault == "gzip_bomb":
+        return 502
+    if fate.fault == "redirect":
+        return 307
     if fate.fault in ("hang", "disconnect") and not stream:
         return 0
     return 200

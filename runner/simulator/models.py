@@ -15,8 +15,20 @@ FAULT_NAMES: tuple[str, ...] = (
     "stream_error",
     "error_body",
     "malformed",
+    # hostile servers: what a client must survive without a crash, a leak or an overspend
+    "echo_error",        # an error whose message and metadata echo every request header
+    "echo_text",         # a completion whose text echoes every request header
+    "odd_shape",         # valid JSON of the wrong shape (usage a list, choices a dict, ...)
+    "negative_cost",     # usage.cost and token counts negative
+    "overbill",          # usage.cost `overbill_factor` times the price
+    "endless_stream",    # a stream that never ends (content events until the client cuts)
+    "gzip_bomb",         # a gzip-compressed error body of `gzip_bomb_bytes` when inflated
+    "redirect",          # a 307 to another origin (which echoes what it receives)
+    "json_to_stream",    # a JSON completion in answer to a streaming request
+    "long_retry_after",  # a 429 with Retry-After `long_retry_after_s` (a day by default)
 )
-"""Every fault, in the order their probability intervals are laid out on one uniform draw."""
+"""Every fault, in the order their probability intervals are laid out on one uniform draw
+(new faults go at the end, so a seed keeps drawing the same older faults)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +44,19 @@ class Faults:
     stream_error_rate: float = 0.0
     error_body_rate: float = 0.0
     malformed_rate: float = 0.0
+    echo_error_rate: float = 0.0
+    echo_text_rate: float = 0.0
+    odd_shape_rate: float = 0.0
+    negative_cost_rate: float = 0.0
+    overbill_rate: float = 0.0
+    overbill_factor: float = 100.0
+    endless_stream_rate: float = 0.0
+    gzip_bomb_rate: float = 0.0
+    gzip_bomb_bytes: int = 64 * 1024 * 1024
+    redirect_rate: float = 0.0
+    json_to_stream_rate: float = 0.0
+    long_retry_after_rate: float = 0.0
+    long_retry_after_s: float = 86400.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -44,20 +69,18 @@ class Faults:
             raise ValueError(
                 f"Faults.error_statuses: need 4xx/5xx codes (got {self.error_statuses})"
             )
-        if not self.retry_after_s >= 0:
-            raise ValueError(f"Faults.retry_after_s: must be >= 0 (got {self.retry_after_s})")
+        for name in ("retry_after_s", "long_retry_after_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"Faults.{name}: must be >= 0 (got {getattr(self, name)})")
+        if not (self.overbill_factor >= 1 and math.isfinite(self.overbill_factor)):
+            raise ValueError(f"Faults.overbill_factor: must be >= 1 (got {self.overbill_factor})")
+        if not 1 <= self.gzip_bomb_bytes <= 1 << 34:
+            raise ValueError(f"Faults.gzip_bomb_bytes: must be 1..16 GiB (got "
+                             f"{self.gzip_bomb_bytes})")
 
     def rates(self) -> tuple[float, ...]:
         """The probability of each fault, in the order of `FAULT_NAMES`."""
-        return (
-            self.rate_limit_rate,
-            self.error_rate,
-            self.hang_rate,
-            self.disconnect_rate,
-            self.stream_error_rate,
-            self.error_body_rate,
-            self.malformed_rate,
-        )
+        return tuple(getattr(self, f"{name}_rate") for name in FAULT_NAMES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
+from runner.simulator.bill import Meter
 from runner.simulator.faults import Fate, break_index
 from runner.simulator.models import SimModel
 from runner.simulator.orders import Order
 from runner.simulator.text import Completion
-from runner.simulator.wire import Head, StreamEvents, completion_body, error_body
+from runner.simulator.wire import Head, Reshape, StreamEvents, completion_body, error_body
 
 KEEP_ALIVE_MIN_TTFT_S = 0.5  # waits at least this long get a second keep-alive comment midway
 RATE_LIMIT_PER_MINUTE = 20
@@ -31,7 +32,8 @@ _ERROR_MESSAGES = {
 }
 _STREAM_BREAKS = ("disconnect", "stream_error", "malformed")
 
-Timeline = list[tuple[float, bytes]]  # (seconds after the request started, bytes to send)
+# (seconds after the request started, bytes to send, completion tokens those bytes carry)
+Timeline = list[tuple[float, bytes, int]]
 
 
 def error_response(
@@ -49,9 +51,9 @@ def error_response(
     )
 
 
-def rate_limited(model: SimModel) -> web.Response:
+def rate_limited(wait_s: float) -> web.Response:
     """A 429 with `Retry-After` (whole seconds, >= 1) and OpenRouter's X-RateLimit-* headers."""
-    retry_after_s = max(1, math.ceil(model.faults.retry_after_s))
+    retry_after_s = max(1, math.ceil(wait_s))
     limits = {
         "X-RateLimit-Limit": str(RATE_LIMIT_PER_MINUTE),
         "X-RateLimit-Remaining": "0",
@@ -97,10 +99,14 @@ async def send_completion(
     completion: Completion,
     usage_obj: dict[str, Any],
     closing: asyncio.Event,
+    meter: Meter,
+    shape: Reshape | None = None,
 ) -> web.StreamResponse:
     """Answer a non-streaming request after the whole generation time, or fail as fated."""
     model = order.model
     ttft_s = _ttft_s(model, fate)
+    if fate.fault not in ("error_body", "stream_error"):  # those fail before generating
+        meter.pace(completion.completion_tokens, ttft_s)
     if fate.fault == "hang":
         await closing.wait()
         _drop(request)
@@ -117,9 +123,10 @@ async def send_completion(
     total_s = ttft_s + max(0, completion.completion_tokens - 1) * model.s_per_token
     if total_s > 0:
         await asyncio.sleep(total_s)
-    body = completion_body(head, completion, usage_obj, order.reasoning_visible)
+    body = completion_body(head, completion, usage_obj, order.reasoning_visible, shape)
     if fate.fault == "malformed":
         body = body[: len(body) // 2]
+    meter.complete(completion.completion_tokens)
     return web.Response(
         status=200, body=body, content_type="application/json", headers=_generation_headers(head)
     )
@@ -133,6 +140,8 @@ async def send_stream(
     completion: Completion,
     usage_obj: dict[str, Any],
     closing: asyncio.Event,
+    meter: Meter,
+    shape: Reshape | None = None,
 ) -> web.StreamResponse:
     """Stream the completion as SSE at the model's pace, breaking it as fated."""
     response = web.StreamResponse(
@@ -147,11 +156,16 @@ async def send_stream(
         if opening:
             await response.write(opening)
         if fate.fault == "hang":
+            meter.pace(completion.completion_tokens, _ttft_s(order.model, fate))
             await closing.wait()
             _drop(request)
             return response
-        timeline, finishes = _timeline(events, order, fate, completion, usage_obj)
-        await _pace(response, timeline)
+        if fate.fault != "error_body":  # that one fails before generating
+            meter.count()
+        timeline, finishes = _timeline(events, order, fate, completion, usage_obj, shape)
+        await _pace(response, timeline, meter)
+        if fate.fault not in ("disconnect", "stream_error", "error_body"):
+            meter.complete(completion.completion_tokens)
         if finishes:
             await response.write_eof()
         else:
@@ -167,6 +181,7 @@ def _timeline(
     fate: Fate,
     completion: Completion,
     usage_obj: dict[str, Any],
+    shape: Reshape | None = None,
 ) -> tuple[Timeline, bool]:
     """Every event with its due time, and whether the stream ends cleanly (else: dropped)."""
     model = order.model
@@ -174,50 +189,58 @@ def _timeline(
     s_per_token = model.s_per_token
     timeline: Timeline = []
     if ttft_s >= KEEP_ALIVE_MIN_TTFT_S and events.keep_alive():
-        timeline.append((ttft_s / 2, events.keep_alive()))
+        timeline.append((ttft_s / 2, events.keep_alive(), 0))
     if fate.fault == "error_body":
         metadata = _upstream_metadata(model)
-        timeline.append((ttft_s, events.error_only(502, "Provider returned error", metadata)))
+        timeline.append((ttft_s, events.error_only(502, "Provider returned error", metadata), 0))
         return timeline, True
-    timeline.append((ttft_s, events.first()))
+    timeline.append((ttft_s, events.first(), 0))
     due_s = ttft_s
     if order.reasoning_visible:
         for token in completion.reasoning:
-            timeline.append((due_s, events.reasoning(token)))
+            timeline.append((due_s, events.reasoning(token), 1))
             due_s += s_per_token
-    else:
+    else:  # generated (and billed) all the same, only not shown
         due_s += len(completion.reasoning) * s_per_token
+        timeline.append((due_s, b"", len(completion.reasoning)))
     content = completion.content
     cut = break_index(fate, len(content)) if fate.fault in _STREAM_BREAKS else len(content)
     for token in content[:cut]:
-        timeline.append((due_s, events.content(token)))
+        timeline.append((due_s, events.content(token), 1))
         due_s += s_per_token
     if fate.fault == "disconnect":
         return timeline, False
     if fate.fault == "stream_error":
-        timeline.append((due_s, events.error(502, "Provider disconnected unexpectedly")))
+        timeline.append((due_s, events.error(502, "Provider disconnected unexpectedly"), 0))
         return timeline, True
     if fate.fault == "malformed":
-        timeline.append((due_s, events.malformed()))
+        timeline.append((due_s, events.malformed(), 0))
     for token in content[cut:]:
-        timeline.append((due_s, events.content(token)))
+        timeline.append((due_s, events.content(token), 1))
         due_s += s_per_token
-    timeline.append((due_s, events.final(completion, usage_obj, order.include_usage)))
+    final = events.final(completion, usage_obj, order.include_usage, shape)
+    timeline.append((due_s, final, 0))
     return timeline, True
 
 
-async def _pace(response: web.StreamResponse, timeline: Timeline) -> None:
-    """Write each event at its due time; events already due are joined into one write."""
+async def _pace(response: web.StreamResponse, timeline: Timeline, meter: Meter) -> None:
+    """Write each event at its due time; events already due are joined into one write. The
+    meter counts the tokens of each write as it goes out (a cut stream is billed for them)."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     pending: list[bytes] = []
-    for due_s, data in timeline:
+    tokens = 0
+    for due_s, data, n_tokens in timeline:
         delay_s = start + due_s - loop.time()
         if delay_s > 0:
             if pending:
+                meter.sent(tokens)
                 await response.write(b"".join(pending))
                 pending.clear()
+                tokens = 0
             await asyncio.sleep(delay_s)
         pending.append(data)
+        tokens += n_tokens
     if pending:
+        meter.sent(tokens)
         await response.write(b"".join(pending))

@@ -16,8 +16,10 @@ from aiohttp import web
 
 from runner.simulator.account import Account
 from runner.simulator.arrivals import Arrival, ArrivalLog
+from runner.simulator.bill import Charge, total_usd
 from runner.simulator.handlers import ChatService
 from runner.simulator.models import DEFAULT_MODELS, SimModel
+from runner.simulator.records import RecordLog
 
 SHUTDOWN_TIMEOUT_S = 0.2  # in-flight handlers get this long to finish, then they are cancelled
 START_TIMEOUT_S = 10.0
@@ -68,10 +70,15 @@ async def serve(
     request_log: Path | None = None,
     on_ready: Callable[[int], None] | None = None,
     account: Account | None = None,
+    bill: Path | None = None,
 ) -> None:
-    """Serve on the running loop until cancelled; `on_ready(port)` is called once listening."""
+    """Serve on the running loop until cancelled; `on_ready(port)` is called once listening.
+
+    `bill` names a JSON-lines file getting one `Charge` per request as it ends; on cancel,
+    hanging and in-flight requests are cut and billed before this returns."""
     log = ArrivalLog(request_log)
-    service = ChatService(models, seed, log, account)
+    charges: RecordLog[Charge] = RecordLog(bill)
+    service = ChatService(models, seed, log, account, charges)
     try:
         runner, bound_port = await _listen(service, host, port)
         try:
@@ -83,6 +90,7 @@ async def serve(
             await runner.cleanup()
     finally:
         log.close()
+        charges.close()
 
 
 class Simulator:
@@ -97,8 +105,11 @@ class Simulator:
         seed: int = 0,
         request_log: Path | None = None,
         account: Account | None = None,
+        bill: Path | None = None,
     ) -> None:
         self._account = account
+        self._bill_path = bill
+        self._bill: RecordLog[Charge] = RecordLog()
         self._models = tuple(models)
         if len({m.id for m in self._models}) != len(self._models):
             raise ValueError("Simulator: model ids must be unique")
@@ -120,6 +131,7 @@ class Simulator:
             if self._thread is not None:
                 return self
             self._log = ArrivalLog(self._request_log)
+            self._bill = RecordLog(self._bill_path)
             loop = asyncio.new_event_loop()
             try:
                 future = asyncio.run_coroutine_threadsafe(self._boot(), loop)
@@ -136,12 +148,14 @@ class Simulator:
             except BaseException:
                 loop.close()
                 self._log.close()
+                self._bill.close()
                 raise
             self._loop, self._thread = loop, thread
             return self
 
     async def _boot(self) -> None:
-        self._service = ChatService(self._models, self._seed, self._log, self._account)
+        self._service = ChatService(self._models, self._seed, self._log, self._account,
+                                    self._bill)
         self._runner, self._port = await _listen(self._service, self._host, self._requested_port)
 
     def stop(self) -> None:
@@ -160,6 +174,7 @@ class Simulator:
                 thread.join()
                 loop.close()
                 self._log.close()
+                self._bill.close()
                 self._loop = self._thread = self._service = self._runner = None
 
     def __enter__(self) -> Simulator:
@@ -200,3 +215,11 @@ class Simulator:
     def clear_arrivals(self) -> None:
         """Forget the arrivals recorded so far (the request_log file keeps them)."""
         self._log.clear()
+
+    def bill(self) -> list[Charge]:
+        """A copy of the charges so far: one per request that has ended (see `bill.py`)."""
+        return self._bill.snapshot()
+
+    def billed_usd(self) -> float:
+        """What the requests that have ended cost, at the models' list prices."""
+        return total_usd(self._bill.snapshot())

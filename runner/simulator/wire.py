@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from runner.simulator.models import SimModel
 from runner.simulator.text import Completion
 
 Dialect = Literal["openrouter", "openai"]
+Reshape = Callable[[dict[str, Any]], dict[str, Any]]
 
 KEEP_ALIVE = b": OPENROUTER PROCESSING\n\n"
 DONE = b"data: [DONE]\n\n"
@@ -196,10 +198,13 @@ class StreamEvents:
         return orjson.dumps(token).join(self._reasoning)
 
     def final(
-        self, completion: Completion, usage_obj: dict[str, Any], include_usage: bool
+        self, completion: Completion, usage_obj: dict[str, Any], include_usage: bool,
+        shape: Reshape | None = None,
     ) -> bytes:
         """The finish chunk(s) and `[DONE]`: OpenRouter puts usage on the finish chunk itself;
-        OpenAI sends it in an extra empty-choices chunk only when `include_usage` is set."""
+        OpenAI sends it in an extra empty-choices chunk only when `include_usage` is set.
+        `shape` rewrites the last chunk (a hostile server's odd shapes)."""
+        same: Reshape = shape or (lambda obj: obj)
         if self._head.dialect == "openrouter":
             chunk = self._chunk(
                 {"content": "", "role": "assistant"},
@@ -208,14 +213,14 @@ class StreamEvents:
             )
             del chunk["choices"][0]["logprobs"]
             chunk["usage"] = usage_obj
-            return _event(chunk) + DONE
-        out = _event(self._chunk({}, completion.finish_reason))
-        if include_usage:
-            tail = self._chunk({})
-            tail["choices"] = []
-            tail["usage"] = usage_obj
-            out += _event(tail)
-        return out + DONE
+            return _event(same(chunk)) + DONE
+        finish = self._chunk({}, completion.finish_reason)
+        if not include_usage:
+            return _event(same(finish)) + DONE
+        tail = self._chunk({})
+        tail["choices"] = []
+        tail["usage"] = usage_obj
+        return _event(finish) + _event(same(tail)) + DONE
 
     def error(self, code: int, message: str) -> bytes:
         """A mid-stream failure: top-level `error` and `finish_reason: "error"` (no `[DONE]`)."""
@@ -233,9 +238,18 @@ class StreamEvents:
 
 
 def completion_body(
-    head: Head, completion: Completion, usage_obj: dict[str, Any], reasoning_visible: bool
+    head: Head, completion: Completion, usage_obj: dict[str, Any], reasoning_visible: bool,
+    shape: Reshape | None = None,
 ) -> bytes:
-    """The non-streaming `chat.completion` body, in the head's dialect."""
+    """The non-streaming `chat.completion` body, in the head's dialect (rewritten by `shape`)."""
+    obj = completion_obj(head, completion, usage_obj, reasoning_visible)
+    return orjson.dumps(shape(obj) if shape is not None else obj)
+
+
+def completion_obj(
+    head: Head, completion: Completion, usage_obj: dict[str, Any], reasoning_visible: bool
+) -> dict[str, Any]:
+    """The non-streaming `chat.completion` object, in the head's dialect."""
     message: dict[str, Any] = {"role": "assistant", "content": completion.text, "refusal": None}
     choice: dict[str, Any]
     if head.dialect == "openrouter":
@@ -253,7 +267,7 @@ def completion_body(
             "index": 0,
             "message": message,
         }
-        return orjson.dumps({
+        return {
             "id": head.id,
             "provider": head.provider,
             "model": head.model,
@@ -261,7 +275,7 @@ def completion_body(
             "created": head.created,
             "choices": [choice],
             "usage": usage_obj,
-        })  # fmt: skip
+        }
     message["annotations"] = []
     choice = {
         "index": 0,
@@ -269,7 +283,7 @@ def completion_body(
         "logprobs": None,
         "finish_reason": completion.finish_reason,
     }
-    return orjson.dumps({
+    return {
         "id": head.id,
         "object": "chat.completion",
         "created": head.created,
@@ -278,4 +292,4 @@ def completion_body(
         "usage": usage_obj,
         "service_tier": "default",
         "system_fingerprint": _FINGERPRINT,
-    })  # fmt: skip
+    }
