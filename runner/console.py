@@ -100,6 +100,15 @@ def print_summary(outcome: Any) -> None:
         console.print(f"budget ${budget['budget_usd']:g}: spent ${budget['spent_usd']:.6f} "
                       f"({(budget['utilisation'] or 0) * 100:.1f}%); worst-case reservations "
                       f"held ${budget['reserved_unused_usd']:.6f} more than was spent")
+    if budget.get("cost_overruns"):
+        raised = ", ".join(f"{escape(model)} x{factor:.3g}" if factor else
+                           f"{escape(model)} (priced free, billed)"
+                           for model, factor in (budget.get("raised_estimates") or {}).items())
+        console.print(f"[bold yellow]warning:[/] {budget['cost_overruns']} attempt(s) cost more "
+                      f"than its worst case; later estimates were raised: {raised}")
+    if budget.get("exceeded"):
+        console.print(f"[bold red]BUDGET EXCEEDED:[/] spent ${budget['spent_usd']:.6f} of "
+                      f"${budget['budget_usd']:g} (over by ${budget['overspent_usd']:.6f})")
     console.print(f"results: {outcome.run_dir}/requests.parquet (also requests.csv, "
                   "summary.csv, run.json)", soft_wrap=True)
 
