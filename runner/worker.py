@@ -1,8 +1,11 @@
 """One request's way through the run: a `Request` in, its `Result` row recorded out.
 
-Each attempt passes the limits (`limits.Gates`) and the cost guard (`budget.Budget`) before it
-is sent; retries with backoff, 429 pauses, providers that must stop (401, 402), checks and the
-LLM judge live here. `engine` runs `handle` in its worker pool.
+Every call to a model, planned request or judge, goes through one retry loop (`_exchange`):
+each attempt passes the limits (`limits.Gates`) and reserves its worst case in the cost guard
+(`budget.Budget`) before it is sent, and settles after. Retries with backoff, 429 pauses, retry
+hints too long to wait for, providers or models that must stop (401, 402, a daily limit),
+requests the budget cannot fit, checks and the LLM judge live here. `engine` runs `handle` in
+its worker pool.
 """
 
 from __future__ import annotations
@@ -69,6 +72,23 @@ class RunState:
     interrupted: bool = False
 
 
+@dataclass(slots=True)
+class Call:
+    """One question to a model (a planned request, or a judge asked about one) and what its
+    attempts have come to so far."""
+
+    request: Request
+    price: Price | None
+    worst_usd: float | None     # from the plan's prices; None: unbounded or no price
+    limits: Limits
+    tokens: int                 # what the tokens-per-minute limits charge an attempt
+    t_ready: float              # run.clock() when it was ready to go
+    attempts: int = 0
+    queue_s: float | None = None    # until the limits first let it through
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))  # ...and then
+    refusal: tuple[str, str] | None = None  # (error_type, message) when it was not sent
+
+
 async def flush(run: RunState) -> None:
     rows = run.collector.take()
     if rows:
@@ -101,23 +121,6 @@ async def handle(run: RunState, request: Request) -> None:
     _close_row(run, result, t_ready, call.started)
     if run.collector.pending >= run.collector.flush_rows:
         await flush(run)
-
-
-@dataclass(slots=True)
-class Call:
-    """One question to a model (a planned request, or a judge asked about one) and what its
-    attempts have come to so far."""
-
-    request: Request
-    price: Price | None
-    worst_usd: float | None     # from the plan's prices; None: unbounded or no price
-    limits: Limits
-    tokens: int                 # what the tokens-per-minute limits charge an attempt
-    t_ready: float              # run.clock() when it was ready to go
-    attempts: int = 0
-    queue_s: float | None = None    # until the limits first let it through
-    started: datetime = field(default_factory=lambda: datetime.now(UTC))  # ...and then
-    refusal: tuple[str, str] | None = None  # (error_type, message) when it was not sent
 
 
 def _call_for(run: RunState, request: Request, t_ready: float) -> Call:
