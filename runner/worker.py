@@ -318,12 +318,12 @@ def _refusal(run: RunState, call: Call) -> tuple[str, str] | None:
     if key in run.stop_reason:
         return run.stop_reason[key], run.stop_message.get(key, f"not sent: model "
                                                           f"{model.label!r} stopped")
-    worst = call.worst_usd
+    # the worst case as corrected by this model's overruns so far
+    estimate = run.budget.estimate(model.label, call.worst_usd or 0.0)
     cap = run.job.max_cost_per_request_usd
-    if cap is not None and worst is not None and worst > cap:
-        return "cost_cap", (f"worst-case cost ${worst:.6f} exceeds max_cost_per_request_usd "
+    if cap is not None and call.worst_usd is not None and estimate > cap:
+        return "cost_cap", (f"worst-case cost ${estimate:.6f} exceeds max_cost_per_request_usd "
                             f"${cap:g} (lower max_tokens or raise the cap)")
-    estimate = run.budget.estimate(model.label, worst or 0.0)
     if not run.budget.could_fit(estimate):  # spending never goes down: it never will
         return _budget_refusal(run, estimate)
     return None

@@ -185,3 +185,17 @@ def test_a_request_too_big_for_the_budget_is_skipped_alone(write_job, results_di
     assert "what is left of budget_usd" in df.loc["big", "error_message"]
     assert list(df.loc[["a", "b", "c", "d"], "status"]) == ["ok"] * 4   # the run went on
     assert len(server.bodies) == 4 and outcome.status == "completed"
+
+
+def test_the_cost_cap_applies_to_the_raised_estimate(write_job, results_dir,  # type: ignore[no-untyped-def]
+                                                     monkeypatch) -> None:
+    monkeypatch.setenv("LOOPBACK_KEY", "sk-or-v1-TESTSECRET-loopback")
+    with Loopback(lambda body, n: completion(body["model"], cost_usd=0.1)) as server:
+        path = _priced(write_job, server.base_url, budget=10)
+        path.write_text(path.read_text() + "max_cost_per_request_usd: 0.05\n")
+        df = runner.run(path, out_dir=results_dir).rows.sort_values("index")
+    assert len(server.bodies) == 1   # billed $0.10 for a $0.01 worst case: the rest cost more
+    assert bool(df.iloc[0]["cost_over_estimate"])
+    assert list(df["status"]) == ["ok"] + ["skipped"] * 5
+    assert set(df["error_type"].iloc[1:]) == {"cost_cap"}
+    assert df["error_message"].iloc[1].startswith("worst-case cost $0.100000")
