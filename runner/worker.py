@@ -49,6 +49,9 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
 # a retry hint this long is a daily (or similar) limit on the model, not a passing rate limit
 MODEL_STOP_HINT_S = 3600.0
+# this many hints in a row longer than limits.max_retry_wait_s also stop the model: sending
+# more would only collect more of them
+LONG_HINTS_TO_STOP = 2
 
 
 @dataclass(slots=True)
@@ -66,6 +69,7 @@ class RunState:
     # provider, or "model:<label>" -> why sending to it stopped (an error_type)
     stop_reason: dict[str, str] = field(default_factory=dict)
     stop_message: dict[str, str] = field(default_factory=dict)  # the same key -> the skip's text
+    long_hints: dict[str, int] = field(default_factory=dict)  # model -> too-long hints in a row
     budget_changed: anyio.Event = field(default_factory=anyio.Event)
     skip: set[str] = field(default_factory=set)     # request ids a resumed run must not send
     stopping: bool = False                          # a signal came: schedule nothing more
@@ -197,12 +201,14 @@ async def _reserve_estimate(run: RunState, call: Call) -> tuple[Reservation | No
 def _wait_before_retry(run: RunState, call: Call, attempt: Attempt, n: int) -> float | None:
     """Seconds to wait before the next attempt, or None when the call ends with this one.
 
-    A retry hint longer than `limits.max_retry_wait_s` is not waited for: the request ends with
-    the hint in its message, and a hint of `MODEL_STOP_HINT_S` or more (a daily limit) stops
-    sending to that model for the rest of the run."""
-    if attempt.ok:
-        return None
+    A retry hint longer than `limits.max_retry_wait_s` is not waited for (and pauses nobody):
+    the request ends with the hint in its message. Such hints on a model twice in a row, or one
+    of `MODEL_STOP_HINT_S` or more (a daily limit), stop sending to that model for the rest of
+    the run; the other models go on."""
     model = call.request.model
+    if attempt.ok:
+        run.long_hints.pop(model.label, None)
+        return None
     _on_failure(run, model.provider, attempt)
     hint_s = attempt.retry_after_s
     cap_s = call.limits.max_retry_wait_s
@@ -212,12 +218,13 @@ def _wait_before_retry(run: RunState, call: Call, attempt: Attempt, n: int) -> f
         told = (f"the server asked to wait {hint_s:.0f} s, more than limits.max_retry_wait_s = "
                 f"{cap_s:g} s")
         attempt.error_message = f"{attempt.error_message or 'error'} ({told}: not retried)"
-        if hint_s >= MODEL_STOP_HINT_S:
+        run.long_hints[model.label] = run.long_hints.get(model.label, 0) + 1
+        if hint_s >= MODEL_STOP_HINT_S or run.long_hints[model.label] >= LONG_HINTS_TO_STOP:
             key = f"model:{model.label}"
             run.stop_reason.setdefault(key, "rate_limited")
             run.stop_message.setdefault(key, f"not sent: {told} before sending to model "
-                                        f"{model.label!r} again (a daily limit?), so the run "
-                                        "stopped sending to it")
+                                        f"{model.label!r} again, so the run stopped sending "
+                                        "to it (resume the run later to send the rest)")
         return None
     if attempt.error_type == "rate_limited" and hint_s:
         run.gates.pause(model, hint_s)  # before anyone sleeps: every worker must see it

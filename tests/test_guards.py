@@ -297,12 +297,13 @@ async def test_a_day_long_reset_stops_that_model_only(write_job, results_dir, mo
     assert outcome.manifest["stopped"] == {"model:limited": "rate_limited"}
 
 
+@pytest.mark.parametrize("always", [False, True])
 async def test_a_hint_over_max_retry_wait_ends_the_request(write_job, results_dir,  # type: ignore[no-untyped-def]
-                                                           monkeypatch) -> None:
+                                                           monkeypatch, always: bool) -> None:
     monkeypatch.setenv("LOOPBACK_KEY", "sk-or-v1-TESTSECRET-loopback")
 
     def reply(body, n):  # type: ignore[no-untyped-def]
-        if body["model"] == "limited" and n == 0:  # only its first request: not a daily limit
+        if body["model"] == "limited" and (always or n == 0):
             return rate_limited({"Retry-After": "600"})
         return completion(body["model"], cost_usd=0.0)
 
@@ -311,11 +312,18 @@ async def test_a_hint_over_max_retry_wait_ends_the_request(write_job, results_di
         job = load_job(write_job(job_yaml(server.base_url, body)))
         with anyio.fail_after(NO_SLEEP_S):
             outcome = await run_job(job, out_dir=results_dir)
-        assert len(server.bodies) == 6               # no retry of the first
+        assert server.sent_to("limited") == (2 if always else 3)   # none of them retried
+        assert server.sent_to("fine") == 3
     df = outcome.rows.sort_values("index")
     limited = df[df["model"] == "limited"]
     first = limited.iloc[0]
     assert first["error_type"] == "rate_limited" and first["attempts"] == 1
     assert "600 s" in first["error_message"] and "max_retry_wait_s = 60" in first["error_message"]
-    assert list(limited["status"]) == ["error", "ok", "ok"]  # the model goes on
-    assert outcome.manifest["stopped"] == {}
+    if not always:  # once is a passing limit: the model goes on
+        assert list(limited["status"]) == ["error", "ok", "ok"]
+        assert outcome.manifest["stopped"] == {}
+    else:  # twice in a row: sending more would only collect more of them
+        assert list(limited["status"]) == ["error", "error", "skipped"]
+        assert limited.iloc[2]["error_type"] == "rate_limited"
+        assert "600 s" in limited.iloc[2]["error_message"]
+        assert outcome.manifest["stopped"] == {"model:limited": "rate_limited"}
