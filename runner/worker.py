@@ -173,8 +173,10 @@ async def _exchange(run: RunState, call: Call,
             if known_cost(cost) is None:  # a negative or odd bill is no bill we can count
                 cost, source = None, None
             _settle(run, reservation, cost)
-            if call.worst_usd is not None:  # no checkpoint since the settle: nobody reserves
-                run.budget.learn(model.label, call.worst_usd, estimate, cost)  # a stale estimate
+            # an overrun raises the model's estimate here, with no checkpoint since the bill
+            # came: no other request can reserve on the old estimate in between
+            if call.worst_usd is not None:
+                run.budget.learn(model.label, call.worst_usd, estimate, cost)
         call.attempts = n
         wait_s = _wait_before_retry(run, call, attempt, n)
         on_attempt(call, attempt, cost, source, estimate if call.worst_usd is not None else None)
@@ -339,7 +341,7 @@ def _refusal(run: RunState, call: Call) -> tuple[str, str] | None:
 def _budget_refusal(run: RunState, estimate: float) -> tuple[str, str]:
     left = max(0.0, (run.budget.budget_usd or 0.0) - run.budget.spent_usd)
     return "budget", (f"not sent: its worst case (${estimate:.6f}) does not fit in what is left "
-                      f"of budget_usd (${left:.6f}); smaller requests still went")
+                      f"of budget_usd (${left:.6f}); requests that fit are still sent")
 
 
 def _skip(result: Result, error_type: str, message: str) -> None:
