@@ -12,6 +12,7 @@ ratio, and `figures()` says so and whether the budget was exceeded.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 EPSILON_USD = 1e-12  # float noise, not money
@@ -37,7 +38,8 @@ class Budget:
     __slots__ = ("budget_usd", "spent_usd", "reserved_usd", "reserved_total_usd", "settled_usd",
                  "refused", "overruns", "_serial", "_factor", "_floor_usd")
 
-    def __init__(self, budget_usd: float | None, spent_usd: float = 0.0) -> None:
+    def __init__(self, budget_usd: float | None, spent_usd: float = 0.0,
+                 raised_estimates: Mapping[str, float | None] | None = None) -> None:
         self.budget_usd = budget_usd
         self.spent_usd = spent_usd  # a resumed run starts with what it spent before
         self.reserved_usd = 0.0     # held by attempts in flight
@@ -46,7 +48,11 @@ class Budget:
         self.refused = 0
         self.overruns = 0           # attempts whose actual cost exceeded their estimate
         self._serial = 0
-        self._factor: dict[str, float] = {}     # model -> worst cases are multiplied by this
+        # model -> worst cases are multiplied by this (a resumed run passes the factors its
+        # run.json kept as `raised_estimates`, so it does not pay for the lesson twice)
+        self._factor: dict[str, float] = {
+            model: float(factor) for model, factor in (raised_estimates or {}).items()
+            if isinstance(factor, int | float) and math.isfinite(factor) and factor > 1}
         self._floor_usd: dict[str, float] = {}  # model -> at least this (a model priced free)
 
     def reserve(self, worst_case_usd: float) -> Reservation | None:

@@ -92,6 +92,16 @@ def test_an_overrun_raises_that_models_estimate() -> None:
     assert figures["raised_estimates"] == {"m": pytest.approx(10.0), "free": None}
 
 
+def test_raised_estimates_carry_over_to_a_resumed_budget() -> None:
+    first = Budget(1.0)
+    first.learn("m", 0.01, 0.01, 0.04)
+    kept = first.figures()["raised_estimates"]
+    again = Budget(1.0, spent_usd=0.04, raised_estimates=kept)  # type: ignore[arg-type]
+    assert again.estimate("m", 0.01) == pytest.approx(0.04)
+    odd = Budget(1.0, raised_estimates={"m": "x", "n": -3.0, "o": None})  # type: ignore[dict-item]
+    assert odd.estimate("m", 0.01) == odd.estimate("n", 0.01) == pytest.approx(0.01)
+
+
 def test_figures_say_when_the_budget_was_exceeded() -> None:
     budget = Budget(0.05)
     reservation = budget.reserve(0.01)
