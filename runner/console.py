@@ -106,6 +106,11 @@ def print_summary(outcome: Any) -> None:
                            for model, factor in (budget.get("raised_estimates") or {}).items())
         console.print(f"[bold yellow]warning:[/] {budget['cost_overruns']} attempt(s) cost more "
                       f"than its worst case; later estimates were raised: {raised}")
+    for key, why in (outcome.manifest.get("stopped") or {}).items():
+        if key.startswith("model:"):
+            console.print(f"[yellow]stopped:[/] sending to model {escape(key[6:])} ({why}: the "
+                          "server asked to wait longer than limits.max_retry_wait_s); its "
+                          "other requests are skipped rows that a --resume sends")
     if budget.get("exceeded"):
         console.print(f"[bold red]BUDGET EXCEEDED:[/] spent ${budget['spent_usd']:.6f} of "
                       f"${budget['budget_usd']:g} (over by ${budget['overspent_usd']:.6f})")

@@ -327,3 +327,20 @@ async def test_a_hint_over_max_retry_wait_ends_the_request(write_job, results_di
         assert limited.iloc[2]["error_type"] == "rate_limited"
         assert "600 s" in limited.iloc[2]["error_message"]
         assert outcome.manifest["stopped"] == {"model:limited": "rate_limited"}
+
+
+def test_a_stopped_model_is_named_at_the_end(write_job, results_dir, monkeypatch,  # type: ignore[no-untyped-def]
+                                             capsys) -> None:
+    monkeypatch.setenv("LOOPBACK_KEY", "sk-or-v1-TESTSECRET-loopback")
+
+    def reply(body, n):  # type: ignore[no-untyped-def]
+        if body["model"] == "limited":
+            return rate_limited({"Retry-After": "5"})
+        return completion(body["model"], cost_usd=0.0)
+
+    with Loopback(reply) as server:  # twice more than max_retry_wait_s: the model stops
+        body = TWO_MODELS.replace("retries: 3", "retries: 0, max_retry_wait_s: 1")
+        path = write_job(job_yaml(server.base_url, body))
+        assert main(["run", str(path), "--out", str(results_dir), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped: sending to model limited (rate_limited" in out
