@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import ConfigError, RunnerError
 
-EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT, EXIT_OVERSPENT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 # the simulator's faults, each a `--NAME-rate` flag of `simulate` (as in simulator.FAULT_NAMES,
 # which is not imported here: `runner --help` stays fast)
@@ -247,7 +247,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"runner: interrupted; continue with: runner run {args.job} --resume "
               f"{outcome.run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return _after_run(args, outcome, gate)
+    code = _after_run(args, outcome, gate)
+    budget = outcome.manifest.get("budget") or {}
+    if budget.get("exceeded"):  # worse than a broken threshold: money was spent past the cap
+        print(f"runner: budget exceeded: spent ${budget['spent_usd']:.6f} of budget_usd "
+              f"${budget['budget_usd']:g}: the provider billed more than the worst case "
+              "(see cost_over_estimate in the rows)", file=sys.stderr)
+        return EXIT_OVERSPENT
+    return code
 
 
 def _say_stopping(grace_s: float) -> None:

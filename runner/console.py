@@ -100,6 +100,20 @@ def print_summary(outcome: Any) -> None:
         console.print(f"budget {usd(budget['budget_usd'])}: spent {usd(budget['spent_usd'])} "
                       f"({percent(budget['utilisation'] or 0)}); worst-case reservations "
                       f"held {usd(budget['reserved_unused_usd'])} more than was spent")
+    if budget.get("cost_overruns"):
+        raised = ", ".join(f"{escape(model)} x{factor:.3g}" if factor else
+                           f"{escape(model)} (priced free, billed)"
+                           for model, factor in (budget.get("raised_estimates") or {}).items())
+        console.print(f"[bold yellow]warning:[/] {budget['cost_overruns']} attempt(s) cost more "
+                      f"than its worst case; later estimates were raised: {raised}")
+    for key, why in (outcome.manifest.get("stopped") or {}).items():
+        if key.startswith("model:"):
+            console.print(f"[yellow]stopped:[/] sending to model {escape(key[6:])} ({why}: the "
+                          "server asked to wait longer than limits.max_retry_wait_s); its "
+                          "other requests are skipped rows that a --resume sends")
+    if budget.get("exceeded"):
+        console.print(f"[bold red]BUDGET EXCEEDED:[/] spent {usd(budget['spent_usd'])} of "
+                      f"{usd(budget['budget_usd'])} (over by {usd(budget['overspent_usd'])})")
     console.print(f"results: {outcome.run_dir}/requests.parquet (also requests.csv, "
                   "summary.csv, run.json)", soft_wrap=True)
 

@@ -3,7 +3,8 @@
 Created inside the running loop (anyio and aiolimiter objects bind to it). Each scope (the job,
 each provider, each model) may have a concurrency cap (anyio), a requests-per-minute and a
 tokens-per-minute rate (aiolimiter leaky buckets), and a shared pause that a 429 sets so that no
-worker sends to that scope before the server said it may.
+worker sends to that scope before the server said it may. Every request is charged its full
+size: one bigger than a bucket waits until its share has dripped in (`_charge`).
 """
 
 from __future__ import annotations
@@ -55,21 +56,41 @@ def _rate_limiter(per_minute: float | None) -> AsyncLimiter | None:
     return AsyncLimiter(capacity, capacity / per_second)
 
 
+async def _charge(bucket: AsyncLimiter, one_at_a_time: anyio.Lock, amount: float) -> None:
+    """Take `amount` from `bucket`, all of it, however much bigger than the bucket it is.
+
+    aiolimiter refuses an amount above the bucket's capacity, and the bucket stays one second's
+    worth on purpose: sized for the largest request instead, it would let that much through at
+    once at the start and after every idle spell (more than a minute's worth when max_tokens
+    exceeds the tpm). So a big request takes capacity-sized slices, each waiting for the drip;
+    and one big request at a time, or several would fill their slices side by side and go out
+    together, a burst of their combined size. Requests that fit the bucket never take the lock.
+    """
+    capacity = bucket.max_rate
+    if amount <= capacity:
+        await bucket.acquire(amount)
+        return
+    async with one_at_a_time:
+        while amount > 0:
+            part = min(amount, capacity)
+            await bucket.acquire(part)
+            amount -= part
+
+
 @dataclass(slots=True)
 class Scope:
     concurrency: anyio.CapacityLimiter | None
     rpm: AsyncLimiter | None
     tpm: AsyncLimiter | None
-    tpm_capacity: float
+    big_requests: anyio.Lock    # taken by a request too big for the tpm bucket while it waits
     pause: Pause
 
     @classmethod
     def build(cls, limits: Limits, clock: Callable[[], float]) -> Scope:
-        tpm = _rate_limiter(limits.tpm)
         return cls(
             concurrency=anyio.CapacityLimiter(limits.concurrency) if limits.concurrency else None,
-            rpm=_rate_limiter(limits.rpm), tpm=tpm,
-            tpm_capacity=tpm.max_rate if tpm is not None else 0.0, pause=Pause(clock),
+            rpm=_rate_limiter(limits.rpm), tpm=_rate_limiter(limits.tpm),
+            big_requests=anyio.Lock(), pause=Pause(clock),
         )
 
 
@@ -118,10 +139,10 @@ class Gates:
                 for scope in scopes:
                     await scope.pause.wait()
                 for scope in scopes:
-                    if scope.rpm is not None:
+                    if scope.rpm is not None:  # one request never exceeds the bucket (>= 1)
                         await scope.rpm.acquire()
                     if scope.tpm is not None:
-                        await scope.tpm.acquire(min(float(tokens), scope.tpm_capacity))
+                        await _charge(scope.tpm, scope.big_requests, float(tokens))
                 # a 429 that came while we queued at the rate limiters voids the tokens we got:
                 # spending them after the pause would make its end a herd
                 if not any(scope.pause.active for scope in scopes):

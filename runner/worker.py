@@ -1,8 +1,11 @@
 """One request's way through the run: a `Request` in, its `Result` row recorded out.
 
-Each attempt passes the limits (`limits.Gates`) and the cost guard (`budget.Budget`) before it
-is sent; retries with backoff, 429 pauses, providers that must stop (401, 402), checks and the
-LLM judge live here. `engine` runs `handle` in its worker pool.
+Every call to a model, planned request or judge, goes through one retry loop (`_exchange`):
+each attempt passes the limits (`limits.Gates`) and reserves its worst case in the cost guard
+(`budget.Budget`) before it is sent, and settles after. Retries with backoff, 429 pauses, retry
+hints too long to wait for, providers or models that must stop (401, 402, a daily limit),
+requests the budget cannot fit, checks and the LLM judge live here. `engine` runs `handle` in
+its worker pool.
 """
 
 from __future__ import annotations
@@ -16,15 +19,15 @@ from typing import Protocol
 
 import anyio
 
-from .budget import Budget, Reservation
+from .budget import Budget, Reservation, known_cost
 from .checks import Check, evaluate
 from .client import Attempt
 from .collect import Collector
-from .config import Job, Limits
+from .config import DEFAULT_MAX_RETRY_WAIT_S, Job, Limits
 from .judge import RESPONSE_FORMAT, judge_messages, parse_score
 from .limits import Gates
 from .plan import Request
-from .pricing import typical_prompt_tokens, worst_case_usd
+from .pricing import Price, typical_prompt_tokens, worst_case_usd
 from .result import ERROR, OK, SKIPPED, Result
 from .resume import INTERRUPTED
 from .rows import attempt_cost, fold, new_result
@@ -44,6 +47,11 @@ RETRIABLE = frozenset({
 })
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
+# a retry hint this long is a daily (or similar) limit on the model, not a passing rate limit
+MODEL_STOP_HINT_S = 3600.0
+# this many hints in a row longer than limits.max_retry_wait_s also stop the model: sending
+# more would only collect more of them
+LONG_HINTS_TO_STOP = 2
 
 
 @dataclass(slots=True)
@@ -58,11 +66,31 @@ class RunState:
     clock: Callable[[], float]
     progress: Progress | None
     counts: dict[str, int] = field(default_factory=lambda: {OK: 0, ERROR: 0, SKIPPED: 0})
-    stop_reason: dict[str, str] = field(default_factory=dict)   # provider -> why it stopped
+    # provider, or "model:<label>" -> why sending to it stopped (an error_type)
+    stop_reason: dict[str, str] = field(default_factory=dict)
+    stop_message: dict[str, str] = field(default_factory=dict)  # the same key -> the skip's text
+    long_hints: dict[str, int] = field(default_factory=dict)  # model -> too-long hints in a row
     budget_changed: anyio.Event = field(default_factory=anyio.Event)
     skip: set[str] = field(default_factory=set)     # request ids a resumed run must not send
     stopping: bool = False                          # a signal came: schedule nothing more
     interrupted: bool = False
+
+
+@dataclass(slots=True)
+class Call:
+    """One question to a model (a planned request, or a judge asked about one) and what its
+    attempts have come to so far."""
+
+    request: Request
+    price: Price | None
+    worst_usd: float | None     # from the plan's prices; None: unbounded or no price
+    limits: Limits
+    tokens: int                 # what the tokens-per-minute limits charge an attempt
+    t_ready: float              # run.clock() when it was ready to go
+    attempts: int = 0
+    queue_s: float | None = None    # until the limits first let it through
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))  # ...and then
+    refusal: tuple[str, str] | None = None  # (error_type, message) when it was not sent
 
 
 async def flush(run: RunState) -> None:
@@ -76,69 +104,143 @@ async def handle(run: RunState, request: Request) -> None:
     failed request. Cut off by cancellation, it still records the row of what was sent."""
     result = new_result(run.run_id, run.job.name, request)
     t_ready = run.clock()
+    call = _call_for(run, request, t_ready)
+    result.estimated_cost_usd = call.worst_usd
     try:
-        started = await _attempts(run, request, result, t_ready)
+        await _exchange(run, call, functools.partial(_fold_attempt, result))
+        if call.refusal is not None:
+            _skip(result, *call.refusal)
         checks = run.job.checks.for_prompt(request.prompt_id)
         if checks:
             await _grade(run, request, result, checks)
     except anyio.get_cancelled_exc_class():
-        if result.attempts:  # something was sent, maybe paid for: the row must say so
+        if call.attempts:  # something was sent, maybe paid for: the row must say so
+            result.attempts, result.queue_s = call.attempts, call.queue_s
             if result.status != OK:  # a resume sends it again
                 result.status, result.error_type = ERROR, INTERRUPTED
                 result.error_message = "cut off by an interrupt"
-            _close_row(run, result, t_ready, datetime.now(UTC))
+            _close_row(run, result, t_ready, call.started)
         raise
-    _close_row(run, result, t_ready, started)
+    result.queue_s = call.queue_s
+    _close_row(run, result, t_ready, call.started)
     if run.collector.pending >= run.collector.flush_rows:
         await flush(run)
 
 
-async def _attempts(run: RunState, request: Request, result: Result, t_ready: float) -> datetime:
-    """Attempts until one succeeds, fails for good, or is refused; returns when it started."""
-    started = datetime.now(UTC)
+def _call_for(run: RunState, request: Request, t_ready: float) -> Call:
     model = request.model
-    endpoint = run.providers.endpoints[model.provider]
     price = run.providers.prices.get((model.provider, model.id))
-    limits = model.limits.over(run.job.providers[model.provider].limits).over(run.limits)
-    worst = worst_case_usd(request, price) if price is not None else None
-    result.estimated_cost_usd = worst
-    tokens = typical_prompt_tokens(request.messages) + int(request.params.get("max_tokens") or 0)
-    retries = limits.retries or 0
+    return Call(
+        request, price, worst_case_usd(request, price) if price is not None else None,
+        limits=model.limits.over(run.job.providers[model.provider].limits).over(run.limits),
+        tokens=typical_prompt_tokens(request.messages)
+        + int(request.params.get("max_tokens") or 0),
+        t_ready=t_ready)
+
+
+async def _exchange(run: RunState, call: Call,
+                    on_attempt: Callable[[Call, Attempt, float | None, str | None, float | None],
+                                         None]) -> Attempt | None:
+    """The one retry loop, for requests and judges alike: pass the limits, reserve the worst
+    case, send, settle, and back off, until an attempt succeeds, fails for good or is refused
+    (`call.refusal`). `on_attempt(call, attempt, cost, cost_source, estimate)` sees every
+    attempt; the last one is returned. Nothing waits after the last attempt."""
+    model = call.request.model
+    endpoint = run.providers.endpoints[model.provider]
+    retries = call.limits.retries or 0
+    attempt: Attempt | None = None
     for n in range(1, retries + 2):
-        if _refused(run, result, model.provider, worst):
+        if _refused(run, call):
             break
-        async with run.gates.slot(model, tokens):
-            if result.queue_s is None:
-                result.queue_s = run.clock() - t_ready
-                started = datetime.now(UTC)
-            if _refused(run, result, model.provider, worst):
+        async with run.gates.slot(model, call.tokens):
+            if call.queue_s is None:
+                call.queue_s = run.clock() - call.t_ready
+                call.started = datetime.now(UTC)
+            if _refused(run, call):
                 break
-            reservation = await _reserve(run, worst or 0.0)
+            reservation, estimate = await _reserve_estimate(run, call)
             if reservation is None:
-                _skip(result, "budget", f"not sent: its worst case (${worst or 0:.6f}) does not "
-                      "fit in what is left of budget_usd")
-                run.stop_reason.setdefault("*", "budget")
+                call.refusal = _budget_refusal(run, estimate)
                 break
             try:
-                attempt = await endpoint.send(request, timeout_s=limits.timeout_s or 0,
-                                              stall_timeout_s=limits.stall_timeout_s or 0)
+                attempt = await endpoint.send(call.request, timeout_s=call.limits.timeout_s or 0,
+                                              stall_timeout_s=call.limits.stall_timeout_s or 0)
             except anyio.get_cancelled_exc_class():
                 _settle(run, reservation, None)  # unknown cost: its reservation stays spent
-                result.attempts = n
+                call.attempts = n
                 raise
-            cost, source = attempt_cost(attempt, price)
+            cost, source = attempt_cost(attempt, call.price)
+            if known_cost(cost) is None:  # a negative or odd bill is no bill we can count
+                cost, source = None, None
             _settle(run, reservation, cost)
-        result.attempts = n
-        fold(result, attempt, cost, source, worst)
-        if attempt.ok:
+            # an overrun raises the model's estimate here, with no checkpoint since the bill
+            # came: no other request can reserve on the old estimate in between
+            if call.worst_usd is not None:
+                run.budget.learn(model.label, call.worst_usd, estimate, cost)
+        call.attempts = n
+        wait_s = _wait_before_retry(run, call, attempt, n)
+        on_attempt(call, attempt, cost, source, estimate if call.worst_usd is not None else None)
+        if attempt.ok or wait_s is None:
             break
-        _on_failure(run, model.provider, attempt)
-        if attempt.error_type == "rate_limited" and attempt.retry_after_s:
-            run.gates.pause(model, attempt.retry_after_s)  # before sleeping: others must see it
-        if attempt.error_type not in RETRIABLE or n > retries:
-            break
-        await anyio.sleep(_backoff_s(n, attempt.retry_after_s))
-    return started
+        await anyio.sleep(wait_s)
+    return attempt
+
+
+async def _reserve_estimate(run: RunState, call: Call) -> tuple[Reservation | None, float]:
+    """Reserve the call's worst case as corrected by overruns so far; returns the reservation
+    (None: it does not fit) and the estimate it was made for."""
+    label = call.request.model.label
+    while True:
+        estimate = run.budget.estimate(label, call.worst_usd or 0.0)
+        reservation = await _reserve(run, estimate)
+        if reservation is None or run.budget.estimate(label, call.worst_usd or 0.0) <= estimate:
+            return reservation, estimate
+        # an overrun raised this model's estimate while we waited for room: nothing was sent,
+        # so give the stale reservation back at no cost and reserve the corrected one
+        _settle(run, reservation, 0.0)
+
+
+def _wait_before_retry(run: RunState, call: Call, attempt: Attempt, n: int) -> float | None:
+    """Seconds to wait before the next attempt, or None when the call ends with this one.
+
+    A retry hint longer than `limits.max_retry_wait_s` is not waited for (and pauses nobody):
+    the request ends with the hint in its message. Such hints on a model twice in a row, or one
+    of `MODEL_STOP_HINT_S` or more (a daily limit), stop sending to that model for the rest of
+    the run; the other models go on."""
+    model = call.request.model
+    if attempt.ok:
+        run.long_hints.pop(model.label, None)
+        return None
+    _on_failure(run, model.provider, attempt)
+    hint_s = attempt.retry_after_s
+    cap_s = call.limits.max_retry_wait_s
+    if cap_s is None:
+        cap_s = DEFAULT_MAX_RETRY_WAIT_S
+    if hint_s is not None and hint_s > cap_s:
+        told = (f"the server asked to wait {hint_s:.0f} s, more than limits.max_retry_wait_s = "
+                f"{cap_s:g} s")
+        attempt.error_message = f"{attempt.error_message or 'error'} ({told}: not retried)"
+        run.long_hints[model.label] = run.long_hints.get(model.label, 0) + 1
+        if hint_s >= MODEL_STOP_HINT_S or run.long_hints[model.label] >= LONG_HINTS_TO_STOP:
+            key = f"model:{model.label}"
+            run.stop_reason.setdefault(key, "rate_limited")
+            run.stop_message.setdefault(key, f"not sent: {told} before sending to model "
+                                        f"{model.label!r} again, so the run stopped sending "
+                                        "to it (resume the run later to send the rest)")
+        return None
+    if attempt.error_type == "rate_limited" and hint_s:
+        run.gates.pause(model, hint_s)  # before anyone sleeps: every worker must see it
+    if attempt.error_type not in RETRIABLE or n > (call.limits.retries or 0):
+        return None
+    return _backoff_s(n, hint_s)
+
+
+def _fold_attempt(result: Result, call: Call, attempt: Attempt, cost: float | None,
+                  source: str | None, estimate: float | None) -> None:
+    result.attempts = call.attempts
+    if estimate is not None:
+        result.estimated_cost_usd = estimate
+    fold(result, attempt, cost, source, estimate)
 
 
 async def _grade(run: RunState, request: Request, result: Result,
@@ -162,48 +264,27 @@ async def _grade(run: RunState, request: Request, result: Result,
 
 
 async def _judge(run: RunState, request: Request, result: Result, check: Check) -> float | None:
-    """Ask the check's judge model for a score, through the same limits and budget; its cost
-    and tokens go on the judged row. None when the judge could not be asked or answered."""
+    """Ask the check's judge model for a score, through the same retry loop, limits and budget;
+    its cost and tokens go on the judged row. None when the judge could not be asked or
+    answered."""
     spec = run.job.judges[(check.arg.model, check.arg.provider)]
     messages = judge_messages(check.arg.rubric, request.messages, result.response_text or "")
     asked = Request(index=request.index, request_id=request.request_id, model=spec,
                     prompt_id=request.prompt_id, repeat=request.repeat, vars=request.vars,
                     messages=messages, params={**spec.params, "response_format": RESPONSE_FORMAT})
-    price = run.providers.prices.get((spec.provider, spec.id))
-    worst = worst_case_usd(asked, price) if price is not None else None
-    limits = spec.limits.over(run.job.providers[spec.provider].limits).over(run.limits)
-    tokens = typical_prompt_tokens(messages) + int(spec.params.get("max_tokens") or 0)
-    for n in range(1, (limits.retries or 0) + 2):
-        if _refusal(run, spec.provider, worst) is not None:
-            return None
-        async with run.gates.slot(spec, tokens):
-            reservation = await _reserve(run, worst or 0.0)
-            if reservation is None:
-                run.stop_reason.setdefault("*", "budget")
-                return None
-            try:
-                attempt = await run.providers.endpoints[spec.provider].send(
-                    asked, timeout_s=limits.timeout_s or 0,
-                    stall_timeout_s=limits.stall_timeout_s or 0)
-            except anyio.get_cancelled_exc_class():
-                _settle(run, reservation, None)  # unknown cost: the reservation stays spent
-                raise
-            cost, _ = attempt_cost(attempt, price)
-            _settle(run, reservation, cost)
+
+    def charge(call: Call, attempt: Attempt, cost: float | None, source: str | None,
+               estimate: float | None) -> None:
         result.judge_cost_usd = (result.judge_cost_usd or 0.0) + (cost or 0.0)
         result.judge_prompt_tokens = (result.judge_prompt_tokens or 0) + \
             (attempt.prompt_tokens or 0)
         result.judge_completion_tokens = (result.judge_completion_tokens or 0) + \
             (attempt.completion_tokens or 0)
-        if attempt.ok:
-            return parse_score(attempt.text)
-        _on_failure(run, spec.provider, attempt)
-        if attempt.error_type not in RETRIABLE:
-            return None
-        if attempt.error_type == "rate_limited" and attempt.retry_after_s:
-            run.gates.pause(spec, attempt.retry_after_s)
-        await anyio.sleep(_backoff_s(n, attempt.retry_after_s))
-    return None
+
+    attempt = await _exchange(run, _call_for(run, asked, run.clock()), charge)
+    if attempt is None or not attempt.ok:
+        return None
+    return parse_score(attempt.text)
 
 
 def _close_row(run: RunState, result: Result, t_ready: float, started: datetime) -> None:
@@ -213,11 +294,10 @@ def _close_row(run: RunState, result: Result, t_ready: float, started: datetime)
     _record(run, result)
 
 
-def _refused(run: RunState, result: Result, provider: str, worst: float | None) -> bool:
-    reason = _refusal(run, provider, worst)
-    if reason is not None:
-        _skip(result, *reason)
-    return reason is not None
+def _refused(run: RunState, call: Call) -> bool:
+    """Whether the call must not be sent now; the reason goes to `call.refusal`."""
+    call.refusal = _refusal(run, call)
+    return call.refusal is not None
 
 
 async def _reserve(run: RunState, worst: float) -> Reservation | None:
@@ -236,18 +316,32 @@ def _settle(run: RunState, reservation: Reservation, cost: float | None) -> None
         run.budget_changed = anyio.Event()
 
 
-def _refusal(run: RunState, provider: str, worst: float | None) -> tuple[str, str] | None:
-    """Why a request must not be sent now (error_type, message), or None to go ahead."""
-    stopped = run.stop_reason.get(provider)
+def _refusal(run: RunState, call: Call) -> tuple[str, str] | None:
+    """Why a call must not be sent now (error_type, message), or None to go ahead."""
+    model = call.request.model
+    stopped = run.stop_reason.get(model.provider)
     if stopped is not None:
-        return stopped, f"not sent: provider {provider!r} stopped the run's sending ({stopped})"
-    if run.stop_reason.get("*") == "budget":
-        return "budget", "not sent: the run's budget_usd is used up"
+        return stopped, (f"not sent: provider {model.provider!r} stopped the run's sending "
+                         f"({stopped})")
+    key = f"model:{model.label}"
+    if key in run.stop_reason:
+        return run.stop_reason[key], run.stop_message.get(key, f"not sent: model "
+                                                          f"{model.label!r} stopped")
+    # the worst case as corrected by this model's overruns so far
+    estimate = run.budget.estimate(model.label, call.worst_usd or 0.0)
     cap = run.job.max_cost_per_request_usd
-    if cap is not None and worst is not None and worst > cap:
-        return "cost_cap", (f"worst-case cost ${worst:.6f} exceeds max_cost_per_request_usd "
+    if cap is not None and call.worst_usd is not None and estimate > cap:
+        return "cost_cap", (f"worst-case cost ${estimate:.6f} exceeds max_cost_per_request_usd "
                             f"${cap:g} (lower max_tokens or raise the cap)")
+    if not run.budget.could_fit(estimate):  # spending never goes down: it never will
+        return _budget_refusal(run, estimate)
     return None
+
+
+def _budget_refusal(run: RunState, estimate: float) -> tuple[str, str]:
+    left = max(0.0, (run.budget.budget_usd or 0.0) - run.budget.spent_usd)
+    return "budget", (f"not sent: its worst case (${estimate:.6f}) does not fit in what is left "
+                      f"of budget_usd (${left:.6f}); requests that fit are still sent")
 
 
 def _skip(result: Result, error_type: str, message: str) -> None:

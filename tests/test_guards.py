@@ -1,13 +1,17 @@
 """Guards over real HTTP against the simulator's fault injection: 429 pauses, retries, a bad
-key, running out of credits, and a budget that is never overspent."""
+key, running out of credits, and a budget that is never overspent; and against a loopback server
+that asks to wait longer than `limits.max_retry_wait_s`."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import textwrap
+import time
 from pathlib import Path
 
+import anyio
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +19,11 @@ from hypothesis import strategies as st
 
 import runner
 from runner.cli import main
+from runner.config import load_job
+from runner.engine import run_job
 from runner.simulator import DEFAULT_MODELS, Account, Faults, SimModel, Simulator
+
+from .loopback import Loopback, completion, job_yaml, rate_limited
 
 FAST = [SimModel(**{**{f: getattr(m, f) for f in m.__slots__}, "ttft_s": 0.0,
                     "tokens_per_s": 0.0}) for m in DEFAULT_MODELS]
@@ -244,3 +252,95 @@ def test_hanging_requests_end_as_stall_or_timeout(write_job, results_dir, stream
     df = runner.run(path, out_dir=results_dir).rows
     assert set(df["status"]) == {"error"} and set(df["error_type"]) == {kind}
     assert df["error_message"].str.contains("0.3 s").all()
+
+
+# a run that obeyed any of the hints below would still be asleep when this ends
+NO_SLEEP_S = 30.0
+
+TWO_MODELS = """
+models: [limited, fine]
+prompts: [a, b, c]
+params: {max_tokens: 8, stream: false}
+limits: {concurrency: 1, retries: 3}
+"""
+
+
+@pytest.mark.parametrize("header", ["Retry-After", "X-RateLimit-Reset"])
+async def test_a_day_long_reset_stops_that_model_only(write_job, results_dir, monkeypatch,  # type: ignore[no-untyped-def]
+                                                      header: str) -> None:
+    monkeypatch.setenv("LOOPBACK_KEY", "sk-or-v1-TESTSECRET-loopback")
+    # OpenRouter's free-model daily limit: a reset a day away, in epoch milliseconds
+    hint = {header: "86400" if header == "Retry-After"
+            else str(int((time.time() + 86_400) * 1000))}
+
+    def reply(body, n):  # type: ignore[no-untyped-def]
+        if body["model"] == "limited":
+            return rate_limited(hint)
+        return completion(body["model"], cost_usd=0.0)
+
+    with Loopback(reply) as server:
+        job = load_job(write_job(job_yaml(server.base_url, TWO_MODELS)))
+        with anyio.fail_after(NO_SLEEP_S):
+            outcome = await run_job(job, out_dir=results_dir)
+        assert server.sent_to("limited") == 1      # neither retried nor sent again
+        assert server.sent_to("fine") == 3         # the other model was not paused
+    df = outcome.rows.sort_values("index")
+    limited, fine = df[df["model"] == "limited"], df[df["model"] == "fine"]
+    assert set(fine["status"]) == {"ok"}
+    first = limited.iloc[0]
+    assert first["status"] == "error" and first["error_type"] == "rate_limited"
+    assert first["attempts"] == 1 and "max_retry_wait_s" in first["error_message"]
+    assert re.search(r"wait 86[34]\d\d s", first["error_message"])  # the hint, in seconds
+    rest = limited.iloc[1:]
+    assert set(rest["status"]) == {"skipped"} and set(rest["error_type"]) == {"rate_limited"}
+    assert rest["error_message"].str.contains("'limited'").all()
+    assert outcome.manifest["stopped"] == {"model:limited": "rate_limited"}
+
+
+@pytest.mark.parametrize("always", [False, True])
+async def test_a_hint_over_max_retry_wait_ends_the_request(write_job, results_dir,  # type: ignore[no-untyped-def]
+                                                           monkeypatch, always: bool) -> None:
+    monkeypatch.setenv("LOOPBACK_KEY", "sk-or-v1-TESTSECRET-loopback")
+
+    def reply(body, n):  # type: ignore[no-untyped-def]
+        if body["model"] == "limited" and (always or n == 0):
+            return rate_limited({"Retry-After": "600"})
+        return completion(body["model"], cost_usd=0.0)
+
+    with Loopback(reply) as server:
+        body = TWO_MODELS.replace("retries: 3", "retries: 3, max_retry_wait_s: 60")
+        job = load_job(write_job(job_yaml(server.base_url, body)))
+        with anyio.fail_after(NO_SLEEP_S):
+            outcome = await run_job(job, out_dir=results_dir)
+        assert server.sent_to("limited") == (2 if always else 3)   # none of them retried
+        assert server.sent_to("fine") == 3
+    df = outcome.rows.sort_values("index")
+    limited = df[df["model"] == "limited"]
+    first = limited.iloc[0]
+    assert first["error_type"] == "rate_limited" and first["attempts"] == 1
+    assert "600 s" in first["error_message"] and "max_retry_wait_s = 60" in first["error_message"]
+    if not always:  # once is a passing limit: the model goes on
+        assert list(limited["status"]) == ["error", "ok", "ok"]
+        assert outcome.manifest["stopped"] == {}
+    else:  # twice in a row: sending more would only collect more of them
+        assert list(limited["status"]) == ["error", "error", "skipped"]
+        assert limited.iloc[2]["error_type"] == "rate_limited"
+        assert "600 s" in limited.iloc[2]["error_message"]
+        assert outcome.manifest["stopped"] == {"model:limited": "rate_limited"}
+
+
+def test_a_stopped_model_is_named_at_the_end(write_job, results_dir, monkeypatch,  # type: ignore[no-untyped-def]
+                                             capsys) -> None:
+    monkeypatch.setenv("LOOPBACK_KEY", "sk-or-v1-TESTSECRET-loopback")
+
+    def reply(body, n):  # type: ignore[no-untyped-def]
+        if body["model"] == "limited":
+            return rate_limited({"Retry-After": "5"})
+        return completion(body["model"], cost_usd=0.0)
+
+    with Loopback(reply) as server:  # twice more than max_retry_wait_s: the model stops
+        body = TWO_MODELS.replace("retries: 3", "retries: 0, max_retry_wait_s: 1")
+        path = write_job(job_yaml(server.base_url, body))
+        assert main(["run", str(path), "--out", str(results_dir), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped: sending to model limited (rate_limited" in out

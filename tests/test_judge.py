@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 import runner
 from runner.cli import main
+from runner.config import load_job
+from runner.engine import run_job
 from runner.judge import parse_score
 
 
@@ -69,3 +72,28 @@ def test_judge_model_must_exist(write_job, results_dir, capsys) -> None:  # type
     path = write_job(JOB.replace("{model: sim/balanced,", "{model: sim/nonexistent,"))
     assert main(["run", str(path), "--out", str(results_dir)]) == 2
     assert "llm_judge.model" in capsys.readouterr().err
+
+
+async def test_a_judge_without_retries_gives_up_at_once(write_job, results_dir) -> None:  # type: ignore[no-untyped-def]
+    # the judge answers every request with 429 and a 100 s Retry-After (under the 120 s cap)
+    path = write_job("""
+        name: judged
+        provider: simulated
+        simulator:
+          models:
+            - {id: sim/fast-mini, ttft_s: 0, tokens_per_s: 0}
+            - {id: sim/balanced, ttft_s: 0, tokens_per_s: 0,
+               faults: {rate_limit_rate: 1, retry_after_s: 100}}
+        models: [sim/fast-mini]
+        prompts: [Explain recursion]
+        checks:
+          - llm_judge: {model: sim/balanced, rubric: "Is it correct?"}
+        params: {max_tokens: 8}
+        limits: {retries: 0}
+    """)
+    with anyio.fail_after(30):  # a judge that slept after its last attempt would still be asleep
+        outcome = await run_job(load_job(path), out_dir=results_dir)
+    row = outcome.rows.iloc[0]
+    assert row["status"] == "ok" and not row["passed"]
+    assert "llm_judge" in row["check_failures"]
+    assert row["wall_s"] < 100

@@ -26,12 +26,12 @@ def _gates(write_job, limits: Limits) -> tuple[Gates, object, object]:  # type: 
 
 
 async def _hammer(gates: Gates, model: object, workers: int, until_s: float,
-                  hold_s: float = 0.0) -> list[float]:
+                  hold_s: float = 0.0, tokens: int = 100) -> list[float]:
     granted: list[float] = []
 
     async def worker() -> None:
         while anyio.current_time() < until_s:
-            async with gates.slot(model, tokens=100):  # type: ignore[arg-type]
+            async with gates.slot(model, tokens=tokens):  # type: ignore[arg-type]
                 granted.append(anyio.current_time())
                 await anyio.sleep(hold_s)
 
@@ -64,6 +64,18 @@ def test_tpm_paces_by_estimated_tokens(write_job) -> None:  # type: ignore[no-un
 
     granted = [t for t in run_virtual(go()) if t < 60.0]
     assert 58 <= len(granted) <= 62
+
+
+def test_tpm_charges_requests_bigger_than_its_bucket_in_full(write_job) -> None:  # type: ignore[no-untyped-def]
+    async def go() -> list[float]:
+        # 6000 tpm is a bucket of 100 tokens a second; each request is 1000 tokens: one per 10 s
+        gates, fast, _ = _gates(write_job, Limits(tpm=6000))
+        return await _hammer(gates, fast, workers=20, until_s=60.0, tokens=1000)
+
+    granted = [t for t in run_virtual(go()) if t < 60.0]
+    assert 5 <= len(granted) <= 7
+    for start in range(60):  # and not in bursts: big requests queue whole, not interleaved
+        assert sum(start <= t < start + 10 for t in granted) <= 2
 
 
 def test_model_concurrency_cap(write_job) -> None:  # type: ignore[no-untyped-def]
