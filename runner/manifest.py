@@ -14,8 +14,7 @@ from typing import Any
 
 from .collect import versions, write_json
 from .config import Job, Limits
-
-_SECRET_HINTS = ("auth", "key", "token", "secret", "cookie", "password")
+from .redact import MASK, is_secret_name
 
 
 def _masked(obj: Any, key: str = "") -> Any:
@@ -23,9 +22,8 @@ def _masked(obj: Any, key: str = "") -> Any:
         return {k: _masked(v, str(k)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_masked(v, key) for v in obj]
-    if isinstance(obj, str) and any(h in key.lower() for h in _SECRET_HINTS) \
-            and not key.lower().endswith("_env"):
-        return "***"
+    if isinstance(obj, str) and is_secret_name(key):
+        return MASK
     return obj
 
 

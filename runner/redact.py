@@ -19,8 +19,7 @@ if TYPE_CHECKING:
     from .config import Job, Provider
 
 # a header (or job-file field) whose name contains one of these carries a credential
-SECRET_NAME_HINTS = ("auth", "key", "token", "secret", "cookie", "pass", "credential",
-                     "session", "signature")
+SECRET_NAME_HINTS = ("auth", "key", "token", "secret", "cookie", "password", "credential")
 MIN_SECRET_CHARS = 8   # shorter values ("EMPTY", "sim-key") would shred ordinary text
 MASK = "***"
 
@@ -34,7 +33,8 @@ def is_secret_name(name: str) -> bool:
 def _forms(secret: str) -> set[str]:
     """The ways a secret can appear in text a server sends back."""
     forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
-             quote(secret, safe=""), quote_plus(secret, safe="")}
+             quote(secret, safe=""), quote(secret), quote_plus(secret, safe=""),
+             quote_plus(secret)}
     forms |= {f.lower() for f in forms if "%" in f}   # %2f as well as %2F
     return {f for f in forms if len(f) >= MIN_SECRET_CHARS}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import struct
 import sys
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +30,7 @@ from runner.config import Provider, load_job
 from runner.engine import run_job
 from runner.errors import ProviderError
 from runner.plan import Plan
+from runner.redact import Redactor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,12 +70,19 @@ BOMB_BYTES = 256 * 1024 * 1024
 
 
 def _bomb(fill: bytes) -> bytes:
-    """`BOMB_BYTES` of `fill`, gzip-compressed to a few hundred KB."""
+    """`BOMB_BYTES` of `fill` as a valid gzip body of a few hundred KB: one deflated MB, made
+    position-independent by a full flush, repeated."""
     if fill not in _BOMBS:
-        packer = zlib.compressobj(9, zlib.DEFLATED, 31)
         block = fill * (1024 * 1024 // len(fill))
-        _BOMBS[fill] = b"".join(packer.compress(block) for _ in range(BOMB_BYTES // len(block))) \
-            + packer.flush()
+        packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+        unit = packer.compress(block) + packer.flush(zlib.Z_FULL_FLUSH)
+        repeats = BOMB_BYTES // len(block)
+        crc = 0
+        for _ in range(repeats):
+            crc = zlib.crc32(block, crc)
+        _BOMBS[fill] = (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + unit * repeats
+                        + packer.flush() + struct.pack("<II", crc, (len(block) * repeats)
+                                                       & 0xFFFFFFFF))
     return _BOMBS[fill]
 
 
@@ -130,8 +139,9 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "echo-body": lambda r, h: _async(_json(_completion(
         _echo(r), id=KEY, model=f"Bearer {KEY}", provider=HEADER))),
     "echo-stream": lambda r, h: _sse(
-        r, _chunk(KEY[:10]), _chunk(KEY[10:] + " " + _echo(r)),   # a key cut across two chunks
-        _chunk(None, "stop", model=OTHER, provider=HEADER,
+        r, _chunk(KEY[:10], id=f"gen-{KEY}", model=OTHER, provider=HEADER),
+        _chunk(KEY[10:] + " " + _echo(r)),   # a key cut across two chunks
+        _chunk(None, "stop", native_finish_reason=f"Bearer {KEY}",
                usage={"prompt_tokens": 1, "completion_tokens": 2, "cost": 0.0001})),
     "echo-stream-error": lambda r, h: _sse(
         r, _chunk("par"), b"data: " + json.dumps({"error": {"message": _echo(r)}}).encode()
@@ -267,7 +277,8 @@ async def _send(hostile: Hostile, request_: Any, behaviour: str, **bounds: Any) 
     model = dc_replace(request_.model, id=behaviour)
     request = dc_replace(request_, model=model,
                          params={**request_.params, "stream": behaviour in STREAMED})
-    async with Endpoint(_provider(hostile.url), hostile.url, KEY, connections=2) as endpoint:
+    async with Endpoint(_provider(hostile.url), hostile.url, KEY, connections=2,
+                        redactor=Redactor(SECRETS)) as endpoint:
         return await endpoint.send(request, timeout_s=60, stall_timeout_s=60, **bounds)
 
 
@@ -303,7 +314,7 @@ async def test_the_key_cut_across_chunks_is_still_redacted(hostile: Hostile,
 @pytest.mark.parametrize(("behaviour", "reason"), [
     ("usage-list", "usage"), ("usage-string", "usage"), ("choices-dict", "choices"),
     ("message-string", "message"), ("content-int", "content"), ("delta-list", "delta"),
-    ("chunk-list", "list"), ("chunk-number", "int"),
+    ("chunk-list", "list"), ("chunk-number", "number"),
 ])
 async def test_odd_shapes_are_malformed_rows(hostile: Hostile, request_: Any, behaviour: str,
                                              reason: str) -> None:
