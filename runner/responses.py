@@ -315,12 +315,12 @@ def retry_after_s(headers: Mapping[str, str], metadata: Mapping[str, Any],
     inner = metadata.get("headers")
     inner_headers = inner if isinstance(inner, Mapping) else {}
     for source in (headers, inner_headers):
-        reset = source.get("X-RateLimit-Reset")
+        reset: Any = source.get("X-RateLimit-Reset")
         if reset:
             with contextlib.suppress(TypeError, ValueError, OverflowError):
                 hints.append(float(reset) / 1000.0 - now_unix)  # epoch milliseconds
     seconds = metadata.get("retry_after_seconds")
-    if type(seconds) in (int, float):
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool):
         hints.append(float(seconds))
     hints = [h for h in hints if math.isfinite(h)]  # no NaN, no "wait forever"
     return max(0.0, max(hints)) if hints else None

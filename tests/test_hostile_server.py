@@ -487,7 +487,7 @@ E2E_MODELS = [name for name in BEHAVIOURS if not name.startswith("bomb-")] + ["b
 
 def _e2e_job(write_job: Any, hostile: Hostile) -> Path:
     models = "\n".join(
-        f"  - {{id: {name}, provider: hostile, params: {{stream: {str(name in STREAMED).lower()}}}}}"
+        f"  - {{id: {name}, provider: hostile, params: {{stream: {name in STREAMED}}}}}"
         for name in E2E_MODELS)
     models += "\n  - {id: echo-error, provider: second, alias: second-echo}"
     pricing = "\n".join(f"  {name}: {{usd_per_mtok_prompt: 1, usd_per_mtok_completion: 2}}"
