@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
-from urllib.parse import quote, quote_plus
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
 if TYPE_CHECKING:
     from .config import Job, Provider
@@ -80,9 +80,16 @@ def header_secrets(headers: Mapping[str, str]) -> list[str]:
             if isinstance(value, str) and is_secret_name(name)]
 
 
+def url_secrets(url: str) -> list[str]:
+    """A password or query values in a base URL (`https://u:pw@host/v1?key=...`)."""
+    parts = urlsplit(url)
+    values = [parts.password or ""] + [v for _, v in parse_qsl(parts.query)]
+    return [v for v in values if v]
+
+
 def provider_secrets(provider: Provider, api_key: str | None = None) -> list[str]:
     """A provider's key (given, or read from its environment variable) and credential headers."""
-    secrets = header_secrets(provider.headers)
+    secrets = header_secrets(provider.headers) + url_secrets(provider.base_url or "")
     if api_key is None and provider.api_key_env:
         api_key = os.environ.get(provider.api_key_env)
     if api_key:

@@ -61,10 +61,12 @@ def test_job_redactor_knows_every_provider(write_job, monkeypatch: pytest.Monkey
         providers:
           a: {base_url: "http://a.invalid/v1", api_key_env: A_KEY,
               headers: {X-Api-Key: hdr-TESTSECRET-1234, X-Title: my app title}}
-          b: {base_url: "http://b.invalid/v1", api_key_env: B_KEY}
+          b: {base_url: "http://u:pw-TESTSECRET-1@b.invalid/v1?key=q-TESTSECRET-2",
+              api_key_env: B_KEY}
         models: [{id: m, provider: a}]
         prompts: ["hi"]
     """))
     redact = job_redactor(job, {"a": KEY})
-    text = f"{KEY} sk-b-TESTSECRET-99999999 hdr-TESTSECRET-1234 my app title"
-    assert redact(text) == "*** *** *** my app title"
+    text = (f"{KEY} sk-b-TESTSECRET-99999999 hdr-TESTSECRET-1234 pw-TESTSECRET-1 "
+            "q-TESTSECRET-2 my app title")
+    assert redact(text) == "*** *** *** *** *** my app title"
