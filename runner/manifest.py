@@ -14,16 +14,16 @@ from typing import Any
 
 from .collect import versions, write_json
 from .config import Job, Limits
-from .redact import MASK, is_secret_name
+from .redact import MASK, Redactor, is_secret_name, job_redactor
 
 
-def _masked(obj: Any, key: str = "") -> Any:
+def _masked(obj: Any, redact: Redactor, key: str = "") -> Any:
     if isinstance(obj, Mapping):
-        return {k: _masked(v, str(k)) for k, v in obj.items()}
+        return {k: _masked(v, redact, str(k)) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_masked(v, key) for v in obj]
-    if isinstance(obj, str) and is_secret_name(key):
-        return MASK
+        return [_masked(v, redact, key) for v in obj]
+    if isinstance(obj, str):
+        return MASK if is_secret_name(key) else redact(obj)
     return obj
 
 
@@ -47,7 +47,8 @@ class Manifest:
             "plan": plan,
             "limits": asdict(limits),
             "versions": versions(),
-            "job_snapshot": _masked(dict(job.snapshot)),
+            # credential-named fields masked, and any key or URL password found elsewhere
+            "job_snapshot": _masked(dict(job.snapshot), job_redactor(job)),
         }
 
     def write(self, status: str, **facts: Any) -> dict[str, Any]:

@@ -500,7 +500,7 @@ providers:
   second: {{base_url: "{hostile.url}", api_key_env: SECOND_KEY}}
 models:
 {models}
-prompts: ["say {KEY[:3]}"]
+prompts: [{{text: "say {KEY[:3]}", metadata: {{pasted_by_mistake: "{OTHER}"}}}}]
 params: {{max_tokens: 8}}
 limits: {{retries: 0, concurrency: 8}}
 budget_usd: 5
