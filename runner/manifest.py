@@ -33,6 +33,7 @@ class Manifest:
     def __init__(self, run_dir: Path, job: Job, run_id: str, *, plan_size: int,
                  limits: Limits, plan: dict[str, Any], previous: Any = None) -> None:
         self.path = run_dir / "run.json"
+        redact = job_redactor(job)
         started = previous.manifest.get("started_at") if previous is not None else None
         resumes = (previous.manifest.get("resumes", []) + [datetime.now(UTC).isoformat()]
                    if previous is not None else [])
@@ -40,7 +41,7 @@ class Manifest:
             "run_id": run_id,
             "job": job.name,
             "job_file": str(job.path),
-            "description": job.description,
+            "description": redact(job.description),
             "started_at": started or datetime.now(UTC).isoformat(),
             "resumes": resumes,
             "planned_requests": plan_size,
@@ -48,7 +49,7 @@ class Manifest:
             "limits": asdict(limits),
             "versions": versions(),
             # credential-named fields masked, and any key or URL password found elsewhere
-            "job_snapshot": _masked(dict(job.snapshot), job_redactor(job)),
+            "job_snapshot": _masked(dict(job.snapshot), redact),
         }
 
     def write(self, status: str, **facts: Any) -> dict[str, Any]:
