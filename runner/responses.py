@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+MAX_COUNT = 2**53         # a token count above this is not one (and would not fit int64 safely)
 SNIPPET_CHARS = 2000   # of a server string quoted in a message (clipped again after redaction)
 
 
@@ -89,12 +90,13 @@ def label(value: object) -> str | None:
 
 
 def count(value: object) -> int | None:
-    """A token count, or None when the server's value is not a count (negative, a bool...)."""
+    """A token count, or None when the server's value is not one (negative, a bool, beyond
+    what a result file's int64 column holds...)."""
     if type(value) is int:
-        return value if value >= 0 else None
-    if type(value) is float and math.isfinite(value) and value >= 0 and value.is_integer():
+        return value if 0 <= value <= MAX_COUNT else None
+    if type(value) is float and 0 <= value <= MAX_COUNT and value.is_integer():
         return int(value)
-    if type(value) is str and value.isdigit() and len(value) < 19:
+    if type(value) is str and value.isascii() and value.isdigit() and len(value) < 16:
         return int(value)
     return None
 

@@ -158,7 +158,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "tokens-odd": lambda r, h: _async(_json(_completion(usage={
         "prompt_tokens": "12", "completion_tokens": -5, "cost": 0.0001,
         "completion_tokens_details": {"reasoning_tokens": True},
-        "prompt_tokens_details": {"cached_tokens": 2.5}}))),
+        "prompt_tokens_details": {"cached_tokens": 10**20}}))),
     "error-int": lambda r, h: _async(_json({"error": 7})),
     "error-list-chunk": lambda r, h: _sse(r, _chunk("a"), b'data: {"error": ["x", 1]}\n\n'),
     "error-null-chunk": lambda r, h: _sse(r, _chunk("a", error=None), _chunk(None, "stop")),
