@@ -128,8 +128,8 @@ class Endpoint:
                 content_type = resp.content_type
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise self._no_catalogue(url, f"nothing within {timeout_s:g} s") from None
-        except aiohttp.ClientConnectionError as exc:
-            raise ProviderError(self.redact.clip(
+        except aiohttp.ClientConnectorError as exc:  # no connection at all (a disconnect
+            raise ProviderError(self.redact.clip(      # later is an odd server: NoCatalogue)
                 f"cannot reach provider {name!r} at {self._base}: {type(exc).__name__}: "
                 f"{snippet(str(exc))}", MESSAGE_CHARS)) from None
         except aiohttp.ClientError as exc:

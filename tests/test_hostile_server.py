@@ -225,6 +225,10 @@ async def hostile() -> AsyncIterator[Hostile]:
             return web.Response(status=418, text="teapot")
         if kind == "redirect":
             return web.Response(status=302, headers={"Location": f"{state.other_url}/models"})
+        if kind == "hang-up":
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
         if kind == "hang":
             await state.release.wait()
             return _json({"data": []})
@@ -433,7 +437,7 @@ def _catalogue_job(write_job: Any, url: str, provider_name: str = "hostile") -> 
 
 
 @pytest.mark.parametrize("reply", ["html", "no-data", "data-dict", "text", "status", "redirect",
-                                   "hang"])
+                                   "hang", "hang-up"])
 async def test_a_custom_provider_without_a_usable_catalogue_is_a_warning(
         hostile: Hostile, write_job: Any, monkeypatch: pytest.MonkeyPatch, reply: str) -> None:
     from contextlib import AsyncExitStack
@@ -567,3 +571,20 @@ async def test_the_cli_against_a_lying_server_prints_no_secret(
     _assert_clean(stdout + stderr, "to the terminal")
     assert _leaks(tmp_path / "out") == []
     assert hostile.other_received == []
+
+
+async def test_an_unreachable_provider_still_stops_the_run(write_job: Any,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    from contextlib import AsyncExitStack
+
+    from runner.setup import open_providers
+
+    with socket.socket() as sock:   # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HOSTILE_KEY", KEY)
+    job = _catalogue_job(write_job, f"http://127.0.0.1:{port}/v1")
+    with pytest.raises(ProviderError, match="cannot reach provider 'hostile'"):
+        async with AsyncExitStack() as stack:
+            await open_providers(stack, job, connections=1)
