@@ -7,6 +7,7 @@ Exit codes: 0 the run completed (failed requests are data), 1 a quality threshol
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,8 +147,18 @@ def _version() -> str:
     return __version__
 
 
+class _WarningLines(logging.Handler):
+    """The library's warnings (`logging.getLogger("runner")`) as `runner: warning:` lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"runner: warning: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `runner` command."""
+    log = logging.getLogger("runner")
+    if not any(isinstance(h, _WarningLines) for h in log.handlers):
+        log.addHandler(_WarningLines(logging.WARNING))
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # bad flags (2) or --help/--version (0): a code, not an exit

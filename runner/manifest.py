@@ -14,18 +14,16 @@ from typing import Any
 
 from .collect import versions, write_json
 from .config import Job, Limits
+from .redact import MASK, Redactor, is_secret_name, job_redactor
 
-_SECRET_HINTS = ("auth", "key", "token", "secret", "cookie", "password")
 
-
-def _masked(obj: Any, key: str = "") -> Any:
+def _masked(obj: Any, redact: Redactor, key: str = "") -> Any:
     if isinstance(obj, Mapping):
-        return {k: _masked(v, str(k)) for k, v in obj.items()}
+        return {k: _masked(v, redact, str(k)) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_masked(v, key) for v in obj]
-    if isinstance(obj, str) and any(h in key.lower() for h in _SECRET_HINTS) \
-            and not key.lower().endswith("_env"):
-        return "***"
+        return [_masked(v, redact, key) for v in obj]
+    if isinstance(obj, str):
+        return MASK if is_secret_name(key) else redact(obj)
     return obj
 
 
@@ -35,6 +33,7 @@ class Manifest:
     def __init__(self, run_dir: Path, job: Job, run_id: str, *, plan_size: int,
                  limits: Limits, plan: dict[str, Any], previous: Any = None) -> None:
         self.path = run_dir / "run.json"
+        redact = job_redactor(job)
         started = previous.manifest.get("started_at") if previous is not None else None
         resumes = (previous.manifest.get("resumes", []) + [datetime.now(UTC).isoformat()]
                    if previous is not None else [])
@@ -42,14 +41,15 @@ class Manifest:
             "run_id": run_id,
             "job": job.name,
             "job_file": str(job.path),
-            "description": job.description,
+            "description": redact(job.description),
             "started_at": started or datetime.now(UTC).isoformat(),
             "resumes": resumes,
             "planned_requests": plan_size,
             "plan": plan,
             "limits": asdict(limits),
             "versions": versions(),
-            "job_snapshot": _masked(dict(job.snapshot)),
+            # credential-named fields masked, and any key or URL password found elsewhere
+            "job_snapshot": _masked(dict(job.snapshot), redact),
         }
 
     def write(self, status: str, **facts: Any) -> dict[str, Any]:

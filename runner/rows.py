@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from .client import Attempt
 from .plan import Request
@@ -22,14 +23,23 @@ def new_result(run_id: str, job: str, request: Request) -> Result:
 
 
 def attempt_cost(attempt: Attempt, price: Price | None) -> tuple[float | None, str | None]:
+    """What an attempt cost and where that figure comes from; (None, None) when unknown, so
+    the budget keeps the attempt's whole reservation as spent. Never negative, never NaN."""
     if attempt.cost_usd is not None:
-        return attempt.cost_usd, "provider"
-    if attempt.http_error:
+        cost, source = attempt.cost_usd, "provider"
+    elif attempt.cost_unusable:
+        return None, None  # the server sent a cost we cannot believe: not a price-table guess
+    elif attempt.http_error:
         return 0.0, "not_billed"  # an HTTP error status: no model ran
-    if price is not None and attempt.prompt_tokens is not None \
+    elif price is not None and attempt.prompt_tokens is not None \
             and attempt.completion_tokens is not None:
-        return price.cost_usd(attempt.prompt_tokens, attempt.completion_tokens), "price_table"
-    return None, None
+        cost = price.cost_usd(attempt.prompt_tokens, attempt.completion_tokens)
+        source = "price_table"
+    else:
+        return None, None
+    if not (math.isfinite(cost) and cost >= 0):
+        return None, None
+    return cost, source
 
 
 def fold(result: Result, attempt: Attempt, cost: float | None, source: str | None,

@@ -8,6 +8,7 @@ cannot be enforced because a model has no price.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -18,11 +19,15 @@ import anyio
 
 from . import pricing
 from .catalogue import load_catalogue
-from .client import Endpoint
+from .client import CATALOGUE_TIMEOUT_S, Endpoint, NoCatalogue
 from .config import SIMULATED, Job, ModelSpec, api_key
 from .errors import JobFileError, ProviderError
 from .pricing import Price
+from .redact import Redactor, job_redactor
 from .schema import SimulatorIn
+
+log = logging.getLogger("runner")
+NEED_CATALOGUE = ("openrouter", SIMULATED)   # built-ins: their /models must work
 
 
 @dataclass(slots=True)
@@ -32,6 +37,8 @@ class Providers:
     catalogues: dict[str, set[str]] = field(default_factory=dict)
     simulator_url: str | None = None
     errors: dict[str, ProviderError] = field(default_factory=dict)   # unreadable catalogues
+    warnings: list[str] = field(default_factory=list)   # one line each, also logged
+    redactor: Redactor = field(default_factory=lambda: Redactor(()))  # every secret of the job
 
 
 def simulated_models(settings: SimulatorIn, path: object = "<job>") -> tuple[object, ...]:
@@ -67,14 +74,19 @@ def simulated_models(settings: SimulatorIn, path: object = "<job>") -> tuple[obj
 async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
                          clock: Callable[[], float] = time.perf_counter,
                          need_prices: bool = False, refresh_prices: bool = False,
-                         require_keys: bool = True) -> Providers:
-    """Open an endpoint per provider the job uses; register their shutdown on `stack`."""
+                         require_keys: bool = True,
+                         catalogue_timeout_s: float = CATALOGUE_TIMEOUT_S) -> Providers:
+    """Open an endpoint per provider the job uses; register their shutdown on `stack`.
+
+    A built-in provider (OpenRouter, the simulator) without a usable `/models` is a
+    `ProviderError`; a custom one just has no catalogue (a warning: ids are not checked).
+    """
     used = sorted({m.provider for m in (*job.models, *job.judges.values())})
     # missing keys fail first; without `require_keys` (plan, models) a public /models still works
     keys = {name: api_key(job.providers[name]) if require_keys
             else (os.environ.get(job.providers[name].api_key_env or "") or "no-key")
             for name in used}
-    out = Providers()
+    out = Providers(redactor=job_redactor(job, keys))
     if SIMULATED in used:
         from .simulator import Simulator
 
@@ -87,13 +99,22 @@ async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
         base_url = out.simulator_url if provider.simulated else provider.base_url
         assert base_url is not None
         endpoint = Endpoint(provider, base_url, keys[name], connections=connections,
-                            clock=clock)
+                            clock=clock, redactor=out.redactor)
         stack.push_async_callback(endpoint.aclose)
         out.endpoints[name] = endpoint
 
     async def read(name: str) -> None:
         try:
-            ids, prices = await load_catalogue(out.endpoints[name], refresh=refresh_prices)
+            ids, prices = await load_catalogue(out.endpoints[name], refresh=refresh_prices,
+                                               timeout_s=catalogue_timeout_s)
+        except NoCatalogue as exc:
+            if name in NEED_CATALOGUE:
+                out.errors[name] = exc
+            else:
+                warning = f"{exc}; model ids are not checked, prices come only from pricing:"
+                out.warnings.append(warning)
+                log.warning("%s", warning)
+            return
         except ProviderError as exc:
             out.errors[name] = exc
             return

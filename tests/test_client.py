@@ -157,6 +157,9 @@ def test_status_classes(status: int, kind: str) -> None:
     ({}, {"headers": {"X-RateLimit-Reset": str((1000 + 5) * 1000)}}, 5.0),
     ({"Retry-After": "2"}, {"retry_after_seconds": 9}, 9.0),
     ({}, {}, None),
+    # odd hints never crash and never mean "wait forever"
+    ({"Retry-After": "inf"}, {"headers": {"X-RateLimit-Reset": [1]}}, None),
+    ({"Retry-After": "1e999"}, {"retry_after_seconds": True}, None),
 ])
 def test_retry_hints(headers: dict[str, str], metadata: dict[str, object],
                      expected: float | None) -> None:
