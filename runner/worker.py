@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -163,8 +163,7 @@ async def _exchange(run: RunState, call: Call,
                 call.refusal = _budget_refusal(run, estimate)
                 break
             try:
-                attempt = await endpoint.send(call.request, timeout_s=call.limits.timeout_s or 0,
-                                              stall_timeout_s=call.limits.stall_timeout_s or 0)
+                attempt = await endpoint.send(call.request, **_send_limits(call.limits))
             except anyio.get_cancelled_exc_class():
                 _settle(run, reservation, None)  # unknown cost: its reservation stays spent
                 call.attempts = n
@@ -356,6 +355,15 @@ def _on_failure(run: RunState, provider: str, attempt: Attempt) -> None:
         run.stop_reason.setdefault(provider, "auth")
     elif attempt.error_type == "insufficient_credits":
         run.stop_reason.setdefault(provider, "insufficient_credits")
+
+
+def _send_limits(limits: Limits) -> dict[str, Any]:
+    """The time and size bounds of one attempt (engine fills every default into run.limits)."""
+    bounds = {"max_response_bytes": limits.max_response_bytes,
+              "max_error_bytes": limits.max_error_bytes,
+              "max_stream_events": limits.max_stream_events}
+    return {"timeout_s": limits.timeout_s or 0, "stall_timeout_s": limits.stall_timeout_s or 0,
+            **{name: value for name, value in bounds.items() if value is not None}}
 
 
 def _backoff_s(attempt_no: int, hint_s: float | None) -> float:
