@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runner.collect import Collector, run_dir_for
+from runner.collect import Collector
+from runner.rundir import run_dir_for
 from runner.errors import ResultsError
 from runner.report import read_results
 from runner.result import COLUMNS, Result
