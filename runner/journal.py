@@ -20,6 +20,7 @@ for the next write (lost ones count at their reservation: on the side of spent).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -58,9 +59,10 @@ def read_spent(run_dir: Path) -> Spent | None:
     reserved: dict[tuple[int, int], float] = {}
     settled: dict[tuple[int, int], float] = {}
     sessions = 0
-    for line in data.split(b"\n"):
-        # a line cut by a crash (or a full disk) is skipped: a reservation that never reached
-        # the disk whole was never sent; a lost settlement leaves its reservation counted
+    # the text after the last newline is a line cut by a crash (or a full disk): skipped, as a
+    # reservation that never reached the disk whole was never sent, and a lost settlement
+    # leaves its reservation counted in full
+    for line in data.split(b"\n")[:-1]:
         fields = line.split()
         try:
             if len(fields) == 2 and fields[0] == b"c":
@@ -97,10 +99,11 @@ class Journal:
         self._error: ResultsError | None = None
         try:
             new = not self.path.exists()
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             size = os.fstat(self._fd).st_size
-            if size and _last_byte(self.path, size) != b"\n":
-                os.write(self._fd, b"\n")  # a line cut by a crash must not swallow our first
+            whole = _whole_lines(self._fd, size)
+            if whole != size:  # a line cut by a crash: drop it, or our first would complete it
+                os.ftruncate(self._fd, whole)
             if new and carried_usd > 0:
                 os.write(self._fd, f"c {carried_usd!r}\n".encode())
             os.fsync(self._fd)
@@ -149,14 +152,19 @@ class Journal:
                     batch.set()
 
     def _append(self, lines: list[str], sync: bool) -> None:
+        size = -1
         try:
             if lines:
+                size = os.fstat(self._fd).st_size
                 data = "".join(lines).encode()
                 while data:
                     data = data[os.write(self._fd, data):]
             if sync:
                 os.fsync(self._fd)
         except OSError as exc:
+            if size >= 0:  # a batch written in part (a full disk): the file keeps whole lines
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, size)
             raise disk_error(exc, self.path) from None
 
     def close(self) -> None:
@@ -178,7 +186,12 @@ class Journal:
             write_atomic(self.path, f"c {spent.usd!r}\n".encode())
 
 
-def _last_byte(path: Path, size: int) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(size - 1)
-        return fh.read(1)
+def _whole_lines(fd: int, size: int) -> int:
+    """The length of the file up to and including its last newline."""
+    tail = os.pread(fd, min(size, 4096), max(0, size - 4096)) if size else b""
+    if not tail or tail.endswith(b"\n"):
+        return size
+    cut = tail.rfind(b"\n")
+    if cut >= 0:
+        return size - len(tail) + cut + 1
+    return 0 if size <= 4096 else _whole_lines(fd, size - 4096)

@@ -444,6 +444,8 @@ def test_a_write_that_fails_ends_the_run_failed_in_one_line_and_resume_completes
     df = pd.read_parquet(run_dir / "requests.parquet")
     assert len(df) == 200 and df["request_id"].is_unique and set(df["status"]) == {"ok"}
     assert len(_sent_ids(log)) == sent_before  # every row was kept: nothing sent again
+    spent = json.loads((run_dir / "run.json").read_text())["budget"]["spent_usd"]
+    assert spent == pytest.approx(df["cost_usd"].sum())  # the journal survived the failure
 
 
 def test_an_output_folder_that_cannot_exist_is_one_line(write_job, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

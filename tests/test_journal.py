@@ -24,9 +24,11 @@ def test_unsettled_reservations_count_at_their_reserved_amount(tmp_path: Path) -
 
 def test_no_journal_is_none_and_a_cut_line_is_skipped(tmp_path: Path) -> None:
     assert read_spent(tmp_path) is None
-    _lines(tmp_path, "r 1 1 0.25\nr 1 2 0.2")  # the second reservation never reached the disk
-    spent = read_spent(tmp_path)        # whole, so it was never sent: its number is unreliable
-    assert spent is not None and spent.usd == 0.25 + 0.2
+    # the second reservation never reached the disk whole (so it was never sent), and what is
+    # there of it reads as a number 100000 times too large: "1.0" of "1.05e-05"
+    _lines(tmp_path, "r 1 1 0.25\nr 1 2 1.0")
+    spent = read_spent(tmp_path)
+    assert spent is not None and spent.usd == 0.25
     _lines(tmp_path, "r 1 1 0.25\ns 1 1 -5\nr 1 2 nan\nr 1 3 0.1\ns 1\n")
     spent = read_spent(tmp_path)
     assert spent is not None and spent.usd == 0.25 + 0.1  # a negative settle never credits
@@ -59,12 +61,12 @@ async def test_reservations_are_durable_in_batches_and_resume_sees_them(tmp_path
 
 
 async def test_a_new_session_after_a_cut_line_starts_on_its_own_line(tmp_path: Path) -> None:
-    _lines(tmp_path, "r 1 1 0.25\ns 1 1 0.2")  # cut by a full disk mid-settlement
+    _lines(tmp_path, "r 1 1 0.25\ns 1 1 0.2")  # cut by a kill mid-settlement
     journal = Journal(tmp_path, session=2)
     await journal.reserve(Reservation(0.5, 1), durable=False)
-    journal.settle(Reservation(0.5, 1), 0.5)
+    journal.settle(Reservation(0.5, 1), 0.125)
     journal.close()
-    spent = read_spent(tmp_path)
-    assert spent is not None and spent.usd == 0.2 + 0.5  # neither line swallowed the other
+    spent = read_spent(tmp_path)  # the cut settlement is dropped, not completed by our lines
+    assert spent is not None and spent.usd == 0.25 + 0.125
     journal.compact()
-    assert (tmp_path / "spend.journal").read_text() == "c 0.7\n"
+    assert (tmp_path / "spend.journal").read_text() == "c 0.375\n"
