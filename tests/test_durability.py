@@ -396,7 +396,7 @@ def test_a_second_process_on_a_running_run_is_refused(write_job, results_dir: Pa
 def test_a_truncated_part_is_reported_and_its_requests_sent_again(  # type: ignore[no-untyped-def]
         write_job, results_dir: Path, simulator_process) -> None:
     url, log = simulator_process
-    path = _job(write_job, url, name="torn", repeats=10)
+    path = _job(write_job, url, name="torn", repeats=60)  # ~5 s: parts come every second
     proc = _runner(str(path), "--out", str(results_dir))
     job_dir = results_dir / "torn"
     _wait_for(lambda: len(list(job_dir.glob("*/parts/part-*.parquet"))) >= 2
@@ -412,7 +412,7 @@ def test_a_truncated_part_is_reported_and_its_requests_sent_again(  # type: igno
     assert resumed.returncode == 0, err
     assert part.name in err and "Traceback" not in err
     df = pd.read_parquet(part.parents[1] / "requests.parquet")
-    assert len(df) == 80 and df["request_id"].is_unique and set(df["status"]) == {"ok"}
+    assert len(df) == 480 and df["request_id"].is_unique and set(df["status"]) == {"ok"}
     sent = _sent_ids(log)
     assert all(sent.count(rid) == 2 for rid in lost)  # sent again: their rows were lost
 
