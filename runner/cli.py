@@ -138,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "simulate": _cmd_simulate, "models": _cmd_models, "report": _cmd_report,
                    "compare": _cmd_compare}[args.command]
         with warnings.catch_warnings():
+            # ours (an unreadable result file, ...) are lines for the user, whatever the
+            # interpreter's warning filters say
+            warnings.filterwarnings("always", module=r"runner\.")
             warnings.showwarning = _show_warning
             return handler(args)
     except RunnerError as exc:

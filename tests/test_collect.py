@@ -93,3 +93,17 @@ def test_rows_are_read_in_plan_order(tmp_path: Path) -> None:
     assert read_results(tmp_path / "run")["index"].tolist() == [0, 2, 5, 9]
     collector.finish()
     assert read_results(tmp_path / "run")["index"].tolist() == [0, 2, 5, 9]
+
+
+def test_report_names_an_unreadable_part_in_one_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from runner.cli import main
+
+    run_dir = tmp_path / "run"
+    collector = Collector(run_dir)
+    collector.write_part([_row(1).as_row(), _row(2).as_row()])
+    (run_dir / "parts" / "part-000002.parquet").write_bytes(b"")  # a crash left it empty
+    (run_dir / "run.json").write_text('{"status": "running"}')
+    assert main(["report", str(run_dir)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("runner: warning: ")
+    assert "part-000002.parquet" in err[0] and "left out" in err[0]
