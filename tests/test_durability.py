@@ -262,7 +262,7 @@ async def _endless_stream_server() -> tuple[web.AppRunner, str]:
                  "choices": [{"index": 0, "delta": {"content": "la "}, "finish_reason": None}]}
         while True:
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            await asyncio.sleep(float(os.environ.get("ENDLESS_SLEEP", "0.005")))
+            await asyncio.sleep(0.005)
 
     app = web.Application()
     app.router.add_get("/v1/models", models)
@@ -274,19 +274,20 @@ async def _endless_stream_server() -> tuple[web.AppRunner, str]:
     return server, f"http://127.0.0.1:{server.addresses[0][1]}/v1"
 
 
-async def test_a_stream_cut_by_timeout_keeps_its_row(write_job, results_dir: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_stream_cut_by_timeout_keeps_its_row(write_job, results_dir: Path,  # type: ignore[no-untyped-def]
+                                                     monkeypatch) -> None:
     server, url = await _endless_stream_server()
     try:
         path = write_job(f"""
             name: endless
-            providers: {{slow: {{base_url: "{url}", api_key_env: SLOW_KEY_UNSET_OK}}}}
+            providers: {{slow: {{base_url: "{url}", api_key_env: SLOW_TEST_KEY}}}}
             provider: slow
             models: [slow/endless]
             prompts: [a]
             params: {{max_tokens: 8}}
             limits: {{timeout_s: 0.3, retries: 0}}
         """)
-        os.environ.setdefault("SLOW_KEY_UNSET_OK", "sk-test-not-a-key")
+        monkeypatch.setenv("SLOW_TEST_KEY", "sk-or-v1-TESTSECRET-not-a-key")
         # flush_s=0: the flusher takes rows at every turn of the loop, so it is taking the last
         # row just as the pool ends: the moment a row used to be lost
         outcome = await runner.run_job(runner.load_job(path), out_dir=results_dir, flush_s=0)
