@@ -30,6 +30,7 @@ from .rundir import (
     file_schema,
     last_part_no,
     latest_rows,
+    part_files,
     quarantine,
     read_rows,
     remove_durably,
@@ -97,7 +98,7 @@ class Collector:
             pq.write_table(table, tmp)
 
     def part_files(self) -> list[Path]:
-        return sorted(self._parts_dir.glob("part-*.parquet"))
+        return part_files(self.run_dir)
 
     def finish(self, dedupe: bool = False) -> Path:
         """Merge the last merge and the parts into requests.parquet (and .csv), file by file to

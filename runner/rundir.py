@@ -47,7 +47,6 @@ REQUESTS = "requests.parquet"
 REQUESTS_CSV = "requests.csv"
 SUMMARY = "summary.csv"
 BAD_SUFFIX = ".bad"                 # an unreadable part, set aside by the final merge or a resume
-ENDED = frozenset({"completed", "interrupted", "failed"})
 
 
 class UnreadableRowsWarning(UserWarning):
@@ -107,15 +106,6 @@ def find_run_dir(root: Path, job_name: str, spec: str) -> Path:
 def run_label(run_dir: Path) -> str:
     """`job/run id`, how a run is named in messages."""
     return f"{run_dir.parent.name}/{run_dir.name}"
-
-
-def read_manifest(run_dir: Path) -> dict[str, Any] | None:
-    """run.json as a dict, or None when it is missing or unreadable."""
-    try:
-        body = json.loads((run_dir / RUN_JSON).read_text())
-    except (OSError, ValueError):
-        return None
-    return body if isinstance(body, dict) else None
 
 
 def part_files(run_dir: Path) -> list[Path]:
