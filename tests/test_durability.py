@@ -480,7 +480,9 @@ def test_ctrl_c_during_the_final_files_still_ends_run_json(write_job, results_di
         assert proc.stderr is not None
         assert "stopping" in proc.stderr.readline()
         run_json = next((results_dir / "impatient").iterdir()) / "run.json"
+        give_up = time.monotonic() + 60
         while proc.poll() is None and '"running"' in run_json.read_text():
+            assert time.monotonic() < give_up, "the run never ended"
             proc.send_signal(signal.SIGINT)  # keep pressing Ctrl-C, through the final write
             time.sleep(0.002)  # the pace of a key held down, not a wait for something
         _, err = proc.communicate(timeout=30)
