@@ -493,3 +493,24 @@ def test_ctrl_c_during_the_final_files_still_ends_run_json(write_job, results_di
     assert manifest["status"] == "interrupted"
     df = pd.read_parquet(run_dir / "requests.parquet")
     assert set(df["request_id"]) == set(_sent_ids(log))
+
+
+def test_a_run_from_before_the_journal_resumes_with_the_spend_of_its_rows(  # type: ignore[no-untyped-def]
+        write_job, results_dir: Path) -> None:
+    path = write_job("""
+        name: elder
+        provider: simulated
+        simulator: {models: [{id: sim/fast-mini, ttft_s: 0, tokens_per_s: 0}]}
+        models: [sim/fast-mini]
+        prompts: [a, b, c, d]
+        params: {max_tokens: 16}
+        budget_usd: 1.0
+    """)
+    first = runner.run(path, out_dir=results_dir)
+    (first.run_dir / "spend.journal").unlink()  # as a run written before the journal
+    cost = float(first.rows["cost_usd"].sum())
+    assert cost > 0
+    again = runner.run(path, out_dir=results_dir, resume="latest")
+    assert again.manifest["budget"]["spent_usd"] == pytest.approx(cost)
+    journal = (first.run_dir / "spend.journal").read_text().split()  # carried over, compacted
+    assert journal[0] == "c" and float(journal[1]) == pytest.approx(cost)
