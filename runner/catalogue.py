@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import CATALOGUE_TIMEOUT_S, Endpoint
-from .collect import write_atomic
+from .rundir import write_atomic
 from .pricing import Price, catalogue_prices
 
 CACHE_TTL_S = 24 * 3600.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = {"run": _cmd_run, "validate": _cmd_validate, "plan": _cmd_plan,
                    "simulate": _cmd_simulate, "models": _cmd_models, "report": _cmd_report,
                    "compare": _cmd_compare}[args.command]
-        return handler(args)
+        with warnings.catch_warnings():
+            # ours (an unreadable result file, ...) are lines for the user, whatever the
+            # interpreter's warning filters say
+            warnings.filterwarnings("always", module=r"runner\.")
+            warnings.showwarning = _show_warning
+            return handler(args)
     except RunnerError as exc:
         print(f"runner: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -180,6 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("runner: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Our warnings (an unreadable result file, ...) as one line each, no source location."""
+    print(f"runner: warning: {message}", file=sys.stderr)
 
 
 def _first_runner_error(group: BaseExceptionGroup[BaseException]) -> RunnerError | None:
@@ -405,8 +417,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, parse_thresholds, regressions
     from .errors import ResultsError
-    from .report import read_results, run_dirs
+    from .report import read_results
     from .report_console import print_comparison
+    from .rundir import latest_run, run_dirs, run_label
 
     thresholds = parse_thresholds(args.max_regression)
     if not args.baseline.is_dir():
@@ -418,20 +431,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                               "with two or more runs, or two run directories")
         baseline, current = runs[-2], runs[-1]
     else:
-        baseline, current = _latest_run(args.baseline), _latest_run(args.current)
+        baseline, current = latest_run(args.baseline), latest_run(args.current)
     table = compare(read_results(baseline), read_results(current), thresholds)
     found = regressions(table)
-    print_comparison(table, found, _run_label(baseline), _run_label(current))
+    print_comparison(table, found, run_label(baseline), run_label(current))
     return EXIT_THRESHOLD if found else EXIT_OK
-
-
-def _run_label(run_dir: Path) -> str:
-    return f"{run_dir.parent.name}/{run_dir.name}"
-
-
-def _latest_run(path: Path) -> Path:
-    """A run directory as given; a job directory's latest run."""
-    from .report import run_dirs
-
-    runs = run_dirs(path) if path.is_dir() else []
-    return runs[-1] if runs else path

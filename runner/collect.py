@@ -1,24 +1,18 @@
-"""The only module that writes result files: `Result` rows in, a run directory out.
+"""The only module that writes result files: `Result` rows in, the row files of a run directory
+(see `rundir` for the layout) out.
 
-    results/<job>/<run id>/
-        run.json            manifest: status, job snapshot (no secrets), versions, counts, totals
-        parts/part-*.parquet  rows as they finish, in batches (each written, then renamed)
-        requests.parquet    all rows, written at the end
-        requests.csv        the same, for spreadsheets
-        summary.csv         one line per model
-
-Every file is written to a temporary name and renamed, so a crash never leaves half a file.
+Rows are buffered and written in batches as part files; when the run ends, `finish` merges the
+last merge and the parts into requests.parquet (and .csv), then removes the parts, so a glob over
+the results never counts a row twice. Every file goes through `rundir.replacing` (temporary name,
+fsync, rename, fsync of the folder). One bad value never costs the other rows of its batch: that
+row alone becomes an error row (`malformed`).
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import os
-import secrets
 import threading
-from collections.abc import Mapping
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -26,66 +20,35 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .errors import ResultsError
-from .result import SCHEMA, Result
+from .result import ERROR, SCHEMA, Result
+from .rundir import (
+    PARTS,
+    REQUESTS,
+    REQUESTS_CSV,
+    SUMMARY,
+    disk_error,
+    file_schema,
+    last_part_no,
+    latest_rows,
+    part_files,
+    quarantine,
+    read_rows,
+    remove_durably,
+    replacing,
+    row_files,
+    write_atomic,
+)
+
+__all__ = ["Collector", "file_schema", "versions", "write_summary"]
 
 _PLAIN = pa.schema([
     pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
     for f in SCHEMA
 ])
-
-
-@functools.cache
-def file_schema() -> pa.Schema:
-    """SCHEMA plus pandas metadata, so `pd.read_parquet` gives nullable Int64/boolean columns
-    (unknown token counts stay <NA> instead of turning the column into floats)."""
-    import pandas as pd
-
-    def dtype(t: pa.DataType) -> str:
-        if pa.types.is_integer(t):
-            return "Int64"
-        if pa.types.is_boolean(t):
-            return "boolean"
-        if pa.types.is_dictionary(t):
-            return "category"
-        if pa.types.is_floating(t):
-            return "float64"
-        if pa.types.is_timestamp(t):
-            return "datetime64[us, UTC]"
-        return "str"
-
-    empty = pd.DataFrame({f.name: pd.Series([], dtype=dtype(f.type)) for f in SCHEMA})
-    meta = pa.Schema.from_pandas(empty, preserve_index=False).metadata
-    return SCHEMA.with_metadata(meta)
-
-
-def new_run_id(now: datetime | None = None) -> str:
-    """A run id that sorts by start time, to the millisecond: `20261125T231755.042Z-3fa9`."""
-    now = now or datetime.now(UTC)
-    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(2)}"
-
-
-def run_dir_for(root: Path, job_name: str, run_id: str) -> Path:
-    """`root/job_name/run_id`, refusing anything that would land outside `root`."""
-    root = root.resolve()
-    target = (root / job_name / run_id).resolve()
-    if root not in target.parents:
-        raise ResultsError(f"refusing to write outside {root}: job name {job_name!r}")
-    return target
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj: Mapping[str, Any]) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, default=str).encode() + b"\n")
+# a row that cannot be stored keeps these (they come from the plan, not from a server)
+_IDENTITY = ("run_id", "job", "request_id", "index", "model", "model_id", "provider",
+             "prompt_id", "repeat", "vars_json")
+MAX_REASON_CHARS = 300
 
 
 class Collector:
@@ -96,16 +59,16 @@ class Collector:
 
     def __init__(self, run_dir: Path, *, write_csv: bool = True, flush_rows: int = 500) -> None:
         self.run_dir = run_dir
-        self._parts_dir = run_dir / "parts"
+        self._parts_dir = run_dir / PARTS
         self._rows: list[dict[str, Any]] = []
         self.write_csv = write_csv
         self.flush_rows = flush_rows
-        self._part_no = 0
         self._lock = threading.Lock()
-        self._parts_dir.mkdir(parents=True, exist_ok=True)
-        existing = sorted(self._parts_dir.glob("part-*.parquet"))
-        if existing:
-            self._part_no = int(existing[-1].stem.split("-")[1])
+        try:
+            self._parts_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(exc, self._parts_dir) from None
+        self._part_no = last_part_no(run_dir)
 
     def add(self, result: Result) -> None:
         self._rows.append(result.as_row())
@@ -119,6 +82,10 @@ class Collector:
         rows, self._rows = self._rows, []
         return rows
 
+    def put_back(self, rows: list[dict[str, Any]]) -> None:
+        """Rows whose write failed: they wait for the next write (at the end of the run)."""
+        self._rows[:0] = rows
+
     def write_part(self, rows: list[dict[str, Any]]) -> None:
         """Write one batch as the next part file (run this in a worker thread)."""
         if not rows:
@@ -126,59 +93,101 @@ class Collector:
         with self._lock:  # two flushes can overlap (by count and by time): never one number
             self._part_no += 1
             part_no = self._part_no
-        table = pa.Table.from_pylist(rows, schema=file_schema())
-        path = self._parts_dir / f"part-{part_no:06d}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        table = to_table(rows)
+        with replacing(self._parts_dir / f"part-{part_no:06d}.parquet") as tmp:
+            pq.write_table(table, tmp)
 
     def part_files(self) -> list[Path]:
-        return sorted(self._parts_dir.glob("part-*.parquet"))
+        return part_files(self.run_dir)
 
     def finish(self, dedupe: bool = False) -> Path:
-        """Merge the parts into requests.parquet (and .csv), part by part to keep memory flat.
+        """Merge the last merge and the parts into requests.parquet (and .csv), file by file to
+        keep memory flat; then remove the merged parts. An unreadable part is set aside
+        (`.bad`) with a warning; its requests have no row.
 
         With `dedupe` (a resumed run, which may have sent a request again), a request id written
         more than once keeps its last row.
         """
         self.write_part(self.take())
-        final = self.run_dir / "requests.parquet"
-        tmp = self.run_dir / ".requests.parquet.tmp"
-        csv_tmp = self.run_dir / ".requests.csv.tmp"
-        csv_writer = pacsv.CSVWriter(csv_tmp, _PLAIN) if self.write_csv else None
-        parts = self.part_files()
-        keep = latest_rows(parts) if dedupe else None
-        with pq.ParquetWriter(tmp, file_schema()) as writer:
-            for n, part in enumerate(parts):
-                table = pq.read_table(part, schema=file_schema())
-                if keep is not None and len(keep[n]) != table.num_rows:
-                    table = table.take(pa.array(keep[n], type=pa.int64()))
-                writer.write_table(table)
-                if csv_writer is not None:
-                    csv_writer.write_table(table.cast(_PLAIN))
-        if csv_writer is not None:
-            csv_writer.close()
-            os.replace(csv_tmp, self.run_dir / "requests.csv")
-        os.replace(tmp, final)
+        final = self.run_dir / REQUESTS
+        sources = row_files(self.run_dir)
+        ids = [read_rows(p, ["request_id"], consequence="it is set aside as .bad") if dedupe
+               else None for p in sources]
+        keep = latest_rows(ids) if dedupe else None
+        merged: list[Path] = []
+        with ExitStack() as stack:
+            tmp = stack.enter_context(replacing(final))
+            csv_tmp = stack.enter_context(replacing(self.run_dir / REQUESTS_CSV)) \
+                if self.write_csv else None
+            csv_writer = pacsv.CSVWriter(csv_tmp, _PLAIN) if csv_tmp is not None else None
+            with pq.ParquetWriter(tmp, file_schema()) as writer:
+                for n, path in enumerate(sources):
+                    if dedupe and ids[n] is None:
+                        table = None
+                    else:
+                        table = read_rows(path, consequence="it is set aside as .bad")
+                    if table is None:
+                        if path.exists():
+                            quarantine(path)
+                        continue
+                    if keep is not None and len(keep[n]) != table.num_rows:
+                        table = table.take(pa.array(keep[n], type=pa.int64()))
+                    writer.write_table(table)
+                    if csv_writer is not None:
+                        csv_writer.write_table(table.cast(_PLAIN))
+                    merged.append(path)
+            if csv_writer is not None:
+                csv_writer.close()
+        # the merged file is durable now: the parts would only count every row twice
+        try:
+            remove_durably([p for p in merged if p != final])
+        except OSError as exc:
+            raise disk_error(exc, self._parts_dir) from None
         return final
+
+
+def to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows as a table of the file schema; a row with a value that does not fit becomes an
+    error row (`malformed`, the reason in its message) instead of failing the whole batch."""
+    try:
+        return pa.Table.from_pylist(rows, schema=file_schema())
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return pa.Table.from_pylist(list(_storable(rows)), schema=file_schema())
+
+
+def _storable(rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        try:
+            pa.Table.from_pylist([row], schema=file_schema())
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            yield _malformed(row)
+        else:
+            yield row
+
+
+def _malformed(row: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `row` that can be stored, as an error row naming the ones that could not."""
+    kept: dict[str, Any] = {}
+    bad: list[str] = []
+    for field in _PLAIN:
+        value = row.get(field.name)
+        try:
+            pa.array([value], type=field.type)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            bad.append(field.name)
+            value = None
+        kept[field.name] = value
+    if any(kept[name] is None for name in _IDENTITY):
+        kept.update({name: str(row.get(name)) for name in _IDENTITY
+                     if kept[name] is None and name not in ("index", "repeat")})
+    reason = f"row could not be stored: unusable value in {', '.join(bad) or 'the row'}"
+    kept.update(status=ERROR, error_type="malformed", error_message=reason[:MAX_REASON_CHARS])
+    return kept
 
 
 def write_summary(run_dir: Path, summary: Any) -> None:
     """summary.csv: one line per model (a pandas DataFrame from `report.summarize`)."""
-    write_atomic(run_dir / "summary.csv", summary.to_csv(index=False).encode())
-
-
-def latest_rows(parts: list[Path]) -> list[list[int]]:
-    """For each part file, the indices of the rows that are the last one of their request id."""
-    last: dict[str, tuple[int, int]] = {}
-    for n, part in enumerate(parts):
-        ids = pq.read_table(part, columns=["request_id"]).column(0).to_pylist()
-        for i, rid in enumerate(ids):
-            last[rid] = (n, i)
-    keep: list[list[int]] = [[] for _ in parts]
-    for n, i in last.values():
-        keep[n].append(i)
-    return [sorted(rows) for rows in keep]
+    write_atomic(run_dir / SUMMARY, summary.to_csv(index=False).encode())
 
 
 def versions() -> dict[str, str]:

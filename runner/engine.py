@@ -1,18 +1,20 @@
 """The worker pool: a `Job` in, a run directory with one row per planned request out.
 
-One anyio task group holds a producer that streams the plan, `concurrency` workers (each runs
+One anyio task group holds `concurrency` workers sharing one stream of the plan (each runs
 `worker.handle` on one request at a time), a flusher that moves finished rows to disk in
-batches, and, from the CLI, a signal watcher. Set-up (`setup`), resume (`resume`) and the final
-files (`collect`) are called from here.
+batches, and the spend journal's writer; from the CLI, a signal watcher outlives it until the
+final files are written. The run directory is locked for the whole run. Set-up (`setup`),
+resume (`resume`) and the final files (`collect`) are called from here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import signal
 import time
 from collections.abc import Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .budget import Budget
-from .collect import Collector, file_schema, new_run_id, run_dir_for
+from .collect import Collector
 from .config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_ERROR_BYTES,
@@ -33,14 +35,16 @@ from .config import (
     Job,
     Limits,
 )
-from .errors import ProviderError
+from .errors import ProviderError, ResultsError, RunnerError
 from .health import Health
+from .journal import Journal
 from .limits import Gates
 from .manifest import Manifest
 from .plan import Plan
 from .result import SKIPPED
-from .resume import find_run_dir, load_previous, plan_summary
-from .setup import open_providers
+from .resume import Previous, load_previous, plan_summary
+from .rundir import RunLock, file_schema, find_run_dir, new_run_id, run_dir_for
+from .setup import Providers, open_providers
 from .worker import Progress, RunState, flush, handle
 
 if TYPE_CHECKING:
@@ -78,8 +82,10 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
 
     `resume` ("latest" or a run directory) continues an earlier run in place. With
     `handle_signals`, the first SIGINT/SIGTERM stops scheduling and lets in-flight requests
-    finish for `grace_s` (`on_stopping(grace_s)` is called then); a second cancels them at once.
-    Either way the rows are flushed.
+    finish for `grace_s` (`on_stopping(grace_s)` is called then); a second cancels them at once;
+    later ones wait for the final files. Either way the rows are flushed and run.json says how
+    the run ended. A results folder that cannot be written (full, read-only) ends the run as
+    `failed` with a ResultsError naming the path; the rows already on disk stay for a resume.
     """
     plan = Plan(job)
     limits = Limits(concurrency=concurrency, rpm=rpm).over(job.limits).over(
@@ -90,52 +96,86 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
                max_error_bytes=DEFAULT_MAX_ERROR_BYTES,
                max_stream_events=DEFAULT_MAX_STREAM_EVENTS))
     root = out_dir or job.output_dir
-    previous = None
-    if resume is not None:
-        previous = load_previous(find_run_dir(root, job.name, str(resume)), job, force=force)
-    budget = Budget(budget_usd if budget_usd is not None else job.budget_usd,
-                    spent_usd=previous.spent_usd if previous else 0.0)
-    async with AsyncExitStack() as stack:
-        providers = await open_providers(stack, job, connections=limits.concurrency or 1,
-                                         clock=clock, refresh_prices=refresh_prices,
-                                         need_prices=budget.budget_usd is not None
-                                         or job.max_cost_per_request_usd is not None)
-        if previous is not None:
-            run_dir, run_id = previous.run_dir, str(previous.manifest["run_id"])
-        else:
-            run_id = new_run_id()
-            run_dir = run_dir_for(root, job.name, run_id)
-        collector = Collector(run_dir, write_csv=job.write_csv, flush_rows=flush_rows)
-        manifest = Manifest(run_dir, job, run_id, plan_size=len(plan), limits=limits,
-                            plan=plan_summary(job), previous=previous)
-        manifest.write("running", budget=budget.figures())
-        # limits wait on the event loop's clock (what anyio.sleep counts in), not on `clock`
-        run = RunState(job, run_id, providers, Gates.build(job, limits, anyio.current_time),
-                       budget, collector, limits, clock, progress,
-                       skip=previous.skip(retry_errors) if previous else set())
-        if progress is not None:
-            progress.start(len(plan) - len(run.skip))
-        health = Health()
-        file_schema()  # imports pandas now, not in the first flush while requests are timed
-        gc.collect()
-        gc.freeze()  # set-up objects live all run: keep them out of every later collection
-        status = "failed"
-        try:
-            await _pool(run, plan, flush_s, handle_signals, grace_s, health, on_stopping)
-            if run.interrupted:
-                status = "interrupted"
+    budget_usd = budget_usd if budget_usd is not None else job.budget_usd
+    with ExitStack() as locks:
+        previous = None
+        if resume is not None:  # locked before reading: another process may be writing it
+            run_dir = find_run_dir(root, job.name, str(resume))
+            locks.enter_context(RunLock(run_dir))
+            previous = load_previous(run_dir, job, force=force)
+        async with AsyncExitStack() as stack:
+            providers = await open_providers(stack, job, connections=limits.concurrency or 1,
+                                             clock=clock, refresh_prices=refresh_prices,
+                                             need_prices=budget_usd is not None
+                                             or job.max_cost_per_request_usd is not None)
+            if previous is not None:
+                run_id = str(previous.manifest["run_id"])
             else:
-                status = "failed" if "auth" in run.stop_reason.values() else "completed"
+                run_id = new_run_id()
+                run_dir = run_dir_for(root, job.name, run_id)
+                locks.enter_context(RunLock(run_dir))
+            outcome = await _run(job, plan, limits, providers, run_dir, run_id, previous,
+                                 budget_usd, progress, retry_errors, handle_signals, grace_s,
+                                 on_stopping, clock, flush_rows, flush_s)
+    return outcome
+
+
+async def _run(job: Job, plan: Plan, limits: Limits, providers: Providers, run_dir: Path,
+               run_id: str, previous: Previous | None, budget_usd: float | None,
+               progress: Progress | None, retry_errors: bool, handle_signals: bool,
+               grace_s: float, on_stopping: Callable[[float], None] | None,
+               clock: Callable[[], float], flush_rows: int, flush_s: float) -> RunOutcome:
+    """The run itself, in a locked run directory: set up the files, run the pool, end the files."""
+    budget = Budget(budget_usd, spent_usd=previous.spent_usd if previous else 0.0)
+    collector = Collector(run_dir, write_csv=job.write_csv, flush_rows=flush_rows)
+    journal = Journal(run_dir, session=(previous.journal_sessions or 0) + 1 if previous else 1,
+                      carried_usd=previous.spent_usd if previous else 0.0)
+    manifest = Manifest(run_dir, job, run_id, plan_size=len(plan), limits=limits,
+                        plan=plan_summary(job), previous=previous)
+    # limits wait on the event loop's clock (what anyio.sleep counts in), not on `clock`
+    run = RunState(job, run_id, providers, Gates.build(job, limits, anyio.current_time),
+                   budget, collector, limits, clock, progress,
+                   skip=previous.skip(retry_errors) if previous else set(), journal=journal)
+    health = Health()
+    pool = anyio.CancelScope()
+    status, failure = "failed", None
+    final: dict[str, Any] = {}
+    # the signal watcher outlives the pool: a Ctrl-C during the final files must not cut them
+    async with anyio.create_task_group() as watcher:
+        if handle_signals:
+            watcher.start_soon(_watch_signals, run, pool, grace_s, on_stopping)
+        try:
+            manifest.write("running", budget=budget.figures())
+            if progress is not None:
+                progress.start(len(plan) - len(run.skip))
+            file_schema()  # imports pandas now, not in the first flush while requests are timed
+            gc.collect()
+            gc.freeze()  # set-up objects live all run: keep them out of every later collection
+            try:
+                await _pool(run, plan, flush_s, health, pool)
+            except BaseExceptionGroup as group:
+                failure = _runner_error(group)
+                if failure is None:
+                    raise
+            if failure is None:
+                if run.interrupted:
+                    status = "interrupted"
+                else:
+                    status = "failed" if "auth" in run.stop_reason.values() else "completed"
+        except RunnerError as exc:
+            failure = exc
         finally:
             if progress is not None:
                 progress.stop()
             with anyio.CancelScope(shield=True):
-                totals = await anyio.to_thread.run_sync(_finish_files, collector,
-                                                        previous is not None)
-                final = manifest.write(status, budget=budget.figures(),
-                                       counts=totals.pop("counts", run.counts), totals=totals,
-                                       stopped=run.stop_reason, client=health.report())
+                final, failure = await _end(run, manifest, health, status, failure,
+                                            previous is not None)
             gc.unfreeze()
+            watcher.cancel_scope.cancel()
+    if failure is not None:
+        raise ResultsError(f"{failure} (rows so far are kept in {run_dir}; continue with "
+                           "--resume once fixed)") if isinstance(failure, ResultsError) \
+            else failure
     rejected = [name for name, why in run.stop_reason.items() if why == "auth"]
     if rejected:
         provider = job.providers[rejected[0]]
@@ -146,9 +186,68 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
     return RunOutcome(run_dir, run_id, status, dict(final["counts"]), final)
 
 
-async def _pool(run: RunState, plan: Plan, flush_s: float, handle_signals: bool,
-                grace_s: float, health: Health,
-                on_stopping: Callable[[float], None] | None) -> None:
+async def _end(run: RunState, manifest: Manifest, health: Health, status: str,
+               failure: RunnerError | None, resumed: bool
+               ) -> tuple[dict[str, Any], RunnerError | None]:
+    """The final files, the journal's last lines and run.json; a write that fails makes the run
+    `failed` (run.json is still written when it can be)."""
+    assert run.journal is not None
+    totals: dict[str, Any] = {}
+    try:
+        await anyio.to_thread.run_sync(run.journal.close)
+    except ResultsError as exc:
+        failure, status = failure or exc, "failed"
+    try:
+        totals = await anyio.to_thread.run_sync(_finish_files, run.collector, resumed)
+    except ResultsError as exc:
+        failure, status = failure or exc, "failed"
+    if failure is not None:
+        status = "failed"
+    counts = totals.pop("counts", None) or {k: v for k, v in run.counts.items() if v}
+    facts = {"budget": run.budget.figures(), "counts": counts, "totals": totals,
+             "stopped": run.stop_reason, "client": health.report()}
+    if failure is not None:
+        facts["error"] = str(failure)
+    try:
+        final = manifest.write(status, **facts)
+    except ResultsError as exc:
+        failure = failure or exc
+        final = {"status": status, **facts}
+    if failure is None:
+        with contextlib.suppress(ResultsError):  # a smaller journal is nice, not needed
+            await anyio.to_thread.run_sync(run.journal.compact)
+    return final, failure
+
+
+async def _watch_signals(run: RunState, pool: anyio.CancelScope, grace_s: float,
+                         on_stopping: Callable[[float], None] | None) -> None:
+    """First SIGINT/SIGTERM: stop scheduling, give in-flight requests `grace_s`; second: cancel
+    them. Later ones are absorbed until the final files and run.json are written."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            if run.stopping:  # the second signal: cancel in-flight requests now
+                pool.cancel()
+                continue
+            run.stopping = run.interrupted = True  # idle workers end, busy ones finish
+            pool.deadline = anyio.current_time() + grace_s
+            if on_stopping is not None:
+                on_stopping(grace_s)
+
+
+def _runner_error(group: BaseExceptionGroup[BaseException]) -> RunnerError | None:
+    """The first RunnerError inside a task group's exceptions (a disk that failed mid-run)."""
+    for exc in group.exceptions:
+        if isinstance(exc, RunnerError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _runner_error(exc)
+            if found is not None:
+                return found
+    return None
+
+
+async def _pool(run: RunState, plan: Plan, flush_s: float, health: Health,
+                pool: anyio.CancelScope) -> None:
     workers = run.limits.concurrency or 1
     # one generator shared by every worker: each next() runs without a checkpoint, so no two
     # workers get the same request, and it costs far less than a memory object stream
@@ -165,25 +264,15 @@ async def _pool(run: RunState, plan: Plan, flush_s: float, handle_signals: bool,
             await anyio.sleep(flush_s)
             await flush(run)
 
-    async def on_signals(pool: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                if run.stopping:  # the second signal: cancel in-flight requests now
-                    pool.cancel()
-                    return
-                run.stopping = run.interrupted = True  # idle workers end, busy ones finish
-                pool.deadline = anyio.current_time() + grace_s
-                if on_stopping is not None:
-                    on_stopping(grace_s)
-
+    assert run.journal is not None
     async with anyio.create_task_group() as outer:
         outer.start_soon(flush_every)
         outer.start_soon(health.watch)
-        async with anyio.create_task_group() as tg:
-            if handle_signals:
-                outer.start_soon(on_signals, tg.cancel_scope)
-            for _ in range(workers):
-                tg.start_soon(work)
+        outer.start_soon(run.journal.write_forever)
+        with pool:
+            async with anyio.create_task_group() as tg:
+                for _ in range(workers):
+                    tg.start_soon(work)
         outer.cancel_scope.cancel()
 
 

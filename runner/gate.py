@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .compare import Thresholds, compare, regressions
 from .errors import ResultsError
-from .report import read_results, run_dirs
+from .report import read_results
+from .rundir import latest_run, run_dirs, run_label
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,10 +26,9 @@ def baseline_dir(run_dir: Path, baseline: str) -> Path | None:
         here = runs.index(run_dir.resolve()) if run_dir.resolve() in runs else len(runs)
         return runs[here - 1] if here > 0 else None
     path = Path(baseline)
-    runs = run_dirs(path) if path.is_dir() else []
-    if not runs:
+    if not run_dirs(path):
         raise ResultsError(f"--baseline {baseline}: no run found there")
-    return runs[-1]
+    return latest_run(path)
 
 
 def broken(run_dir: Path, gate: Gate) -> tuple[list[str], list[str]]:
@@ -54,6 +54,6 @@ def broken(run_dir: Path, gate: Gate) -> tuple[list[str], list[str]]:
             notes.append("no previous run to compare with: regressions not checked")
         else:
             table = compare(read_results(base), current, gate.thresholds)
-            notes.append(f"compared with {base.parent.name}/{base.name}")
+            notes.append(f"compared with {run_label(base)}")
             reasons.extend(regressions(table))
     return reasons, notes

@@ -39,7 +39,7 @@ class Table:
 
 def write_html(df: pd.DataFrame, path: str | Path, title: str | None = None) -> Path:
     """Write the report of `df` (from `read_results`) to `path`; return the path."""
-    from .collect import write_atomic
+    from .rundir import write_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

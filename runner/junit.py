@@ -22,7 +22,7 @@ MAX_REASON_CHARS = 500
 
 def write_junit(df: pd.DataFrame, path: str | Path) -> Path:
     """Write the JUnit XML of `df` (from `read_results`) to `path`; return the path."""
-    from .collect import write_atomic
+    from .rundir import write_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .collect import versions, write_json
+from .collect import versions
 from .config import Job, Limits
 from .redact import MASK, Redactor, is_secret_name, job_redactor
+from .rundir import RUN_JSON, write_json
 
 
 def _masked(obj: Any, redact: Redactor, key: str = "") -> Any:
@@ -32,7 +33,7 @@ class Manifest:
 
     def __init__(self, run_dir: Path, job: Job, run_id: str, *, plan_size: int,
                  limits: Limits, plan: dict[str, Any], previous: Any = None) -> None:
-        self.path = run_dir / "run.json"
+        self.path = run_dir / RUN_JSON
         redact = job_redactor(job)
         started = previous.manifest.get("started_at") if previous is not None else None
         resumes = (previous.manifest.get("resumes", []) + [datetime.now(UTC).isoformat()]

@@ -2,58 +2,28 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .collect import file_schema, latest_rows
 from .errors import ResultsError
+from .rundir import read_run, run_dirs
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
-def _run_table(run_dir: Path) -> pa.Table | None:
-    """A run's rows: the final file once the run has ended, else the parts written so far
-    (a run that is going on, or one that was killed), one row per request id."""
-    final = run_dir / "requests.parquet"
-    parts = sorted((run_dir / "parts").glob("part-*.parquet"))
-    if final.is_file() and (not parts or _ended(run_dir)):
-        return pq.read_table(final, schema=file_schema())
-    if not parts:
-        return None
-    keep = latest_rows(parts)
-    return pa.concat_tables([
-        pq.read_table(p, schema=file_schema()).take(pa.array(keep[n], type=pa.int64()))
-        for n, p in enumerate(parts)])
-
-
-def _ended(run_dir: Path) -> bool:
-    try:
-        status = json.loads((run_dir / "run.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return False
-    return status in {"completed", "interrupted", "failed"}
-
-
-def run_dirs(path: Path) -> list[Path]:
-    """The run directories under `path` (itself if it is one), oldest first."""
-    if (path / "run.json").is_file():
-        return [path]
-    return sorted(p for p in path.iterdir() if p.is_dir() and (p / "run.json").is_file())
-
-
 def read_results(path: str | Path) -> pd.DataFrame:
-    """Rows of one run directory, or of every run of a job directory (oldest run first)."""
+    """Rows of one run directory, or of every run of a job directory (oldest run first), each
+    run's rows in plan order. An unreadable part file is named in an `UnreadableRowsWarning`
+    and its rows left out."""
 
     path = Path(path)
     if not path.is_dir():
         raise ResultsError(f"{path}: no such results folder (give a run or a job directory)")
-    tables = [t for t in (_run_table(d) for d in run_dirs(path)) if t is not None]
+    tables = [t for t in (read_run(d) for d in run_dirs(path)) if t is not None]
     if not tables:
         raise ResultsError(f"{path}: no result rows found (expected requests.parquet or parts/)")
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 \

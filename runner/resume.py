@@ -1,9 +1,12 @@
-"""Resuming a run: a run directory in, what is already done (and whether the plan changed) out.
+"""Resuming a run: a run directory in, what is already done, what was spent (and whether the
+plan changed) out.
 
 A run continues in place: request ids whose latest row is `ok` are never sent again, errored ones
-only with `--retry-errors`; rows that were never sent (`skipped`) or cut off by an interrupt are
-sent again. The plan's fingerprint, kept in run.json, tells whether the job file changed in a way
-that changes the plan.
+only with `--retry-errors`; rows that were never sent (`skipped`), cut off by an interrupt, or
+lost in an unreadable part file are sent again. What was spent comes from the spend journal
+(every reservation without a settlement counts as spent); runs written before the journal fall
+back to the costs in their rows. The plan summary, kept in run.json, tells whether the job file
+changed in a way that changes the plan. The caller holds the run's lock.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from .config import Job
 from .errors import ResultsError
+from .journal import read_spent
 from .result import OK, SKIPPED
+from .rundir import REQUESTS, RUN_JSON, quarantine, scan
 
 INTERRUPTED = "interrupted"   # error_type of a request cut off by Ctrl-C: it is sent again
 
@@ -55,21 +58,6 @@ def plan_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return changes
 
 
-def find_run_dir(root: Path, job_name: str, spec: str) -> Path:
-    """`latest` (the newest run of the job under `root`) or an explicit run directory."""
-    if spec == "latest":
-        job_dir = root / job_name
-        runs = sorted(p for p in job_dir.iterdir() if (p / "run.json").is_file()) \
-            if job_dir.is_dir() else []
-        if not runs:
-            raise ResultsError(f"--resume latest: no run of job {job_name!r} under {job_dir}")
-        return runs[-1]
-    run_dir = Path(spec)
-    if not (run_dir / "run.json").is_file():
-        raise ResultsError(f"--resume {spec}: not a run directory (no run.json)")
-    return run_dir
-
-
 @dataclass(slots=True)
 class Previous:
     """What an earlier run of the same plan left behind."""
@@ -79,6 +67,7 @@ class Previous:
     ok: set[str] = field(default_factory=set)
     errored: set[str] = field(default_factory=set)
     spent_usd: float = 0.0
+    journal_sessions: int | None = None     # None: a run written before the spend journal
 
     def skip(self, retry_errors: bool) -> set[str]:
         """Request ids not to send again."""
@@ -86,8 +75,13 @@ class Previous:
 
 
 def load_previous(run_dir: Path, job: Job, *, force: bool) -> Previous:
-    """Read a run's manifest and rows; refuse when the job now plans something else."""
-    manifest = json.loads((run_dir / "run.json").read_text())
+    """Read a run's manifest, rows and journal; refuse when the job now plans something else.
+    An unreadable part file is reported, set aside, and its requests sent again."""
+    try:
+        manifest = json.loads((run_dir / RUN_JSON).read_text())
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"{run_dir / RUN_JSON}: unreadable ({exc}); this run cannot be "
+                           "resumed, start a new one") from None
     if manifest.get("job") != job.name:
         raise ResultsError(f"{run_dir} is a run of job {manifest.get('job')!r}, not {job.name!r}")
     changes = plan_changes(manifest.get("plan", {}), plan_summary(job))
@@ -96,18 +90,33 @@ def load_previous(run_dir: Path, job: Job, *, force: bool) -> Previous:
                            f"({'; '.join(changes)}): resume with --force to go on anyway")
     previous = Previous(run_dir, manifest)
     latest: dict[str, tuple[str, str | None]] = {}
-    for part in sorted((run_dir / "parts").glob("part-*.parquet")):
-        table = pq.read_table(part, columns=["request_id", "status", "error_type", "cost_usd",
-                                             "estimated_cost_usd"])
-        ids, statuses, kinds, costs, estimates = (table.column(i).to_pylist() for i in range(5))
+    rows_spent = 0.0
+    columns = ["request_id", "status", "error_type", "cost_usd", "estimated_cost_usd"]
+    sources = scan(run_dir, columns, consequence="its requests will be sent again",
+                   on_bad=quarantine)
+    # without a journal, spend comes from rows: a run of that age kept every part (each attempt
+    # row), its requests.parquet only the last row of each request
+    has_parts = any(path.name != REQUESTS for path, _ in sources)
+    for path, table in sources:
+        if table is None:
+            continue
+        count = not has_parts or path.name != REQUESTS
+        ids, statuses, kinds, costs, estimates = (table.column(c).to_pylist() for c in columns)
         for rid, status, kind, cost, estimate in zip(ids, statuses, kinds, costs, estimates,
                                                      strict=True):
             latest[rid] = (status, kind)
             # as in the budget: a sent request of unknown cost counts at its worst case
+            if not count:
+                continue
             if cost is not None:
-                previous.spent_usd += cost
+                rows_spent += cost
             elif status != SKIPPED:
-                previous.spent_usd += estimate or 0.0
+                rows_spent += estimate or 0.0
+    spent = read_spent(run_dir)
+    if spent is None:  # a run from before the journal: its rows are all we know
+        previous.spent_usd = rows_spent
+    else:
+        previous.spent_usd, previous.journal_sessions = spent.usd, spent.sessions
     for rid, (status, kind) in latest.items():
         if status == OK:
             previous.ok.add(rid)

@@ -24,6 +24,8 @@ from .checks import Check, evaluate
 from .client import Attempt
 from .collect import Collector
 from .config import DEFAULT_MAX_RETRY_WAIT_S, Job, Limits
+from .errors import ResultsError
+from .journal import Journal
 from .judge import RESPONSE_FORMAT, judge_messages, parse_score
 from .limits import Gates
 from .plan import Request
@@ -74,6 +76,7 @@ class RunState:
     skip: set[str] = field(default_factory=set)     # request ids a resumed run must not send
     stopping: bool = False                          # a signal came: schedule nothing more
     interrupted: bool = False
+    journal: Journal | None = None                  # reservations made durable before sending
 
 
 @dataclass(slots=True)
@@ -94,9 +97,16 @@ class Call:
 
 
 async def flush(run: RunState) -> None:
+    """Write the finished rows as a part file. Shielded: a row taken is a row written, even when
+    the pool is cancelled (the end of the run, a second Ctrl-C) while it is on its way."""
     rows = run.collector.take()
     if rows:
-        await anyio.to_thread.run_sync(run.collector.write_part, rows)
+        with anyio.CancelScope(shield=True):
+            try:
+                await anyio.to_thread.run_sync(run.collector.write_part, rows)
+            except ResultsError:
+                run.collector.put_back(rows)  # the end of the run tries them once more
+                raise
 
 
 async def handle(run: RunState, request: Request) -> None:
@@ -300,16 +310,30 @@ def _refused(run: RunState, call: Call) -> bool:
 
 
 async def _reserve(run: RunState, worst: float) -> Reservation | None:
-    """Reserve `worst` USD; wait while in-flight reservations might free enough room."""
+    """Reserve `worst` USD (waiting while in-flight reservations might free enough room), and
+    return once the reservation is in the spend journal: a kill after the send cannot lose it."""
     while True:
         reservation = run.budget.reserve(worst)
         if reservation is not None or not run.budget.could_fit(worst):
-            return reservation
+            break
         await run.budget_changed.wait()
+    if reservation is not None and run.journal is not None:
+        try:
+            # Without a budget, nothing a resume decides depends on this line, so the attempt
+            # does not wait for the fsync (the line goes out with the next batch); a later
+            # `--resume --budget-usd` may then miss at most the attempts of one unwritten batch.
+            await run.journal.reserve(reservation, durable=run.budget.budget_usd is not None)
+        except BaseException:
+            _settle(run, reservation, 0.0)  # not sent (cancelled, or the disk failed)
+            raise
+    return reservation
 
 
 def _settle(run: RunState, reservation: Reservation, cost: float | None) -> None:
+    before = run.budget.spent_usd
     run.budget.settle(reservation, cost)
+    if run.journal is not None:  # what the budget counted, so a resume counts the same
+        run.journal.settle(reservation, run.budget.spent_usd - before)
     if run.budget.budget_usd is not None:  # without a budget nobody waits on it
         run.budget_changed.set()
         run.budget_changed = anyio.Event()

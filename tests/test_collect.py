@@ -1,4 +1,5 @@
-"""The collector: batches to part files, concurrent flushes, the final merge, safe paths."""
+"""The collector: batches to part files, concurrent flushes, the final merge, a bad value or a
+bad part that costs no other row."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runner.collect import Collector, run_dir_for
-from runner.errors import ResultsError
+from runner.collect import Collector
 from runner.report import read_results
 from runner.result import COLUMNS, Result
 
@@ -47,7 +47,63 @@ def test_resumed_rows_keep_the_last_per_request(tmp_path: Path) -> None:
     assert df.set_index("request_id").loc["id-1", "status"] == "ok"
 
 
-@pytest.mark.parametrize("name", ["../escape", "a/../../b", "/etc"])
-def test_run_dir_stays_under_the_root(tmp_path: Path, name: str) -> None:
-    with pytest.raises(ResultsError):
-        run_dir_for(tmp_path / "results", name, "run-1")
+def test_one_bad_value_costs_only_its_own_row(tmp_path: Path) -> None:
+    collector = Collector(tmp_path / "run")
+    bad = _row(2)
+    bad.prompt_tokens = [1, 2]  # type: ignore[assignment]  # what an odd `usage` could give
+    bad.model_served = {"not": "a string"}  # type: ignore[assignment]
+    collector.write_part([_row(1).as_row(), bad.as_row(), _row(3).as_row()])
+    df = pd.read_parquet(collector.finish()).set_index("request_id")
+    assert list(df.index) == ["id-1", "id-2", "id-3"]
+    assert set(df.loc[["id-1", "id-3"], "status"]) == {"ok"}
+    assert df.loc["id-2", "status"] == "error" and df.loc["id-2", "error_type"] == "malformed"
+    assert "prompt_tokens" in df.loc["id-2", "error_message"]
+    assert "model_served" in df.loc["id-2", "error_message"]
+    assert df.loc["id-2", "index"] == 2  # the row still says which request it was
+
+
+@pytest.mark.parametrize("damage", [b"", b"PAR1 garbage", None])
+def test_the_final_merge_sets_an_unreadable_part_aside(tmp_path: Path, damage: bytes | None,
+                                                       ) -> None:
+    collector = Collector(tmp_path / "run")
+    collector.write_part([_row(1).as_row(), _row(2).as_row()])
+    collector.write_part([_row(3).as_row()])
+    first = collector.part_files()[0]
+    first.write_bytes(first.read_bytes()[:60] if damage is None else damage)
+    with pytest.warns(UserWarning, match=first.name):
+        df = pd.read_parquet(collector.finish(dedupe=damage is None))
+    assert df["request_id"].tolist() == ["id-3"]
+    assert first.with_name(first.name + ".bad").is_file()  # kept for a look, out of any glob
+
+
+def test_a_finished_run_holds_each_row_in_one_parquet_file(tmp_path: Path) -> None:
+    collector = Collector(tmp_path / "run")
+    collector.write_part([_row(1).as_row()])
+    collector.add(_row(2))
+    collector.finish()
+    files = list((tmp_path / "run").rglob("*.parquet"))
+    assert sum(len(pd.read_parquet(f)) for f in files) == 2  # a glob counts each row once
+
+
+def test_rows_are_read_in_plan_order(tmp_path: Path) -> None:
+    collector = Collector(tmp_path / "run")
+    collector.write_part([_row(5).as_row(), _row(2).as_row()])   # completion order
+    collector.write_part([_row(0).as_row(), _row(9).as_row()])
+    (tmp_path / "run" / "run.json").write_text('{"status": "running"}')
+    assert read_results(tmp_path / "run")["index"].tolist() == [0, 2, 5, 9]
+    collector.finish()
+    assert read_results(tmp_path / "run")["index"].tolist() == [0, 2, 5, 9]
+
+
+def test_report_names_an_unreadable_part_in_one_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from runner.cli import main
+
+    run_dir = tmp_path / "run"
+    collector = Collector(run_dir)
+    collector.write_part([_row(1).as_row(), _row(2).as_row()])
+    (run_dir / "parts" / "part-000002.parquet").write_bytes(b"")  # a crash left it empty
+    (run_dir / "run.json").write_text('{"status": "running"}')
+    assert main(["report", str(run_dir)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("runner: warning: ")
+    assert "part-000002.parquet" in err[0] and "left out" in err[0]

@@ -1,0 +1,72 @@
+"""The spend journal: what a resume counts as spent, group commit, lines cut by a crash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+
+from runner.budget import Reservation
+from runner.journal import Journal, read_spent
+
+
+def _lines(path: Path, text: str) -> None:
+    (path / "spend.journal").write_text(text)
+
+
+def test_unsettled_reservations_count_at_their_reserved_amount(tmp_path: Path) -> None:
+    _lines(tmp_path, "c 0.5\nr 1 1 0.25\ns 1 1 0.125\nr 1 2 0.25\nr 2 1 1.0\ns 2 1 0.0\n")
+    spent = read_spent(tmp_path)
+    assert spent is not None
+    assert spent.usd == 0.5 + 0.125 + 0.25 + 0.0
+    assert (spent.sessions, spent.unsettled) == (2, 1)
+
+
+def test_no_journal_is_none_and_a_cut_line_is_skipped(tmp_path: Path) -> None:
+    assert read_spent(tmp_path) is None
+    # the second reservation never reached the disk whole (so it was never sent), and what is
+    # there of it reads as a number 100000 times too large: "1.0" of "1.05e-05"
+    _lines(tmp_path, "r 1 1 0.25\nr 1 2 1.0")
+    spent = read_spent(tmp_path)
+    assert spent is not None and spent.usd == 0.25
+    _lines(tmp_path, "r 1 1 0.25\ns 1 1 -5\nr 1 2 nan\nr 1 3 0.1\ns 1\n")
+    spent = read_spent(tmp_path)
+    assert spent is not None and spent.usd == 0.25 + 0.1  # a negative settle never credits
+
+
+async def test_reservations_are_durable_in_batches_and_resume_sees_them(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    done = 0
+
+    async def attempt(n: int) -> None:
+        nonlocal done
+        await journal.reserve(Reservation(0.01, n), durable=True)
+        done += 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(journal.write_forever)
+        async with anyio.create_task_group() as attempts:
+            for n in range(1, 101):
+                attempts.start_soon(attempt, n)
+        tg.cancel_scope.cancel()
+    assert done == 100
+    text = (tmp_path / "spend.journal").read_text()
+    assert text.count("\nr 1 ") + text.startswith("r 1 ") == 100  # on disk before the release
+    spent = read_spent(tmp_path)  # a kill now: every unsettled reservation counts
+    assert spent is not None and abs(spent.usd - 1.0) < 1e-9 and spent.unsettled == 100
+    journal.settle(Reservation(0.01, 1), 0.004)
+    journal.close()
+    spent = read_spent(tmp_path)
+    assert spent is not None and abs(spent.usd - 0.994) < 1e-9
+
+
+async def test_a_new_session_after_a_cut_line_starts_on_its_own_line(tmp_path: Path) -> None:
+    _lines(tmp_path, "r 1 1 0.25\ns 1 1 0.2")  # cut by a kill mid-settlement
+    journal = Journal(tmp_path, session=2)
+    await journal.reserve(Reservation(0.5, 1), durable=False)
+    journal.settle(Reservation(0.5, 1), 0.125)
+    journal.close()
+    spent = read_spent(tmp_path)  # the cut settlement is dropped, not completed by our lines
+    assert spent is not None and spent.usd == 0.25 + 0.125
+    journal.compact()
+    assert (tmp_path / "spend.journal").read_text() == "c 0.375\n"
