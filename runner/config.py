@@ -6,7 +6,7 @@ models that check the YAML on the way in.
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import hashlib
 import itertools
 import os
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jinja2 import TemplateError
 from pydantic import ValidationError
 
@@ -24,7 +23,8 @@ from .checks import Check, CheckSet, build_check_set, compile_expected
 from .errors import ConfigError, JobFileError
 from .pricing import Price
 from .prompt_files import read_prompt_file
-from .templates import check_template, render
+from .sources import Problems, invalid, load_yaml
+from .templates import Template, check_template
 
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
 SIMULATED = "simulated"
@@ -104,6 +104,7 @@ class Prompt:
     expected: Any = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     checks: tuple[Check, ...] = ()        # from `expected`, compiled
+    templates: tuple[Template, ...] = field(default=(), compare=False, repr=False)  # messages'
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,113 +129,47 @@ class Job:
 
 
 def load_job(path: str | os.PathLike[str]) -> Job:
-    """Read, validate and resolve a job file; raise `JobFileError` naming file and field."""
+    """Read, validate and resolve a job file; raise `JobFileError` naming file and field (or
+    `JobFileErrors` holding every problem found)."""
     path = Path(path)
     raw = _read_yaml(path)
     try:
         job_in = schema.JobIn.model_validate(raw)
     except ValidationError as exc:
-        raise _translate(path, exc) from None
+        raise invalid(path, exc, names=schema.field_names()) from None
+    except RecursionError:
+        raise JobFileError(path, "", "nested too deeply") from None
     return _resolve(path, job_in, raw)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise JobFileError(path, "", "no such job file (check the path)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise JobFileError(path, "", f"{line}invalid YAML: {problem}") from None
-    except UnicodeDecodeError:
-        raise JobFileError(path, "", "not UTF-8 text") from None
+    raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise JobFileError(path, "", "must be a YAML mapping with name:, models: and prompts:")
     return raw
 
 
-def _loc(parts: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + part
-    return out
-
-
-# pydantic puts the union member it tried into the location: "str", "ModelIn",
-# "function-after[_one_source(), PromptIn]", "list[union[...]]"; user keys ("Local") stay
-_SCALAR_TAGS = {"str", "int", "float", "bool"}
-_MODEL_TAGS = {model.__name__ for model in schema.Strict.__subclasses__()}
-
-
-def _union_tag(part: int | str) -> bool:
-    return isinstance(part, str) and (part in _SCALAR_TAGS or part in _MODEL_TAGS
-                                      or part.startswith(("list[", "function-")))
-
-
-def _inside_mapping(err: Any) -> bool:
-    """An error inside a mapping given for `str | ModelIn` (it says more than "not a string")."""
-    return err["type"] != "model_type" and any(
-        isinstance(p, str) and (p in _MODEL_TAGS or p.startswith("function-")) for p in err["loc"])
-
-
-def _translate(path: Path, exc: ValidationError) -> JobFileError:
-    errors = exc.errors()
-    err = next((e for e in errors if _inside_mapping(e)), errors[0])
-    loc = tuple(p for p in err["loc"] if not _union_tag(p))
-    field_name = _loc(loc)
-    if err["type"] == "extra_forbidden":
-        key = str(loc[-1]) if loc else "?"
-        close = difflib.get_close_matches(key, schema.field_names(), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "remove it or check the README"
-        return JobFileError(path, field_name, f"unknown key ({hint})")
-    if err["type"] == "missing":
-        return JobFileError(path, field_name, "required field is missing")
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    value = err.get("input")
-    shown = f" (got {value!r})" if isinstance(value, str | int | float | bool) and \
-        "got" not in msg else ""
-    return JobFileError(path, field_name, f"{msg[:1].lower()}{msg[1:]}{shown}")
-
-
 def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any]) -> Job:
-    providers = resolve_providers(path, job)
+    problems = Problems()
+    providers = resolve_providers(path, job, problems)
     if job.provider not in providers:
-        raise _unknown_provider(path, "provider", job.provider, providers)
-    base_params = _params(job.params)
-    models = []
+        problems.add(_unknown_provider(path, "provider", job.provider, providers))
+    models: list[ModelSpec] = []
     labels: set[str] = set()
     for i, item in enumerate(job.models):
-        model = schema.ModelIn(id=item) if isinstance(item, str) else item
-        provider = model.provider or job.provider
-        if provider not in providers:
-            raise _unknown_provider(path, f"models[{i}].provider", provider, providers)
-        label = model.alias or model.id
-        if label in labels:
-            raise JobFileError(path, f"models[{i}]", f"duplicate model {label!r} "
-                               "(give one of them an alias:)")
-        labels.add(label)
-        extra = dict(model.extra_body)
-        if model.max_price_usd_per_mtok is not None:
-            # OpenRouter's max_price is per million tokens, like this field: no conversion
-            extra.setdefault("provider", {})["max_price"] = \
-                model.max_price_usd_per_mtok.model_dump(exclude_none=True)
-        if extra and not providers[provider].openrouter:
-            bad = sorted(set(extra) & {"provider", "models", "usage", "transforms", "route",
-                                       "reasoning", "plugins"})
-            if bad:
-                raise JobFileError(path, f"models[{i}].extra_body.{bad[0]}",
-                                   f"OpenRouter-only field, but provider {provider!r} does not "
-                                   "speak OpenRouter (set openrouter: true on it or remove it)")
-        params = {**base_params, **(_params(model.params) if model.params else {})}
-        models.append(ModelSpec(id=model.id, provider=provider, label=label, params=params,
-                                extra_body=extra, limits=_limits(model.limits)))
-    prompts = _prompts(path, job)
-    checks = build_check_set(job.checks, {p.id: p.checks for p in prompts}, path=path)
+        with problems.gather():
+            models.append(_model(path, i, item, job, providers, labels))
+    with problems.gather():
+        _check_simulator(path, job.simulator)
+    prompts = _prompts(path, job, problems)
+    checks = CheckSet()
+    judges: dict[tuple[str, str | None], ModelSpec] = {}
+    with problems.gather():
+        checks = build_check_set(job.checks, {p.id: p.checks for p in prompts}, path=path)
+        judges = _judges(path, checks, job.provider, providers)
+    problems.raise_any()
     return Job(
         name=job.name, description=job.description, path=path.resolve(),
         providers=providers, models=tuple(models), prompts=prompts, repeats=job.repeats,
@@ -246,8 +181,80 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any]) -> Job:
         output_dir=Path(job.output.dir) if Path(job.output.dir).is_absolute()
         else Path.cwd() / job.output.dir,
         write_csv=job.output.csv, simulator=job.simulator, snapshot=raw,
-        checks=checks, judges=_judges(path, checks, job.provider, providers),
+        checks=checks, judges=judges,
     )
+
+
+def _model(path: Path, i: int, item: str | schema.ModelIn, job: schema.JobIn,
+           providers: Mapping[str, Provider], labels: set[str]) -> ModelSpec:
+    """One entry of `models:` resolved against the providers and the job's params."""
+    model = schema.ModelIn(id=item) if isinstance(item, str) else item
+    provider = model.provider or job.provider
+    if provider not in providers:
+        raise _unknown_provider(path, f"models[{i}].provider", provider, providers)
+    label = model.alias or model.id
+    if label in labels:
+        raise JobFileError(path, f"models[{i}]", f"duplicate model {label!r} "
+                           "(give one of them an alias:)")
+    labels.add(label)
+    extra = dict(model.extra_body)
+    if model.max_price_usd_per_mtok is not None:
+        # OpenRouter's max_price is per million tokens, like this field: no conversion
+        extra.setdefault("provider", {})["max_price"] = \
+            model.max_price_usd_per_mtok.model_dump(exclude_none=True)
+    if extra and not providers[provider].openrouter:
+        bad = sorted(set(extra) & {"provider", "models", "usage", "transforms", "route",
+                                   "reasoning", "plugins"})
+        if bad:
+            raise JobFileError(path, f"models[{i}].extra_body.{bad[0]}",
+                               f"OpenRouter-only field, but provider {provider!r} does not "
+                               "speak OpenRouter (set openrouter: true on it or remove it)")
+    params = {**_params(job.params), **(_params(model.params) if model.params else {})}
+    return ModelSpec(id=model.id, provider=provider, label=label, params=params,
+                     extra_body=extra, limits=_limits(model.limits))
+
+
+def simulated_models(settings: schema.SimulatorIn, path: object = "<job>") -> tuple[Any, ...]:
+    """The built-in simulated models with the job's overrides and additions applied (the
+    simulator's own checks, such as fault rates summing to at most 1, as JobFileErrors)."""
+    from .simulator import DEFAULT_MODELS, Faults, SimModel
+
+    models = {m.id: m for m in DEFAULT_MODELS}
+    for i, spec in enumerate(settings.models):
+        base = models.get(spec.id) or SimModel(
+            id=spec.id, name=spec.id, prompt_usd_per_token=1e-6, completion_usd_per_token=2e-6)
+        changes: dict[str, object] = {}
+        if spec.usd_per_mtok_prompt is not None:
+            changes["prompt_usd_per_token"] = spec.usd_per_mtok_prompt / 1e6
+        if spec.usd_per_mtok_completion is not None:
+            changes["completion_usd_per_token"] = spec.usd_per_mtok_completion / 1e6
+        if spec.usd_per_request is not None:
+            changes["request_usd"] = spec.usd_per_request
+        for name in ("ttft_s", "tokens_per_s", "jitter_s", "max_completion_tokens",
+                     "reasoning"):
+            if getattr(spec, name) is not None:
+                changes[name] = getattr(spec, name)
+        where = f"simulator.models[{i}]"
+        if spec.faults is not None:
+            faults = spec.faults.model_dump()
+            faults["error_statuses"] = tuple(faults["error_statuses"])
+            try:
+                changes["faults"] = Faults(**faults)
+            except ValueError as exc:
+                raise JobFileError(path, f"{where}.faults",
+                                   str(exc).removeprefix("Faults: ")) from None
+        try:
+            models[spec.id] = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise JobFileError(path, where, str(exc)) from None
+    return tuple(models.values())
+
+
+def _check_simulator(path: Path, settings: schema.SimulatorIn) -> None:
+    """What the simulator would refuse at run time, refused at load (only when the job
+    changes its models: the simulator is imported only then)."""
+    if settings.models:
+        simulated_models(settings, path)
 
 
 def _judges(path: Path, checks: CheckSet, default_provider: str,
@@ -284,21 +291,24 @@ def _limits(limits: schema.LimitsIn | None) -> Limits:
     return Limits(**limits.model_dump()) if limits is not None else Limits()
 
 
-def resolve_providers(path: Path, job: schema.JobIn) -> dict[str, Provider]:
-    """The built-in providers with the job's `providers:` entries applied."""
+def resolve_providers(path: Path, job: schema.JobIn,
+                      problems: Problems | None = None) -> dict[str, Provider]:
+    """The built-in providers with the job's `providers:` entries applied (a bad entry is
+    still listed, so that models using it are not reported as well)."""
     builtin = {
         "openrouter": Provider("openrouter", OPENROUTER_URL, "OPENROUTER_API_KEY", {}, True, True),
         SIMULATED: Provider(SIMULATED, None, None, {}, True, True),
     }
+    gathered = problems if problems is not None else Problems()
     out = dict(builtin)
     for name, spec in job.providers.items():
         base = builtin.get(name)
         if base is None and spec.base_url is None:
-            raise JobFileError(path, f"providers.{name}.base_url",
-                               "required for a custom provider (e.g. http://localhost:8000/v1)")
+            gathered.add(JobFileError(path, f"providers.{name}.base_url", "required for a "
+                                      "custom provider (e.g. http://localhost:8000/v1)"))
         if name == SIMULATED and (spec.base_url or spec.api_key_env):
-            raise JobFileError(path, f"providers.{name}", "the simulated provider takes only "
-                               "headers/limits (its URL is chosen at run time)")
+            gathered.add(JobFileError(path, f"providers.{name}", "the simulated provider takes "
+                                      "only headers/limits (its URL is chosen at run time)"))
         out[name] = Provider(
             name=name,
             base_url=(spec.base_url or (base.base_url if base else None)),
@@ -309,10 +319,12 @@ def resolve_providers(path: Path, job: schema.JobIn) -> dict[str, Provider]:
             stream_usage=spec.stream_usage,
             limits=_limits(spec.limits),
         )
+    if problems is None:
+        gathered.raise_any()
     return out
 
 
-def _prompts(path: Path, job: schema.JobIn) -> tuple[Prompt, ...]:
+def _prompts(path: Path, job: schema.JobIn, problems: Problems) -> tuple[Prompt, ...]:
     items: list[tuple[str, schema.PromptIn]] = []
     for i, item in enumerate(job.prompts):
         where = f"prompts[{i}]"
@@ -320,23 +332,41 @@ def _prompts(path: Path, job: schema.JobIn) -> tuple[Prompt, ...]:
             item = schema.PromptIn(text=item)
         if item.file is not None:
             file_path = (path.parent / item.file).resolve()
-            for row_no, row in enumerate(read_prompt_file(file_path, f"{where}.file"), 1):
-                items.append((f"{file_path.name}: row {row_no}", row))
+            with problems.gather():
+                for row_no, row in enumerate(read_prompt_file(file_path, f"{where}.file"), 1):
+                    items.append((f"{file_path.name}: row {row_no}", row))
         else:
             items.append((where, item))
     prompts: list[Prompt] = []
     seen: dict[str, str] = {}
+    load = _Load()
     for where, item in items:
-        prompt = _prompt(path, where, item, job)
-        if prompt.id in seen:
-            raise JobFileError(path, f"{where}.id", f"duplicate prompt id {prompt.id!r} "
-                               f"(also at {seen[prompt.id]}); ids must be unique")
-        seen[prompt.id] = where
-        prompts.append(prompt)
+        with problems.gather():
+            prompt = _prompt(path, where, item, job, load)
+            if prompt.id in seen:
+                raise JobFileError(path, f"{where}.id", f"duplicate prompt id {prompt.id!r} "
+                                   f"(also at {seen[prompt.id]}); ids must be unique")
+            seen[prompt.id] = where
+            prompts.append(prompt)
     return tuple(prompts)
 
 
-def _prompt(path: Path, where: str, item: schema.PromptIn, job: schema.JobIn) -> Prompt:
+RENDER_CHECK_LIMIT = 10_000   # var combinations of one Jinja prompt all rendered at load...
+LOAD_RENDER_BUDGET = 200_000  # ...while the whole load stays under this many renders
+
+
+class _Load:
+    """Work shared by the prompts of one load: templates by source, renders left."""
+
+    __slots__ = ("templates", "renders_left")
+
+    def __init__(self) -> None:
+        self.templates: dict[str, Template] = {}
+        self.renders_left = LOAD_RENDER_BUDGET
+
+
+def _prompt(path: Path, where: str, item: schema.PromptIn, job: schema.JobIn,
+            load: _Load) -> Prompt:
     sourced: list[tuple[Message, str]] = []   # each message with the field it came from
     if item.messages is not None:
         sourced += [(Message(m.role, m.content), f"{where}.messages[{n}].content")
@@ -350,40 +380,67 @@ def _prompt(path: Path, where: str, item: schema.PromptIn, job: schema.JobIn) ->
     messages = [message for message, _ in sourced]
     available = {**job.vars, **item.vars}
     used: dict[str, tuple[Any, ...]] = {}
+    templates = []
     for message, field_name in sourced:
-        for var in check_template(path, field_name, message.content, available):
-            value = available[var]
-            values = used[var] = tuple(value) if isinstance(value, list) else (value,)
-            var_field = f"{where}.vars.{var}" if var in item.vars else f"vars.{var}"
-            if not values:
-                raise JobFileError(path, var_field, "empty list: give at least one value")
-            # a repeated value would plan the same request twice under one request_id
-            if len({(type(v), v) for v in values}) < len(values):
-                raise JobFileError(path, var_field, "duplicate value in the list (use repeats: "
-                                   "to send a request more than once)")
-    _render_all(path, sourced, used)
+        template = check_template(path, field_name, message.content, available, load.templates)
+        templates.append(template)
+        for var in template.names:
+            if var not in used:
+                used[var] = _values(path, f"{where}.vars.{var}" if var in item.vars
+                                    else f"vars.{var}", available[var])
+    _try_renders(path, [(t, f) for t, (_, f) in zip(templates, sourced, strict=True)
+                        if t.parts is None], used, load)
     prompt_id = item.id or "p-" + hashlib.sha256(
         "\x1f".join(m.content for m in messages).encode()).hexdigest()[:10]
     return Prompt(id=prompt_id, messages=tuple(messages), vars=dict(sorted(used.items())),
                   expected=item.expected, metadata=dict(item.metadata),
-                  checks=compile_expected(item.expected, path=path, field_name=f"{where}.expected"))
+                  checks=compile_expected(item.expected, path=path, field_name=f"{where}.expected"),
+                  templates=tuple(templates))
 
 
-RENDER_CHECK_LIMIT = 10_000   # var combinations rendered at load; bigger matrices: at run time
+def _values(path: Path, var_field: str, value: Any) -> tuple[Any, ...]:
+    """A var's value list, checked: not empty, no value twice, each one writable as text."""
+    values = tuple(value) if isinstance(value, list) else (value,)
+    if not values:
+        raise JobFileError(path, var_field, "empty list: give at least one value")
+    # a repeated value would plan the same request twice under one request_id
+    if len({(type(v), v) for v in values}) < len(values):
+        raise JobFileError(path, var_field, "duplicate value in the list (use repeats: "
+                           "to send a request more than once)")
+    for v in values:
+        try:
+            str(v)
+        except ValueError as exc:  # an integer of more than 4300 digits
+            raise JobFileError(path, var_field, f"a value cannot be written as text: "
+                               f"{exc}") from None
+    return values
 
 
-def _render_all(path: Path, sourced: list[tuple[Message, str]],
-                used: Mapping[str, tuple[Any, ...]]) -> None:
-    """Render every var combination once, so a value that trips a template (a filter, the
-    sandbox) is a load-time error rather than a run that stops half way."""
-    names = list(used)
-    for n, values in enumerate(itertools.product(*(used[name] for name in names))):
-        if n >= RENDER_CHECK_LIMIT:
-            return
+def _try_renders(path: Path, jinja: list[tuple[Template, str]],
+                 used: Mapping[str, tuple[Any, ...]], load: _Load) -> None:
+    """Render the Jinja templates of a prompt with every var combination (or, past the limits,
+    with every value of every var at least once), so that a value that trips a template (a
+    filter, the sandbox) is a load-time error rather than a run that stops half way. Plain
+    templates cannot fail and are not rendered."""
+    if not jinja:
+        return
+    names = [name for name in used if any(name in t.names for t, _ in jinja)]
+    lists = [used[name] for name in names]
+    count = 1
+    for values in lists:
+        count *= len(values)
+    combos: Any
+    if count <= min(RENDER_CHECK_LIMIT, load.renders_left):
+        load.renders_left -= count
+        combos = itertools.product(*lists)
+    else:  # combination k takes value k of every var (cycling): each value is tried once
+        widest = max((len(values) for values in lists), default=1)
+        combos = (tuple(values[k % len(values)] for values in lists) for k in range(widest))
+    for values in combos:
         variables = dict(zip(names, values, strict=True))
-        for message, field_name in sourced:
+        for template, field_name in jinja:
             try:
-                render(message.content, variables)
+                template.render(variables)
             except TemplateError as exc:
                 raise JobFileError(path, field_name, f"template cannot be rendered with "
                                    f"{variables}: {exc}") from None

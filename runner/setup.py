@@ -7,7 +7,6 @@ cannot be enforced because a model has no price.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -18,10 +17,9 @@ import anyio
 
 from .catalogue import load_catalogue
 from .client import Endpoint
-from .config import SIMULATED, Job, api_key
+from .config import SIMULATED, Job, api_key, simulated_models
 from .errors import JobFileError, ProviderError
 from .pricing import Price
-from .schema import SimulatorIn
 
 
 @dataclass(slots=True)
@@ -31,36 +29,6 @@ class Providers:
     catalogues: dict[str, set[str]] = field(default_factory=dict)
     simulator_url: str | None = None
     errors: dict[str, ProviderError] = field(default_factory=dict)   # unreadable catalogues
-
-
-def simulated_models(settings: SimulatorIn, path: object = "<job>") -> tuple[object, ...]:
-    """The built-in simulated models with the job's overrides and additions applied."""
-    from .simulator import DEFAULT_MODELS, Faults, SimModel
-
-    models = {m.id: m for m in DEFAULT_MODELS}
-    for i, spec in enumerate(settings.models):
-        base = models.get(spec.id) or SimModel(
-            id=spec.id, name=spec.id, prompt_usd_per_token=1e-6, completion_usd_per_token=2e-6)
-        changes: dict[str, object] = {}
-        if spec.usd_per_mtok_prompt is not None:
-            changes["prompt_usd_per_token"] = spec.usd_per_mtok_prompt / 1e6
-        if spec.usd_per_mtok_completion is not None:
-            changes["completion_usd_per_token"] = spec.usd_per_mtok_completion / 1e6
-        if spec.usd_per_request is not None:
-            changes["request_usd"] = spec.usd_per_request
-        for name in ("ttft_s", "tokens_per_s", "jitter_s", "max_completion_tokens",
-                     "reasoning"):
-            if getattr(spec, name) is not None:
-                changes[name] = getattr(spec, name)
-        try:
-            if spec.faults is not None:
-                faults = spec.faults.model_dump()
-                faults["error_statuses"] = tuple(faults["error_statuses"])
-                changes["faults"] = Faults(**faults)
-            models[spec.id] = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
-        except ValueError as exc:
-            raise JobFileError(path, f"simulator.models[{i}]", str(exc)) from None
-    return tuple(models.values())
 
 
 async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,

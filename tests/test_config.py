@@ -98,7 +98,7 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
     ("prompt-file-not-a-list", HEAD + "prompts: [{file: rows.yaml}]\n",
      {"rows.yaml": "text: x\n"}, "rows.yaml", "must be a YAML list"),
     ("prompt-file-suffix", HEAD + "prompts: [{file: rows.txt}]\n", {"rows.txt": "x\n"},
-     "rows.txt", "must end in .jsonl, .csv or .yaml"),
+     "rows.txt", "must end in .jsonl, .json, .csv or .yaml"),
     ("prompt-file-undefined-var", HEAD + f"prompts: [{{file: {ROWS}}}]\n",
      {ROWS: '{"text": "ok"}\n{"text": "{{ nope }}"}\n'}, "job.yaml",
      "rows.jsonl: row 2.text: undefined variable 'nope'"),
