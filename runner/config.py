@@ -154,13 +154,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any]) -> Job:
     problems = Problems()
     providers = resolve_providers(path, job, problems)
+    known = providers
     if job.provider not in providers:
         problems.add(_unknown_provider(path, "provider", job.provider, providers))
+        # reported once: the models that use it by default are not reported again
+        known = {**providers, job.provider: Provider(job.provider, None, None, {}, False, True)}
     models: list[ModelSpec] = []
     labels: set[str] = set()
     for i, item in enumerate(job.models):
         with problems.gather():
-            models.append(_model(path, i, item, job, providers, labels))
+            models.append(_model(path, i, item, job, known, labels))
     with problems.gather():
         _check_simulator(path, job.simulator)
     prompts = _prompts(path, job, problems)
@@ -168,7 +171,7 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any]) -> Job:
     judges: dict[tuple[str, str | None], ModelSpec] = {}
     with problems.gather():
         checks = build_check_set(job.checks, {p.id: p.checks for p in prompts}, path=path)
-        judges = _judges(path, checks, job.provider, providers)
+        judges = _judges(path, checks, job.provider, known)
     problems.raise_any()
     return Job(
         name=job.name, description=job.description, path=path.resolve(),
@@ -214,7 +217,7 @@ def _model(path: Path, i: int, item: str | schema.ModelIn, job: schema.JobIn,
                      extra_body=extra, limits=_limits(model.limits))
 
 
-def simulated_models(settings: schema.SimulatorIn, path: object = "<job>") -> tuple[Any, ...]:
+def simulated_models(settings: schema.SimulatorIn, path: object = "<job>") -> tuple[object, ...]:
     """The built-in simulated models with the job's overrides and additions applied (the
     simulator's own checks, such as fault rates summing to at most 1, as JobFileErrors)."""
     from .simulator import DEFAULT_MODELS, Faults, SimModel

@@ -17,7 +17,8 @@ import anyio
 
 from .catalogue import load_catalogue
 from .client import Endpoint
-from .config import SIMULATED, Job, api_key, simulated_models
+from .config import SIMULATED, Job, api_key
+from .config import simulated_models as simulated_models  # moved to config (load time)
 from .errors import JobFileError, ProviderError
 from .pricing import Price
 
