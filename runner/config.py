@@ -336,7 +336,7 @@ def _prompts(path: Path, job: schema.JobIn, problems: Problems) -> tuple[Prompt,
         if item.file is not None:
             file_path = (path.parent / item.file).resolve()
             with problems.gather():
-                for row_no, row in enumerate(read_prompt_file(file_path, f"{where}.file"), 1):
+                for row_no, row in read_prompt_file(file_path, f"{where}.file", problems):
                     items.append((f"{file_path.name}: row {row_no}", row))
         else:
             items.append((where, item))
@@ -345,13 +345,20 @@ def _prompts(path: Path, job: schema.JobIn, problems: Problems) -> tuple[Prompt,
     load = _Load()
     for where, item in items:
         with problems.gather():
+            if item.id is not None:  # checked first: a prompt with other problems still has it
+                _unique(path, where, item.id, seen)
             prompt = _prompt(path, where, item, job, load)
-            if prompt.id in seen:
-                raise JobFileError(path, f"{where}.id", f"duplicate prompt id {prompt.id!r} "
-                                   f"(also at {seen[prompt.id]}); ids must be unique")
-            seen[prompt.id] = where
+            if item.id is None:
+                _unique(path, where, prompt.id, seen)
             prompts.append(prompt)
     return tuple(prompts)
+
+
+def _unique(path: Path, where: str, prompt_id: str, seen: dict[str, str]) -> None:
+    if prompt_id in seen:
+        raise JobFileError(path, f"{where}.id", f"duplicate prompt id {prompt_id!r} "
+                           f"(also at {seen[prompt_id]}); ids must be unique")
+    seen[prompt_id] = where
 
 
 RENDER_CHECK_LIMIT = 10_000   # var combinations of one Jinja prompt all rendered at load...

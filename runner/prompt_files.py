@@ -23,8 +23,10 @@ _FIELDS = {"id", "text", "messages", "system", "expected", "metadata"}
 SUFFIXES = (".jsonl", ".json", ".csv", ".yaml", ".yml")
 
 
-def read_prompt_file(path: Path, field: str) -> list[PromptIn]:
-    """All prompts of one file; errors name the file, the row and the column."""
+def read_prompt_file(path: Path, field: str,
+                     problems: Problems | None = None) -> list[tuple[int, PromptIn]]:
+    """All prompts of one file with their row numbers (from 1); errors name the file, the row
+    and the column. With `problems`, bad rows are added there and the good ones returned."""
     if not path.is_file():
         raise JobFileError(path, "", f"no such prompt file (named in {field}; paths are "
                            "relative to the job file)")
@@ -47,12 +49,13 @@ def read_prompt_file(path: Path, field: str) -> list[PromptIn]:
     if not isinstance(rows, list):
         raise JobFileError(path, "", f"must be a {'JSON' if suffix == '.json' else 'YAML'} "
                            "list of prompts")
-    problems = Problems()
+    gathered = problems if problems is not None else Problems()
     out = []
     for n, row in enumerate(rows, 1):
-        with problems.gather():
-            out.append(_row(path, n, row))
-    problems.raise_any()
+        with gathered.gather():
+            out.append((n, _row(path, n, row)))
+    if problems is None:
+        gathered.raise_any()
     return out
 
 
