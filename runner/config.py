@@ -6,6 +6,7 @@ models that check the YAML on the way in.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import itertools
@@ -23,7 +24,7 @@ from .checks import Check, CheckSet, build_check_set, compile_expected
 from .errors import ConfigError, JobFileError
 from .pricing import Price
 from .prompt_files import read_prompt_file
-from .sources import Problems, invalid, load_yaml
+from .sources import Problems, invalid, load_yaml, locations
 from .templates import Template, check_template
 
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
@@ -136,10 +137,63 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     try:
         job_in = schema.JobIn.model_validate(raw)
     except ValidationError as exc:
-        raise invalid(path, exc, names=schema.field_names()) from None
+        error = invalid(path, exc, names=schema.field_names())
+        problems = Problems()
+        problems.add(error)
+        # the rest of the job is still checked, so that one `validate` shows everything
+        _check_the_rest(path, raw, exc, problems)
+        problems.raise_any()
+        raise error from None
     except RecursionError:
         raise JobFileError(path, "", "nested too deeply") from None
     return _resolve(path, job_in, raw)
+
+
+_ITEMS = ("models", "prompts", "checks")   # lists whose bad items are skipped, not the list
+
+
+def _check_the_rest(path: Path, raw: dict[str, Any], exc: ValidationError,
+                    problems: Problems) -> None:
+    """Resolve the job without the parts that failed validation: a bad item of models/prompts/
+    checks is skipped (its place kept, so later items keep their index), a bad key of any other
+    mapping is dropped (a bad var or provider is replaced by a harmless stand-in, so that what
+    uses it is not reported too). If that does not validate either, the first errors stand."""
+    pruned: dict[str, Any] = copy.deepcopy(raw)
+    skip: dict[str, set[int]] = {key: set() for key in _ITEMS}
+    try:
+        for loc in locations(exc):
+            _prune(pruned, loc, skip)
+        job_in = schema.JobIn.model_validate(pruned)
+    except (ValidationError, LookupError, TypeError, ValueError):
+        return
+    with problems.gather():
+        _resolve(path, job_in, raw, skip)
+
+
+def _prune(pruned: dict[str, Any], loc: tuple[int | str, ...], skip: dict[str, set[int]]) -> None:
+    """Take the part at `loc` out of a job file's data (see `_check_the_rest`)."""
+    key = loc[0] if loc else None
+    if not isinstance(key, str):
+        raise ValueError("the whole file is wrong")
+    tail = loc[1] if len(loc) > 1 else None
+    if key in _ITEMS and isinstance(tail, int):
+        skip[key].add(tail)
+        pruned[key][tail] = {"json_valid": True} if key == "checks" else "-"
+    elif key == "vars" and tail is not None:
+        pruned["vars"][tail] = "-"
+    elif key == "providers" and tail is not None:
+        pruned["providers"][tail] = {} if tail in ("openrouter", SIMULATED) \
+            else {"base_url": "http://invalid"}
+    elif key == "name":
+        pruned["name"] = "job"
+    elif tail is None or key not in ("params", "limits", "pricing", "output", "simulator"):
+        pruned.pop(key, None)
+    else:
+        parent: Any = pruned
+        for part in loc[:-1]:
+            parent = parent[part]
+        if isinstance(parent, dict):
+            parent.pop(loc[-1], None)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -151,7 +205,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any]) -> Job:
+def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any],
+             skip: Mapping[str, set[int]] | None = None) -> Job:
+    """The Job of a validated job file; `skip`: items of models/prompts/checks already reported
+    (by index), whose checks against the rest are left out."""
+    skip = skip or {}
     problems = Problems()
     providers = resolve_providers(path, job, problems)
     known = providers
@@ -162,16 +220,18 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any]) -> Job:
     models: list[ModelSpec] = []
     labels: set[str] = set()
     for i, item in enumerate(job.models):
-        with problems.gather():
-            models.append(_model(path, i, item, job, known, labels))
+        if i not in skip.get("models", ()):
+            with problems.gather():
+                models.append(_model(path, i, item, job, known, labels))
     with problems.gather():
         _check_simulator(path, job.simulator)
-    prompts = _prompts(path, job, problems)
+    prompts = _prompts(path, job, problems, skip.get("prompts", set()))
     checks = CheckSet()
     judges: dict[tuple[str, str | None], ModelSpec] = {}
-    with problems.gather():
-        checks = build_check_set(job.checks, {p.id: p.checks for p in prompts}, path=path)
-        judges = _judges(path, checks, job.provider, known)
+    if not skip.get("checks"):  # their positions name them: checked once all are valid
+        with problems.gather():
+            checks = build_check_set(job.checks, {p.id: p.checks for p in prompts}, path=path)
+            judges = _judges(path, checks, job.provider, known)
     problems.raise_any()
     return Job(
         name=job.name, description=job.description, path=path.resolve(),
@@ -327,9 +387,12 @@ def resolve_providers(path: Path, job: schema.JobIn,
     return out
 
 
-def _prompts(path: Path, job: schema.JobIn, problems: Problems) -> tuple[Prompt, ...]:
+def _prompts(path: Path, job: schema.JobIn, problems: Problems,
+             skip: set[int]) -> tuple[Prompt, ...]:
     items: list[tuple[str, schema.PromptIn]] = []
     for i, item in enumerate(job.prompts):
+        if i in skip:
+            continue
         where = f"prompts[{i}]"
         if isinstance(item, str):
             item = schema.PromptIn(text=item)

@@ -122,12 +122,9 @@ def field_path(parts: tuple[int | str, ...], prefix: str = "") -> str:
     return out
 
 
-def translate(path: Path, exc: ValidationError, *, prefix: str = "",
-              names: Collection[str] = (), unknown_hint: str = "remove it or check the README",
-              ) -> list[JobFileError]:
-    """Every error of a failed validation as a JobFileError; `names` are the keys the
-    "did you mean" hint may suggest. An error inside a mapping given for `str | Model` wins
-    over "not a string" for the same place."""
+def _kept(exc: ValidationError) -> Iterator[tuple[Any, tuple[int | str, ...]]]:
+    """The errors worth showing, each with its location without union tags: an error inside a
+    mapping given for `str | Model` wins over "not a string" for the same place."""
     from .schema import model_names
 
     models = model_names()
@@ -138,17 +135,30 @@ def translate(path: Path, exc: ValidationError, *, prefix: str = "",
         if err["type"] != "model_type" and any(_model_tag(p, models) for p in loc):
             first = next(k for k, p in enumerate(loc) if _model_tag(p, models))
             inside.add(loc[:first])
-    out: dict[str, JobFileError] = {}
     for err in errors:
         loc = tuple(err["loc"])
         tags = [k for k, p in enumerate(loc) if _union_tag(p, models)]
         if tags and loc[:tags[0]] in inside and not (
                 err["type"] != "model_type" and _model_tag(loc[tags[0]], models)):
             continue   # the scalar branch of a union whose mapping branch says more
-        clean = tuple(p for p in loc if not _union_tag(p, models))
-        where = field_path(clean, prefix)
+        yield err, tuple(p for p in loc if not _union_tag(p, models))
+
+
+def locations(exc: ValidationError) -> list[tuple[int | str, ...]]:
+    """Where the errors `translate` reports are, as key/index paths into the input."""
+    return [loc for _, loc in _kept(exc)]
+
+
+def translate(path: Path, exc: ValidationError, *, prefix: str = "",
+              names: Collection[str] = (), unknown_hint: str = "remove it or check the README",
+              ) -> list[JobFileError]:
+    """Every error of a failed validation as a JobFileError (one per field); `names` are the
+    keys the "did you mean" hint may suggest."""
+    out: dict[str, JobFileError] = {}
+    for err, loc in _kept(exc):
+        where = field_path(loc, prefix)
         if where not in out:
-            out[where] = JobFileError(path, where, _problem(err, clean, names, unknown_hint))
+            out[where] = JobFileError(path, where, _problem(err, loc, names, unknown_hint))
     return list(out.values())
 
 

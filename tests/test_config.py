@@ -498,15 +498,20 @@ def error_lines(capsys: pytest.CaptureFixture[str], argv: list[str]) -> list[str
     return err.splitlines()
 
 
-def test_validate_lists_every_schema_error(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_case(tmp_path, "name: t\nmodels: [m/a, {id: m/b, parms: {}}]\n"
-                      "params: {temperature: hot}\nrepeats: 0\n"
-                      "prompts: [{messages: [{role: robot, content: x}]}]\n", {})
+def test_validate_lists_every_schema_error_and_what_the_rest_shows(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Schema errors first, then what resolving the rest of the job finds; the parts already
+    reported (a bad var, a bad model) raise nothing more."""
+    path = write_case(tmp_path, "name: t\nmodels: [m/a, {id: m/b, parms: {}}, "
+                      "{id: m/c, provider: gone}]\nparams: {temperature: hot}\nrepeats: 0\n"
+                      "vars: {v: {nested: 1}}\nprompts: [{messages: [{role: robot, content: x}]},"
+                      " '{{ undefined_one }}', '{{ v }}']\n", {})
     lines = error_lines(capsys, ["validate", str(path)])
     assert [line.split(": ")[3] for line in lines] == [
-        "models[1].parms", "prompts[0].messages[0].role", "params.temperature", "repeats"]
+        "models[1].parms", "prompts[0].messages[0].role", "vars.v", "params.temperature",
+        "repeats", "models[2].provider", "prompts[1].text"], lines
     assert all(line.startswith(f"runner: error: {path}: ") for line in lines)
+    assert "unknown provider 'gone'" in lines[5] and "'undefined_one'" in lines[6]
 
 
 def test_validate_lists_every_problem_of_the_resolved_job(
