@@ -22,6 +22,7 @@ from .errors import JobFileError, JobFileErrors
 # aliases may add this many YAML nodes beyond those written out: a few anchors for shared
 # params are fine; `&a [*b, *b, ...]` nested a few times (a "billion laughs") is not
 MAX_ALIAS_NODES = 100_000
+ALIAS_GROWTH = 10   # ...or this many times the nodes written, for big files
 
 
 def read_text(path: Path) -> str:
@@ -70,7 +71,7 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 def _check_expansion(root: yaml.Node) -> None:
     """Count the nodes of the document as if every alias were written out (iteratively: a
     deep document must not exhaust the stack)."""
-    cap = 10 * MAX_ALIAS_NODES + 1
+    cap = 1 << 62   # counts saturate here instead of growing without bound
     size: dict[int, int] = {}
     open_nodes: set[int] = set()   # on the path from the root: an alias to one is a cycle
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
@@ -92,9 +93,11 @@ def _check_expansion(root: yaml.Node) -> None:
                     child.start_mark)
             if id(child) not in size:
                 stack.append((child, False))
-    if size[id(root)] - len(size) > MAX_ALIAS_NODES:
+    # a big file may reuse big anchors; a small one may not grow a hundredfold
+    limit = max(MAX_ALIAS_NODES, ALIAS_GROWTH * len(size))
+    if size[id(root)] - len(size) > limit:
         raise yaml.constructor.ConstructorError(
-            None, None, f"aliases expand to more than {MAX_ALIAS_NODES:,} extra nodes (an alias "
+            None, None, f"aliases expand to more than {limit:,} extra nodes (an alias "
             "bomb?): write the values out or use fewer aliases", root.start_mark)
 
 
