@@ -1,4 +1,5 @@
-"""The job files shipped in jobs/ load, plan and (offline ones) run."""
+"""The job files shipped in jobs/ load, plan and (offline ones) run; `validate` and `run` agree
+on every job file of the tests."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 import pytest
 
 import runner
+from runner.cli import main
 from runner.plan import Plan
+from tests.test_config import BAD, write_case
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 
@@ -40,9 +43,6 @@ def test_quickstart_runs_offline(tmp_path: Path) -> None:
 
 
 # validate = run ------------------------------------------------------------------------------
-
-from runner.cli import main  # noqa: E402
-from tests.test_config import BAD, write_case  # noqa: E402
 
 # refused by `run` (at start) but said ok by `validate` before: each was found by trying
 LATE = [
