@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from .client import CATALOGUE_TIMEOUT_S, Endpoint
-from .rundir import write_atomic
 from .pricing import Price, catalogue_prices
+from .rundir import write_atomic
 
 CACHE_TTL_S = 24 * 3600.0
 MAX_ID_CHARS = 300
-PRICE_KEYS = ("prompt", "completion", "request")   # what `pricing.price_from_entry` reads
+# what `pricing.price_from_entry` reads
+PRICE_KEYS = ("prompt", "completion", "request", "web_search")
 
 
 def cache_dir() -> Path:
@@ -65,7 +66,8 @@ async def load_catalogue(endpoint: Endpoint, *, refresh: bool = False,
 def clean_entry(entry: Mapping[str, Any], redact: Callable[[str], str] = str,
                 ) -> dict[str, Any] | None:
     """The parts of a `/models` entry we use, with the types `pricing` expects; None when it has
-    no usable id. A price that is not a finite number drops the whole price (unknown, not 0)."""
+    no usable id. A price that is not a finite number >= 0 drops the whole price (unknown, not
+    0)."""
     model_id = entry.get("id")
     if type(model_id) is not str or not model_id or len(model_id) > MAX_ID_CHARS:
         return None
@@ -92,9 +94,10 @@ def _price_value(value: object) -> bool:
     if type(value) not in (str, int, float) or (type(value) is str and len(value) > 40):
         return False
     try:
-        return math.isfinite(float(value))  # type: ignore[arg-type]
+        number = float(value)  # type: ignore[arg-type]
     except ValueError:
         return False
+    return math.isfinite(number) and number >= 0  # a negative price would credit the budget
 
 
 def _positive_int(value: object) -> int | None:

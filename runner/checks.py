@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from .errors import JobFileError
 from .graders import GRADERS, Grade, Grader, PythonCheck, python, short, shown
 from .schema import CHECK_TYPES, CheckIn
+from .sources import invalid
 
 DEFAULT_MIN_SCORE = 0.5                   # python checks returning a score
 
@@ -158,7 +159,8 @@ def compile_expected(value: Any, *, path: Path, field_name: str) -> tuple[Check,
         try:
             check_in = item if isinstance(item, CheckIn) else CheckIn.model_validate(item)
         except ValidationError as exc:
-            raise _translate(path, where, exc) from None
+            raise invalid(path, exc, prefix=where, names=CheckIn.model_fields,
+                          unknown_hint=f"check types: {', '.join(CHECK_TYPES)}") from None
         if check_in.prompts is not None:
             raise JobFileError(path, f"{where}.prompts", "only job-level checks take prompts: "
                                "(a prompt's expected applies to that prompt)")
@@ -196,19 +198,6 @@ def build_check_set(checks: Sequence[CheckIn], expected: Mapping[str, tuple[Chec
         if applied:
             by_prompt[prompt_id] = tuple(applied)
     return CheckSet(by_prompt)
-
-
-def _translate(path: Path, where: str, exc: ValidationError) -> JobFileError:
-    import difflib
-
-    err = exc.errors()[0]
-    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
-    if err["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(str(err["loc"][-1]), CheckIn.model_fields, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"check types: {', '.join(CHECK_TYPES)}"
-        return JobFileError(path, where + loc, f"unknown key ({hint})")
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    return JobFileError(path, where + loc, msg[:1].lower() + msg[1:])
 
 
 def _import_target(target: str, *, path: Path, field_name: str) -> PythonCheck:

@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print a JSON object")
     plan.add_argument("--budget-usd", type=_positive_float, help="check against this budget")
     plan.add_argument("--refresh-prices", action="store_true", help="ignore the price cache")
+    plan.add_argument("--show", type=_count, default=0, metavar="N",
+                      help="also print the first N requests as they would be sent")
 
     sim = sub.add_parser("simulate", help="serve the OpenRouter-compatible simulator")
     sim.add_argument("--host", default="127.0.0.1")
@@ -205,11 +207,24 @@ def _first_runner_error(group: BaseExceptionGroup[BaseException]) -> RunnerError
     return None
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (got {value})")
+    return value
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .config import load_job
+    from .errors import JobFileErrors
     from .plan import Plan
 
-    job = load_job(args.job)
+    try:
+        job = load_job(args.job)
+    except JobFileErrors as exc:  # every problem, one line each
+        for error in exc.errors:
+            print(f"runner: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     plan = Plan(job)
     print(f"{args.job}: ok — {len(job.models)} models x {len(job.prompts)} prompts "
           f"-> {len(plan)} requests")
@@ -223,24 +238,35 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     from .config import load_job
     from .estimate import estimate
+    from .plan import Plan
 
     job = load_job(args.job)
     result = anyio.run(lambda: estimate(job, budget_usd=args.budget_usd,
                                         refresh_prices=args.refresh_prices))
     total_requests = sum(m.requests for m in result.models)
+    shown = Plan(job)[:args.show]
     if args.json:
         print(json.dumps({
             "job": job.name, "requests": total_requests, "repeats": job.repeats,
             "per_model": {m.label: m.requests for m in result.models},
             "worst_case_usd": {m.label: m.worst_case_usd for m in result.models},
             "worst_case_total_usd": result.total_usd, "budget_usd": result.budget_usd,
-            "budget_covers": result.budget_covers,
-        }))
+            "budget_covers": result.budget_covers, "notes": list(result.notes),
+            "first_requests": [_request_json(r) for r in shown],
+        }, default=str))
         return EXIT_OK
     from .console import print_plan
 
-    print_plan(job.name, result)
+    print_plan(job.name, result, shown)
     return EXIT_OK
+
+
+def _request_json(request: Any) -> dict[str, Any]:
+    return {"index": request.index, "request_id": request.request_id,
+            "model": request.model.label, "provider": request.model.provider,
+            "prompt_id": request.prompt_id, "repeat": request.repeat,
+            "vars": dict(request.vars), "params": dict(request.params),
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages]}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

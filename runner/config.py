@@ -1,30 +1,30 @@
-"""Job files: a YAML path in, a validated, frozen `Job` out (or one `JobFileError` line).
+"""Job files: a YAML path in, a validated, frozen `Job` out (or a `JobFileError` per problem).
 
 The dataclasses here are what flows through the rest of the runner; `schema.py` holds the pydantic
-models that check the YAML on the way in.
+models that check the YAML on the way in, `sources.py` reads the files and translates library
+errors, `prompts.py` resolves the prompts.
 """
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import itertools
+import copy
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from jinja2 import TemplateError
 from pydantic import ValidationError
 
 from . import schema
-from .checks import Check, CheckSet, build_check_set, compile_expected
+from .checks import CheckSet, build_check_set
 from .errors import ConfigError, JobFileError
 from .pricing import Price
-from .prompt_files import read_prompt_file
-from .templates import check_template, render
+from .prompts import Message as Message
+from .prompts import Prompt as Prompt
+from .prompts import resolve_prompts
+from .sources import Problems, invalid, load_yaml, locations
 
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
 SIMULATED = "simulated"
@@ -92,22 +92,6 @@ class ModelSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
-    role: str
-    content: str                  # a Jinja2 template until the plan renders it
-
-
-@dataclass(frozen=True, slots=True)
-class Prompt:
-    id: str
-    messages: tuple[Message, ...]
-    vars: Mapping[str, tuple[Any, ...]]   # only the vars the templates use, each a value list
-    expected: Any = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    checks: tuple[Check, ...] = ()        # from `expected`, compiled
-
-
-@dataclass(frozen=True, slots=True)
 class Job:
     name: str
     description: str
@@ -129,113 +113,109 @@ class Job:
 
 
 def load_job(path: str | os.PathLike[str]) -> Job:
-    """Read, validate and resolve a job file; raise `JobFileError` naming file and field."""
+    """Read, validate and resolve a job file; raise `JobFileError` naming file and field (or
+    `JobFileErrors` holding every problem found)."""
     path = Path(path)
     raw = _read_yaml(path)
     try:
         job_in = schema.JobIn.model_validate(raw)
     except ValidationError as exc:
-        raise _translate(path, exc) from None
+        error = invalid(path, exc, names=schema.field_names())
+        problems = Problems()
+        problems.add(error)
+        # the rest of the job is still checked, so that one `validate` shows everything
+        _check_the_rest(path, raw, exc, problems)
+        problems.raise_any()
+        raise error from None
+    except RecursionError:
+        raise JobFileError(path, "", "nested too deeply") from None
     return _resolve(path, job_in, raw)
+
+
+_ITEMS = ("models", "prompts", "checks")   # lists whose bad items are skipped, not the list
+
+
+def _check_the_rest(path: Path, raw: dict[str, Any], exc: ValidationError,
+                    problems: Problems) -> None:
+    """Resolve the job without the parts that failed validation: a bad item of models/prompts/
+    checks is skipped (its place kept, so later items keep their index), a bad key of any other
+    mapping is dropped (a bad var or provider is replaced by a harmless stand-in, so that what
+    uses it is not reported too). If that does not validate either, the first errors stand."""
+    pruned: dict[str, Any] = copy.deepcopy(raw)
+    skip: dict[str, set[int]] = {key: set() for key in _ITEMS}
+    try:
+        for loc in locations(exc):
+            _prune(pruned, loc, skip)
+        job_in = schema.JobIn.model_validate(pruned)
+    except (ValidationError, LookupError, TypeError, ValueError):
+        return
+    with problems.gather():
+        _resolve(path, job_in, raw, skip)
+
+
+def _prune(pruned: dict[str, Any], loc: tuple[int | str, ...], skip: dict[str, set[int]]) -> None:
+    """Take the part at `loc` out of a job file's data (see `_check_the_rest`)."""
+    key = loc[0] if loc else None
+    if not isinstance(key, str):
+        raise ValueError("the whole file is wrong")
+    tail = loc[1] if len(loc) > 1 else None
+    if key in _ITEMS and isinstance(tail, int):
+        skip[key].add(tail)
+        pruned[key][tail] = {"json_valid": True} if key == "checks" else "-"
+    elif key == "vars" and tail is not None:
+        pruned["vars"][tail] = "-"
+    elif key == "providers" and tail is not None:
+        pruned["providers"][tail] = {} if tail in ("openrouter", SIMULATED) \
+            else {"base_url": "http://invalid"}
+    elif key == "name":
+        pruned["name"] = "job"
+    elif tail is None or key not in ("params", "limits", "pricing", "output", "simulator"):
+        pruned.pop(key, None)
+    else:
+        parent: Any = pruned
+        for part in loc[:-1]:
+            parent = parent[part]
+        if isinstance(parent, dict):
+            parent.pop(loc[-1], None)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise JobFileError(path, "", "no such job file (check the path)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise JobFileError(path, "", f"{line}invalid YAML: {problem}") from None
-    except UnicodeDecodeError:
-        raise JobFileError(path, "", "not UTF-8 text") from None
+    raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise JobFileError(path, "", "must be a YAML mapping with name:, models: and prompts:")
     return raw
 
 
-def _loc(parts: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + part
-    return out
-
-
-# pydantic puts the union member it tried into the location: "str", "ModelIn",
-# "function-after[_one_source(), PromptIn]", "list[union[...]]"; user keys ("Local") stay
-_SCALAR_TAGS = {"str", "int", "float", "bool"}
-_MODEL_TAGS = {model.__name__ for model in schema.Strict.__subclasses__()}
-
-
-def _union_tag(part: int | str) -> bool:
-    return isinstance(part, str) and (part in _SCALAR_TAGS or part in _MODEL_TAGS
-                                      or part.startswith(("list[", "function-")))
-
-
-def _inside_mapping(err: Any) -> bool:
-    """An error inside a mapping given for `str | ModelIn` (it says more than "not a string")."""
-    return err["type"] != "model_type" and any(
-        isinstance(p, str) and (p in _MODEL_TAGS or p.startswith("function-")) for p in err["loc"])
-
-
-def _translate(path: Path, exc: ValidationError) -> JobFileError:
-    errors = exc.errors()
-    err = next((e for e in errors if _inside_mapping(e)), errors[0])
-    loc = tuple(p for p in err["loc"] if not _union_tag(p))
-    field_name = _loc(loc)
-    if err["type"] == "extra_forbidden":
-        key = str(loc[-1]) if loc else "?"
-        close = difflib.get_close_matches(key, schema.field_names(), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "remove it or check the README"
-        return JobFileError(path, field_name, f"unknown key ({hint})")
-    if err["type"] == "missing":
-        return JobFileError(path, field_name, "required field is missing")
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    value = err.get("input")
-    shown = f" (got {value!r})" if isinstance(value, str | int | float | bool) and \
-        "got" not in msg else ""
-    return JobFileError(path, field_name, f"{msg[:1].lower()}{msg[1:]}{shown}")
-
-
-def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any]) -> Job:
-    providers = resolve_providers(path, job)
+def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any],
+             skip: Mapping[str, set[int]] | None = None) -> Job:
+    """The Job of a validated job file; `skip`: items of models/prompts/checks already reported
+    (by index), whose checks against the rest are left out."""
+    skip = skip or {}
+    problems = Problems()
+    providers = resolve_providers(path, job, problems)
+    known = providers
     if job.provider not in providers:
-        raise _unknown_provider(path, "provider", job.provider, providers)
-    base_params = _params(job.params)
-    models = []
+        problems.add(_unknown_provider(path, "provider", job.provider, providers))
+        # reported once: the models that use it by default are not reported again
+        known = {**providers, job.provider: Provider(job.provider, None, None, {}, False, True)}
+    models: list[ModelSpec] = []
     labels: set[str] = set()
     for i, item in enumerate(job.models):
-        model = schema.ModelIn(id=item) if isinstance(item, str) else item
-        provider = model.provider or job.provider
-        if provider not in providers:
-            raise _unknown_provider(path, f"models[{i}].provider", provider, providers)
-        label = model.alias or model.id
-        if label in labels:
-            raise JobFileError(path, f"models[{i}]", f"duplicate model {label!r} "
-                               "(give one of them an alias:)")
-        labels.add(label)
-        extra = dict(model.extra_body)
-        if model.max_price_usd_per_mtok is not None:
-            # OpenRouter's max_price is per million tokens, like this field: no conversion
-            extra.setdefault("provider", {})["max_price"] = \
-                model.max_price_usd_per_mtok.model_dump(exclude_none=True)
-        if extra and not providers[provider].openrouter:
-            bad = sorted(set(extra) & {"provider", "models", "usage", "transforms", "route",
-                                       "reasoning", "plugins"})
-            if bad:
-                raise JobFileError(path, f"models[{i}].extra_body.{bad[0]}",
-                                   f"OpenRouter-only field, but provider {provider!r} does not "
-                                   "speak OpenRouter (set openrouter: true on it or remove it)")
-        params = {**base_params, **(_params(model.params) if model.params else {})}
-        models.append(ModelSpec(id=model.id, provider=provider, label=label, params=params,
-                                extra_body=extra, limits=_limits(model.limits)))
-    prompts = _prompts(path, job)
-    checks = build_check_set(job.checks, {p.id: p.checks for p in prompts}, path=path)
+        if i not in skip.get("models", ()):
+            with problems.gather():
+                models.append(_model(path, i, item, job, known, labels))
+    with problems.gather():
+        _check_simulator(path, job.simulator)
+    prompts = resolve_prompts(path, job, problems, skip.get("prompts", set()))
+    checks = CheckSet()
+    judges: dict[tuple[str, str | None], ModelSpec] = {}
+    if not skip.get("checks"):  # their positions name them: checked once all are valid
+        with problems.gather():
+            checks = build_check_set(job.checks, {p.id: p.checks for p in prompts}, path=path)
+            judges = _judges(path, checks, job.provider, known)
+    problems.raise_any()
     return Job(
         name=job.name, description=job.description, path=path.resolve(),
         providers=providers, models=tuple(models), prompts=prompts, repeats=job.repeats,
@@ -247,8 +227,80 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any]) -> Job:
         output_dir=Path(job.output.dir) if Path(job.output.dir).is_absolute()
         else Path.cwd() / job.output.dir,
         write_csv=job.output.csv, simulator=job.simulator, snapshot=raw,
-        checks=checks, judges=_judges(path, checks, job.provider, providers),
+        checks=checks, judges=judges,
     )
+
+
+def _model(path: Path, i: int, item: str | schema.ModelIn, job: schema.JobIn,
+           providers: Mapping[str, Provider], labels: set[str]) -> ModelSpec:
+    """One entry of `models:` resolved against the providers and the job's params."""
+    model = schema.ModelIn(id=item) if isinstance(item, str) else item
+    provider = model.provider or job.provider
+    if provider not in providers:
+        raise _unknown_provider(path, f"models[{i}].provider", provider, providers)
+    label = model.alias or model.id
+    if label in labels:
+        raise JobFileError(path, f"models[{i}]", f"duplicate model {label!r} "
+                           "(give one of them an alias:)")
+    labels.add(label)
+    extra = dict(model.extra_body)
+    if model.max_price_usd_per_mtok is not None:
+        # OpenRouter's max_price is per million tokens, like this field: no conversion
+        extra.setdefault("provider", {})["max_price"] = \
+            model.max_price_usd_per_mtok.model_dump(exclude_none=True)
+    if extra and not providers[provider].openrouter:
+        bad = sorted(set(extra) & {"provider", "models", "usage", "transforms", "route",
+                                   "reasoning", "plugins"})
+        if bad:
+            raise JobFileError(path, f"models[{i}].extra_body.{bad[0]}",
+                               f"OpenRouter-only field, but provider {provider!r} does not "
+                               "speak OpenRouter (set openrouter: true on it or remove it)")
+    params = {**_params(job.params), **(_params(model.params) if model.params else {})}
+    return ModelSpec(id=model.id, provider=provider, label=label, params=params,
+                     extra_body=extra, limits=_limits(model.limits))
+
+
+def simulated_models(settings: schema.SimulatorIn, path: object = "<job>") -> tuple[object, ...]:
+    """The built-in simulated models with the job's overrides and additions applied (the
+    simulator's own checks, such as fault rates summing to at most 1, as JobFileErrors)."""
+    from .simulator import DEFAULT_MODELS, Faults, SimModel
+
+    models = {m.id: m for m in DEFAULT_MODELS}
+    for i, spec in enumerate(settings.models):
+        base = models.get(spec.id) or SimModel(
+            id=spec.id, name=spec.id, prompt_usd_per_token=1e-6, completion_usd_per_token=2e-6)
+        changes: dict[str, object] = {}
+        if spec.usd_per_mtok_prompt is not None:
+            changes["prompt_usd_per_token"] = spec.usd_per_mtok_prompt / 1e6
+        if spec.usd_per_mtok_completion is not None:
+            changes["completion_usd_per_token"] = spec.usd_per_mtok_completion / 1e6
+        if spec.usd_per_request is not None:
+            changes["request_usd"] = spec.usd_per_request
+        for name in ("ttft_s", "tokens_per_s", "jitter_s", "max_completion_tokens",
+                     "reasoning"):
+            if getattr(spec, name) is not None:
+                changes[name] = getattr(spec, name)
+        where = f"simulator.models[{i}]"
+        if spec.faults is not None:
+            faults = spec.faults.model_dump()
+            faults["error_statuses"] = tuple(faults["error_statuses"])
+            try:
+                changes["faults"] = Faults(**faults)
+            except ValueError as exc:
+                raise JobFileError(path, f"{where}.faults",
+                                   str(exc).removeprefix("Faults: ")) from None
+        try:
+            models[spec.id] = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise JobFileError(path, where, str(exc)) from None
+    return tuple(models.values())
+
+
+def _check_simulator(path: Path, settings: schema.SimulatorIn) -> None:
+    """What the simulator would refuse at run time, refused at load (only when the job
+    changes its models: the simulator is imported only then)."""
+    if settings.models:
+        simulated_models(settings, path)
 
 
 def _judges(path: Path, checks: CheckSet, default_provider: str,
@@ -285,21 +337,24 @@ def _limits(limits: schema.LimitsIn | None) -> Limits:
     return Limits(**limits.model_dump()) if limits is not None else Limits()
 
 
-def resolve_providers(path: Path, job: schema.JobIn) -> dict[str, Provider]:
-    """The built-in providers with the job's `providers:` entries applied."""
+def resolve_providers(path: Path, job: schema.JobIn,
+                      problems: Problems | None = None) -> dict[str, Provider]:
+    """The built-in providers with the job's `providers:` entries applied (a bad entry is
+    still listed, so that models using it are not reported as well)."""
     builtin = {
         "openrouter": Provider("openrouter", OPENROUTER_URL, "OPENROUTER_API_KEY", {}, True, True),
         SIMULATED: Provider(SIMULATED, None, None, {}, True, True),
     }
+    gathered = problems if problems is not None else Problems()
     out = dict(builtin)
     for name, spec in job.providers.items():
         base = builtin.get(name)
         if base is None and spec.base_url is None:
-            raise JobFileError(path, f"providers.{name}.base_url",
-                               "required for a custom provider (e.g. http://localhost:8000/v1)")
+            gathered.add(JobFileError(path, f"providers.{name}.base_url", "required for a "
+                                      "custom provider (e.g. http://localhost:8000/v1)"))
         if name == SIMULATED and (spec.base_url or spec.api_key_env):
-            raise JobFileError(path, f"providers.{name}", "the simulated provider takes only "
-                               "headers/limits (its URL is chosen at run time)")
+            gathered.add(JobFileError(path, f"providers.{name}", "the simulated provider takes "
+                                      "only headers/limits (its URL is chosen at run time)"))
         out[name] = Provider(
             name=name,
             base_url=(spec.base_url or (base.base_url if base else None)),
@@ -311,84 +366,9 @@ def resolve_providers(path: Path, job: schema.JobIn) -> dict[str, Provider]:
             limits=_limits(spec.limits),
             check_models=spec.check_models,
         )
+    if problems is None:
+        gathered.raise_any()
     return out
-
-
-def _prompts(path: Path, job: schema.JobIn) -> tuple[Prompt, ...]:
-    items: list[tuple[str, schema.PromptIn]] = []
-    for i, item in enumerate(job.prompts):
-        where = f"prompts[{i}]"
-        if isinstance(item, str):
-            item = schema.PromptIn(text=item)
-        if item.file is not None:
-            file_path = (path.parent / item.file).resolve()
-            for row_no, row in enumerate(read_prompt_file(file_path, f"{where}.file"), 1):
-                items.append((f"{file_path.name}: row {row_no}", row))
-        else:
-            items.append((where, item))
-    prompts: list[Prompt] = []
-    seen: dict[str, str] = {}
-    for where, item in items:
-        prompt = _prompt(path, where, item, job)
-        if prompt.id in seen:
-            raise JobFileError(path, f"{where}.id", f"duplicate prompt id {prompt.id!r} "
-                               f"(also at {seen[prompt.id]}); ids must be unique")
-        seen[prompt.id] = where
-        prompts.append(prompt)
-    return tuple(prompts)
-
-
-def _prompt(path: Path, where: str, item: schema.PromptIn, job: schema.JobIn) -> Prompt:
-    sourced: list[tuple[Message, str]] = []   # each message with the field it came from
-    if item.messages is not None:
-        sourced += [(Message(m.role, m.content), f"{where}.messages[{n}].content")
-                    for n, m in enumerate(item.messages)]
-    else:
-        sourced.append((Message("user", item.text or ""), f"{where}.text"))
-    system = item.system if item.system is not None else job.system
-    if system is not None and not any(m.role == "system" for m, _ in sourced):
-        sourced.insert(0, (Message("system", system),
-                           f"{where}.system" if item.system is not None else "system"))
-    messages = [message for message, _ in sourced]
-    available = {**job.vars, **item.vars}
-    used: dict[str, tuple[Any, ...]] = {}
-    for message, field_name in sourced:
-        for var in check_template(path, field_name, message.content, available):
-            value = available[var]
-            values = used[var] = tuple(value) if isinstance(value, list) else (value,)
-            var_field = f"{where}.vars.{var}" if var in item.vars else f"vars.{var}"
-            if not values:
-                raise JobFileError(path, var_field, "empty list: give at least one value")
-            # a repeated value would plan the same request twice under one request_id
-            if len({(type(v), v) for v in values}) < len(values):
-                raise JobFileError(path, var_field, "duplicate value in the list (use repeats: "
-                                   "to send a request more than once)")
-    _render_all(path, sourced, used)
-    prompt_id = item.id or "p-" + hashlib.sha256(
-        "\x1f".join(m.content for m in messages).encode()).hexdigest()[:10]
-    return Prompt(id=prompt_id, messages=tuple(messages), vars=dict(sorted(used.items())),
-                  expected=item.expected, metadata=dict(item.metadata),
-                  checks=compile_expected(item.expected, path=path, field_name=f"{where}.expected"))
-
-
-RENDER_CHECK_LIMIT = 10_000   # var combinations rendered at load; bigger matrices: at run time
-
-
-def _render_all(path: Path, sourced: list[tuple[Message, str]],
-                used: Mapping[str, tuple[Any, ...]]) -> None:
-    """Render every var combination once, so a value that trips a template (a filter, the
-    sandbox) is a load-time error rather than a run that stops half way."""
-    names = list(used)
-    for n, values in enumerate(itertools.product(*(used[name] for name in names))):
-        if n >= RENDER_CHECK_LIMIT:
-            return
-        variables = dict(zip(names, values, strict=True))
-        for message, field_name in sourced:
-            try:
-                render(message.content, variables)
-            except TemplateError as exc:
-                raise JobFileError(path, field_name, f"template cannot be rendered with "
-                                   f"{variables}: {exc}") from None
 
 
 def api_key(provider: Provider) -> str:

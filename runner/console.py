@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .formatting import percent, seconds, usd, whole
@@ -142,8 +143,9 @@ def _price(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def print_plan(job_name: str, estimate: Any) -> None:
-    """Requests and worst-case cost per model, and whether the budget covers them."""
+def print_plan(job_name: str, estimate: Any, shown: Sequence[Any] = ()) -> None:
+    """Requests and worst-case cost per model, whether the budget covers them, and the
+    requests in `shown` as they would be sent."""
     from rich.table import Table
 
     total_requests = sum(m.requests for m in estimate.models)
@@ -167,6 +169,19 @@ def print_plan(job_name: str, estimate: Any) -> None:
     else:
         console.print(f"budget {usd(estimate.budget_usd)} does NOT cover the worst case "
                       f"({usd(estimate.total_usd)}): the run stops sending when it is used up")
+    for request in shown:
+        _print_request(console, request)
+
+
+def _print_request(console: Any, request: Any) -> None:
+    from rich.markup import escape
+
+    shown_vars = ", ".join(f"{k}={v!r}" for k, v in request.vars.items())
+    console.print(f"\n[bold]#{request.index}[/] {escape(request.model.label)}  prompt "
+                  f"{escape(request.prompt_id)}  repeat {request.repeat}"
+                  + (f"  vars: {escape(shown_vars)}" if shown_vars else ""), soft_wrap=True)
+    for message in request.messages:
+        console.print(f"  [dim]{message.role}:[/] {escape(message.content)}", soft_wrap=True)
 
 
 def _usd(value: float | None) -> str:

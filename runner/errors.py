@@ -3,6 +3,7 @@ what to fix.
 
     RunnerError
     ├── JobFileError        bad job file: names the file, the field and the fix (exit 2)
+    │   └── JobFileErrors   several of them at once (`runner validate` prints each)
     ├── ConfigError         bad command-line input or environment, e.g. a missing API key (exit 2)
     ├── ProviderError       an endpoint that cannot be used at all (unreachable, bad key) (exit 2)
     └── ResultsError        a results folder that cannot be read or written
@@ -12,6 +13,8 @@ A failed *request* is never an exception that escapes the engine: it becomes a r
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class RunnerError(Exception):
@@ -29,6 +32,18 @@ class JobFileError(RunnerError):
         self.problem = problem
         where = f"{self.path}: {field}: " if field else f"{self.path}: "
         super().__init__(where + problem)
+
+
+class JobFileErrors(JobFileError):
+    """Every problem one load found; reads as the first, `errors` holds them all."""
+
+    def __init__(self, errors: Sequence[JobFileError]) -> None:
+        first = errors[0]
+        super().__init__(first.path, first.field, first.problem)
+        self.errors = tuple(errors)
+        more = len(errors) - 1
+        self.args = (f"{first} (and {more} more problem{'s' if more > 1 else ''}: "
+                     "`runner validate` lists them all)",)
 
 
 class ConfigError(RunnerError):

@@ -1,8 +1,12 @@
 """Cost before a run: a `Job` in, the worst-case cost per model and in total out.
 
-The worst case of a request is its estimated prompt tokens (an upper bound: UTF-8 bytes) at the
-prompt price plus max output tokens at the completion price plus the per-request fee; see
-`pricing.worst_case_usd`. Each request is rendered once, so this walks the whole plan.
+The worst case of a request is its estimated prompt tokens (an upper bound: UTF-8 bytes plus a
+per-message overhead, see `pricing.estimate_prompt_tokens`) at the prompt price, plus max output
+tokens at the completion price, plus the per-request fee. Summed over a plan by arithmetic over
+prompts x var combinations x models x repeats, not request by request: the bytes of a plain
+template over all its combinations follow from the byte sizes of the var values, so a plan of 10M
+requests is priced in the time it takes to read it. Only templates with Jinja logic are rendered,
+every combination while `RENDER_LIMIT` lasts, then a sample (and the estimate says so).
 """
 
 from __future__ import annotations
@@ -10,10 +14,22 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from .config import Job
-from .plan import Plan
-from .pricing import worst_case_usd
+from .config import Job, Message
+from .plan import Plan, combination, combinations
+from .pricing import estimate_prompt_tokens, max_output_tokens
 from .setup import open_providers
+
+RENDER_LIMIT = 100_000     # renders of Jinja templates one estimate may spend
+SAMPLES_PER_PROMPT = 64    # past it: renders of one prompt whose largest stands for all
+
+
+@dataclass(frozen=True, slots=True)
+class PromptSize:
+    """The estimated prompt tokens of one prompt, summed over its var combinations."""
+
+    combinations: int
+    prompt_tokens: int
+    sampled: bool = False    # from the largest of some renderings, not from every one
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +60,37 @@ class Estimate:
         return total <= self.budget_usd
 
 
+def prompt_sizes(plan: Plan) -> list[PromptSize]:
+    """Per prompt of the plan: its combinations and their prompt tokens, one model, one repeat.
+
+    `estimate_prompt_tokens` is the sum of content bytes plus a fixed overhead per message and
+    per request, so the tokens of all combinations are their bytes plus that overhead times the
+    number of combinations.
+    """
+    renders_left = RENDER_LIMIT
+    sizes = []
+    for p, prompt in enumerate(plan.job.prompts):
+        count = combinations(prompt)
+        overhead = estimate_prompt_tokens([Message(m.role, "") for m in prompt.messages])
+        templates = plan.templates(p)
+        known = [t.bytes_total(prompt.vars, count) for t in templates]
+        total = sum(b for b in known if b is not None)
+        jinja = [t for t, b in zip(templates, known, strict=True) if b is None]
+        sampled = False
+        if jinja:
+            if count <= renders_left:
+                picks = range(count)
+                renders_left -= count
+            else:
+                picks = range(0, count, max(1, count // SAMPLES_PER_PROMPT))
+                sampled = len(picks) < count
+            rendered = [sum(len(t.render(combination(prompt, c)).encode()) for t in jinja)
+                        for c in picks]
+            total += sum(rendered) if not sampled else max(rendered) * count
+        sizes.append(PromptSize(count, total + overhead * count, sampled))
+    return sizes
+
+
 async def estimate(job: Job, *, budget_usd: float | None = None,
                    refresh_prices: bool = False) -> Estimate:
     """Worst-case cost per model, from the providers' catalogues and the job's pricing."""
@@ -51,18 +98,30 @@ async def estimate(job: Job, *, budget_usd: float | None = None,
     async with AsyncExitStack() as stack:
         providers = await open_providers(stack, job, connections=2, require_keys=False,
                                          refresh_prices=refresh_prices)
-    totals: dict[str, float | None] = {m.label: 0.0 for m in job.models}
-    counts: dict[str, int] = {m.label: 0 for m in job.models}
-    for request in plan:
-        label = request.model.label
-        counts[label] += 1
-        price = providers.prices.get((request.model.provider, request.model.id))
-        worst = worst_case_usd(request, price) if price is not None else None
-        running = totals[label]
-        totals[label] = None if worst is None or running is None else running + worst
-    return Estimate(
-        models=tuple(ModelEstimate(m.label, m.provider, counts[m.label], totals[m.label])
-                     for m in job.models),
-        budget_usd=budget_usd if budget_usd is not None else job.budget_usd,
-        notes=tuple(f"prices unknown: {exc}" for exc in providers.errors.values()),
-    )
+    sizes = prompt_sizes(plan)
+    per_repeat = sum(size.combinations for size in sizes)
+    models = []
+    for m, model in enumerate(job.models):
+        price = providers.prices.get((model.provider, model.id))
+        requests = per_repeat * job.repeats
+        worst: float | None = None
+        if price is not None:
+            outputs = [max_output_tokens(plan.params(m, p), price) for p in range(len(sizes))]
+            if all(out is not None for out in outputs):
+                prompt_tokens = job.repeats * sum(size.prompt_tokens for size in sizes)
+                completion_tokens = job.repeats * sum(
+                    size.combinations * (out or 0) for size, out in zip(sizes, outputs,
+                                                                         strict=True))
+                # Price.cost_usd of the sums: the fee once per request, not once
+                worst = (price.cost_usd(prompt_tokens, completion_tokens)
+                         + (requests - 1) * price.request_usd) if requests else 0.0
+        models.append(ModelEstimate(model.label, model.provider, requests, worst))
+    notes = [f"prices unknown: {exc}" for exc in providers.errors.values()]
+    sampled = [job.prompts[p].id for p, size in enumerate(sizes) if size.sampled]
+    if sampled:
+        notes.append(f"prompt sizes of {len(sampled)} prompt(s) with template logic and many "
+                     f"var combinations are estimated from their largest sampled rendering "
+                     f"({', '.join(sampled[:3])}{', ...' if len(sampled) > 3 else ''})")
+    return Estimate(models=tuple(models),
+                    budget_usd=budget_usd if budget_usd is not None else job.budget_usd,
+                    notes=tuple(notes))

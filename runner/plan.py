@@ -20,7 +20,7 @@ from jinja2 import TemplateError
 from .checks import response_format_for
 from .config import Job, Message, ModelSpec, Prompt
 from .errors import JobFileError
-from .templates import render
+from .templates import Template, parse
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,8 @@ class Request:
 class Plan(Sequence[Request]):
     """All requests of a job, computed on demand."""
 
-    __slots__ = ("job", "_prefix", "_units", "_models", "_repeats", "_param_cache")
+    __slots__ = ("job", "_prefix", "_units", "_models", "_repeats", "_param_cache",
+                 "_templates")
 
     def __init__(self, job: Job) -> None:
         self.job = job
@@ -47,8 +48,9 @@ class Plan(Sequence[Request]):
         self._param_cache: dict[tuple[int, int], Mapping[str, Any]] = {}
         self._prefix: list[int] = [0]
         for prompt in job.prompts:
-            self._prefix.append(self._prefix[-1] + _combinations(prompt))
+            self._prefix.append(self._prefix[-1] + combinations(prompt))
         self._units = self._prefix[-1]
+        self._templates: dict[int, tuple[Template, ...]] = {}
 
     def __len__(self) -> int:
         return self._units * self._repeats * self._models
@@ -70,11 +72,12 @@ class Plan(Sequence[Request]):
         unit, repeat = divmod(rest, self._repeats)
         p = bisect.bisect_right(self._prefix, unit) - 1
         prompt = self.job.prompts[p]
-        variables = _combination(prompt, unit - self._prefix[p])
+        variables = combination(prompt, unit - self._prefix[p])
         model = self.job.models[m]
         try:
-            messages = tuple(Message(msg.role, render(msg.content, variables))
-                             for msg in prompt.messages)
+            messages = tuple(Message(msg.role, template.render(variables))
+                             for msg, template in zip(prompt.messages, self.templates(p),
+                                                      strict=True))
         except TemplateError as exc:  # only some var values can trip the sandbox or a filter
             raise JobFileError(self.job.path, f"prompts[id={prompt.id}]",
                                f"template cannot be rendered with {variables}: {exc}") from None
@@ -84,6 +87,20 @@ class Plan(Sequence[Request]):
                                              params),
                        model=model, prompt_id=prompt.id, repeat=repeat, vars=variables,
                        messages=messages, params=params)
+
+    def templates(self, p: int) -> tuple[Template, ...]:
+        """The message templates of prompt p (parsed at load; parsed here for a hand-made Job)."""
+        prompt = self.job.prompts[p]
+        if prompt.templates:
+            return prompt.templates
+        found = self._templates.get(p)
+        if found is None:
+            found = self._templates[p] = tuple(parse(m.content) for m in prompt.messages)
+        return found
+
+    def params(self, m: int, p: int) -> Mapping[str, Any]:
+        """The params model m sends with prompt p (a json_schema check adds response_format)."""
+        return self._params(m, p)
 
     def _params(self, m: int, p: int) -> Mapping[str, Any]:
         key = (m, p)
@@ -113,14 +130,15 @@ class Plan(Sequence[Request]):
         return {model.label: per_model for model in self.job.models}
 
 
-def _combinations(prompt: Prompt) -> int:
+def combinations(prompt: Prompt) -> int:
+    """How many var combinations a prompt is sent with."""
     count = 1
     for values in prompt.vars.values():
         count *= len(values)
     return count
 
 
-def _combination(prompt: Prompt, c: int) -> dict[str, Any]:
+def combination(prompt: Prompt, c: int) -> dict[str, Any]:
     """The c-th combination of a prompt's var values (mixed radix, last var fastest)."""
     out: dict[str, Any] = {}
     for name in reversed(list(prompt.vars)):

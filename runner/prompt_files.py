@@ -1,57 +1,67 @@
-"""Prompt files: a `.jsonl`, `.csv` or `.yaml` path in, validated `PromptIn` rows out.
+"""Prompt files: a `.jsonl`, `.json`, `.csv` or `.yaml` path in, validated `PromptIn` rows out.
 
 Each row is a prompt: the keys of an inline prompt (`id`, `text` or `messages`, `system`,
-`expected`, `metadata`); any other key or column becomes one of the prompt's `vars`.
+`expected`, `metadata`); any other key or column becomes one of the prompt's `vars`. Errors name
+the file and the row (`rows.csv: row 3.messages[0].role: ...`); every bad row is reported.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from .errors import JobFileError
-from .schema import PromptIn
+from .schema import PromptIn, field_names
+from .sources import Problems, invalid, load_yaml, read_text
 
 _FIELDS = {"id", "text", "messages", "system", "expected", "metadata"}
+SUFFIXES = (".jsonl", ".json", ".csv", ".yaml", ".yml")
 
 
-def read_prompt_file(path: Path, field: str) -> list[PromptIn]:
-    """All prompts of one file; errors name the file, the row and the column."""
+def read_prompt_file(path: Path, field: str,
+                     problems: Problems | None = None) -> list[tuple[int, PromptIn]]:
+    """All prompts of one file with their row numbers (from 1); errors name the file, the row
+    and the column. With `problems`, bad rows are added there and the good ones returned."""
     if not path.is_file():
         raise JobFileError(path, "", f"no such prompt file (named in {field}; paths are "
                            "relative to the job file)")
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".jsonl":
-            rows = _jsonl(path)
-        elif suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as fh:
-                rows = [{k: v for k, v in row.items() if v not in (None, "")}
-                        for row in csv.DictReader(fh)]
-        elif suffix in {".yaml", ".yml"}:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-            if not isinstance(loaded, list):
-                raise JobFileError(path, "", "must be a YAML list of prompts")
-            rows = loaded
-        else:
-            raise JobFileError(path, "", "prompt files must end in .jsonl, .csv or .yaml")
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        raise JobFileError(path, "", f"{line}invalid YAML") from None
-    except UnicodeDecodeError:
-        raise JobFileError(path, "", "not UTF-8 text") from None
-    return [_row(path, n, row) for n, row in enumerate(rows, 1)]
+    if suffix not in SUFFIXES:
+        raise JobFileError(path, "", "prompt files must end in .jsonl, .json, .csv or .yaml")
+    rows: Any
+    if suffix == ".jsonl":
+        rows = _jsonl(path)
+    elif suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+        rows = [{k: v for k, v in row.items() if v not in (None, "")} for row in reader]
+    elif suffix == ".json":
+        try:
+            rows = json.loads(read_text(path))
+        except json.JSONDecodeError as exc:
+            raise JobFileError(path, f"line {exc.lineno}", f"invalid JSON: {exc.msg}") from None
+    else:
+        rows = load_yaml(path)
+    if not isinstance(rows, list):
+        raise JobFileError(path, "", f"must be a {'JSON' if suffix == '.json' else 'YAML'} "
+                           "list of prompts")
+    gathered = problems if problems is not None else Problems()
+    out = []
+    for n, row in enumerate(rows, 1):
+        with gathered.gather():
+            out.append((n, _row(path, n, row)))
+    if problems is None:
+        gathered.raise_any()
+    return out
 
 
 def _jsonl(path: Path) -> list[Any]:
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -71,7 +81,4 @@ def _row(path: Path, n: int, row: Any) -> PromptIn:
     try:
         return PromptIn.model_validate({**known, "vars": variables})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        raise JobFileError(path, f"row {n}" + (f".{loc}" if loc else ""), msg) from None
+        raise invalid(path, exc, prefix=f"row {n}", names=field_names()) from None

@@ -296,6 +296,11 @@ class JobIn(Strict):
         return value
 
 
+def model_names() -> set[str]:
+    """The class name of every job-file model (pydantic puts them into error locations)."""
+    return {model.__name__ for model in Strict.__subclasses__()}
+
+
 def field_names() -> set[str]:
     """Every key any job-file section accepts (for 'did you mean' hints)."""
     names: set[str] = set()

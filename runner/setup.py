@@ -7,7 +7,6 @@ cannot be enforced because a model has no price.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -21,10 +20,10 @@ from . import pricing
 from .catalogue import load_catalogue
 from .client import CATALOGUE_TIMEOUT_S, Endpoint, NoCatalogue
 from .config import SIMULATED, Job, ModelSpec, api_key
+from .config import simulated_models as simulated_models  # moved to config (load time)
 from .errors import JobFileError, ProviderError
 from .pricing import Price
 from .redact import Redactor, job_redactor
-from .schema import SimulatorIn
 
 log = logging.getLogger("runner")
 NEED_CATALOGUE = ("openrouter", SIMULATED)   # built-ins: their /models must work
@@ -39,36 +38,6 @@ class Providers:
     errors: dict[str, ProviderError] = field(default_factory=dict)   # unreadable catalogues
     warnings: list[str] = field(default_factory=list)   # one line each, also logged
     redactor: Redactor = field(default_factory=lambda: Redactor(()))  # every secret of the job
-
-
-def simulated_models(settings: SimulatorIn, path: object = "<job>") -> tuple[object, ...]:
-    """The built-in simulated models with the job's overrides and additions applied."""
-    from .simulator import DEFAULT_MODELS, Faults, SimModel
-
-    models = {m.id: m for m in DEFAULT_MODELS}
-    for i, spec in enumerate(settings.models):
-        base = models.get(spec.id) or SimModel(
-            id=spec.id, name=spec.id, prompt_usd_per_token=1e-6, completion_usd_per_token=2e-6)
-        changes: dict[str, object] = {}
-        if spec.usd_per_mtok_prompt is not None:
-            changes["prompt_usd_per_token"] = spec.usd_per_mtok_prompt / 1e6
-        if spec.usd_per_mtok_completion is not None:
-            changes["completion_usd_per_token"] = spec.usd_per_mtok_completion / 1e6
-        if spec.usd_per_request is not None:
-            changes["request_usd"] = spec.usd_per_request
-        for name in ("ttft_s", "tokens_per_s", "jitter_s", "max_completion_tokens",
-                     "reasoning"):
-            if getattr(spec, name) is not None:
-                changes[name] = getattr(spec, name)
-        try:
-            if spec.faults is not None:
-                faults = spec.faults.model_dump()
-                faults["error_statuses"] = tuple(faults["error_statuses"])
-                changes["faults"] = Faults(**faults)
-            models[spec.id] = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
-        except ValueError as exc:
-            raise JobFileError(path, f"simulator.models[{i}]", str(exc)) from None
-    return tuple(models.values())
 
 
 async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,

@@ -98,7 +98,7 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
     ("prompt-file-not-a-list", HEAD + "prompts: [{file: rows.yaml}]\n",
      {"rows.yaml": "text: x\n"}, "rows.yaml", "must be a YAML list"),
     ("prompt-file-suffix", HEAD + "prompts: [{file: rows.txt}]\n", {"rows.txt": "x\n"},
-     "rows.txt", "must end in .jsonl, .csv or .yaml"),
+     "rows.txt", "must end in .jsonl, .json, .csv or .yaml"),
     ("prompt-file-undefined-var", HEAD + f"prompts: [{{file: {ROWS}}}]\n",
      {ROWS: '{"text": "ok"}\n{"text": "{{ nope }}"}\n'}, "job.yaml",
      "rows.jsonl: row 2.text: undefined variable 'nope'"),
@@ -382,3 +382,168 @@ def test_every_var_combination_is_rendered_at_load(write_job, capsys) -> None:  
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "prompts[0].text" in err and "'v': 'b'" in err and "unsafe" in err
+
+
+# byte-order marks ----------------------------------------------------------------------------
+
+BOM = "\ufeff"
+BOM_FILES = {
+    "csv": "id,text,word\nq1,Say {{ word }},hi\nq2,Plain,\n",
+    "jsonl": '{"id": "q1", "text": "Say {{ word }}", "word": "hi"}\n'
+             '{"id": "q2", "text": "Plain"}\n',
+    "json": '[{"id": "q1", "text": "Say {{ word }}", "word": "hi"}, '
+            '{"id": "q2", "text": "Plain"}]',
+    "yaml": "- {id: q1, text: 'Say {{ word }}', word: hi}\n- {id: q2, text: Plain}\n",
+}
+
+
+@pytest.mark.parametrize("suffix", list(BOM_FILES))
+def test_prompt_file_with_a_byte_order_mark_keeps_every_column(tmp_path: Path,
+                                                               suffix: str) -> None:
+    """Excel's "CSV UTF-8" starts with a BOM: the first column was read as '\\ufeffid' and the
+    ids silently became a var."""
+    job = load(tmp_path, HEAD + f"prompts: [{{file: rows.{suffix}}}]\n",
+               {f"rows.{suffix}": BOM + BOM_FILES[suffix]})
+    assert [p.id for p in job.prompts] == ["q1", "q2"]
+    assert dict(job.prompts[0].vars) == {"word": ("hi",)}
+    assert dict(job.prompts[1].vars) == {}
+
+
+def test_job_file_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    job = load(tmp_path, BOM + HEAD + "prompts: [{id: a, text: hi}]\n")
+    assert job.name == "t" and [p.id for p in job.prompts] == ["a"]
+
+
+# alias bombs ---------------------------------------------------------------------------------
+
+def test_alias_bomb_is_refused_before_it_expands(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A 493-byte job whose aliases expand to 10^8 nodes passed validate and then hung `run` or
+    wrote a 20 MB run.json."""
+    text = HEAD + "prompts:\n  - id: p\n    text: hi\n    metadata:\n" \
+        "      a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"      l{k}: &{chr(98 + k)} [" + ", ".join([f"*{chr(97 + k)}"] * 10) + "]\n"
+        for k in range(7))
+    path = write_case(tmp_path, text, {})
+    assert len(text) < 700
+    for argv in (["validate", str(path)],
+                 ["run", "--quiet", "--out", str(tmp_path / "out"), str(path)]):
+        line = one_error_line(capsys, argv)
+        assert str(path) in line and "alias" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_recursive_alias_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_case(tmp_path, HEAD + "prompts:\n  - id: p\n    text: hi\n"
+                      "    metadata: &m {self: *m}\n", {})
+    line = one_error_line(capsys, ["validate", str(path)])
+    assert "recursive alias" in line and "line 6" in line
+
+
+def test_a_few_aliases_are_fine(tmp_path: Path) -> None:
+    job = load(tmp_path, "name: t\nparams: &p {temperature: 0.5}\nmodels:\n"
+               "  - {id: m/a, params: *p}\n  - {id: m/b, params: *p}\n" + OK_PROMPTS)
+    assert [dict(m.params) for m in job.models] == [{"temperature": 0.5}] * 2
+
+
+def test_alias_bomb_in_a_yaml_prompt_file_is_refused(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    rows = "- id: p\n  text: hi\n  metadata:\n    a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"    l{k}: &{chr(98 + k)} [" + ", ".join([f"*{chr(97 + k)}"] * 10) + "]\n"
+        for k in range(7))
+    path = write_case(tmp_path, HEAD + "prompts: [{file: rows.yaml}]\n", {"rows.yaml": rows})
+    line = one_error_line(capsys, ["validate", str(path)])
+    assert str(tmp_path / "rows.yaml") in line and "alias" in line
+
+
+# one format for pydantic errors, wherever they come from -------------------------------------
+
+ROLE = ("messages[0].role: input should be 'system', 'user', 'assistant' or 'developer' "
+        "(got 'robot')")
+FORMAT_CASES = [
+    ("inline-prompt", HEAD + "prompts: [{id: a, messages: [{role: robot, content: x}]}]\n", {},
+     "job.yaml", "prompts[0]." + ROLE),
+    ("prompt-file-row", HEAD + f"prompts: [{{file: {ROWS}}}]\n",
+     {ROWS: '{"id": "a", "messages": [{"role": "robot", "content": "x"}]}\n'}, ROWS,
+     "row 1." + ROLE),
+    ("expected-check", HEAD + "prompts: [{id: a, text: x, expected: {regex: '('}}]\n", {},
+     "job.yaml", "prompts[0].expected.regex: invalid regular expression"),
+    ("expected-check-range", HEAD + "prompts: [{id: a, text: x, expected: "
+     "{max_latency_s: -1}}]\n", {}, "job.yaml",
+     "prompts[0].expected.max_latency_s: input should be greater than 0 (got -1)"),
+    ("row-wrong-type", HEAD + f"prompts: [{{file: {ROWS}}}]\n",
+     {ROWS: '{"id": "a", "text": 5}\n'}, ROWS, "row 1.text: input should be a valid string "
+     "(got 5)"),
+]
+
+
+@pytest.mark.parametrize(("text", "files", "named", "expected"),
+                         [case[1:] for case in FORMAT_CASES], ids=[c[0] for c in FORMAT_CASES])
+def test_schema_errors_read_the_same_everywhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, files: dict[str, str],
+    named: str, expected: str,
+) -> None:
+    path = write_case(tmp_path, text, files)
+    line = one_error_line(capsys, ["validate", str(path)])
+    assert line.startswith(f"runner: error: {tmp_path / named}: {expected}")
+
+
+# every problem at once -----------------------------------------------------------------------
+
+
+def error_lines(capsys: pytest.CaptureFixture[str], argv: list[str]) -> list[str]:
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    return err.splitlines()
+
+
+def test_validate_lists_every_schema_error_and_what_the_rest_shows(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Schema errors first, then what resolving the rest of the job finds; the parts already
+    reported (a bad var, a bad model) raise nothing more."""
+    path = write_case(tmp_path, "name: t\nmodels: [m/a, {id: m/b, parms: {}}, "
+                      "{id: m/c, provider: gone}]\nparams: {temperature: hot}\nrepeats: 0\n"
+                      "vars: {v: {nested: 1}}\nprompts: [{messages: [{role: robot, content: x}]},"
+                      " '{{ undefined_one }}', '{{ v }}']\n", {})
+    lines = error_lines(capsys, ["validate", str(path)])
+    assert [line.split(": ")[3] for line in lines] == [
+        "models[1].parms", "prompts[0].messages[0].role", "vars.v", "params.temperature",
+        "repeats", "models[2].provider", "prompts[1].text"], lines
+    assert all(line.startswith(f"runner: error: {path}: ") for line in lines)
+    assert "unknown provider 'gone'" in lines[5] and "'undefined_one'" in lines[6]
+
+
+def test_validate_lists_every_problem_of_the_resolved_job(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_case(tmp_path, "name: t\nprovider: nope\nmodels: [m/a, {id: m/b, provider: "
+                      "gone}]\nprompts:\n  - {id: a, text: '{{ w }}'}\n  - {id: a, text: x}\n"
+                      f"  - {{file: {ROWS}}}\n"
+                      "simulator:\n  models: [{id: s, faults: {error_rate: 0.7, "
+                      "hang_rate: 0.7}}]\n",
+                      {ROWS: '{"text": 1}\n{"id": "r", "text": "{{ v }}"}\n'})
+    lines = error_lines(capsys, ["validate", str(path)])
+    rows = tmp_path / ROWS
+    assert len(lines) == 7, lines
+    for line, where in zip(lines, [
+            f"{path}: provider: unknown provider 'nope'",
+            f"{path}: models[1].provider: unknown provider 'gone'",
+            f"{path}: simulator.models[0].faults: the rates must sum to at most 1",
+            f"{rows}: row 1.text: input should be a valid string (got 1)",
+            f"{path}: prompts[0].text: undefined variable 'w'",
+            f"{path}: prompts[1].id: duplicate prompt id 'a'",
+            f"{path}: rows.jsonl: row 2.text: undefined variable 'v'"], strict=True):
+        assert line.startswith(f"runner: error: {where}")
+    # run refuses with the first of them and says there are more
+    line = one_error_line(capsys, ["run", "--quiet", "--out", str(tmp_path / "out"), str(path)])
+    assert line.startswith(lines[0]) and "6 more problems" in line and "runner validate" in line
+
+
+def test_fault_rates_over_one_are_refused_at_load(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """validate said ok, run exited 2: the simulator checked the sum only when it started."""
+    path = write_case(tmp_path, "name: t\nprovider: simulated\nmodels: [sim/fast-mini]\n"
+                      + OK_PROMPTS + "simulator:\n  models:\n    - id: sim/fast-mini\n"
+                      "      faults: {error_rate: 0.8, disconnect_rate: 0.6}\n", {})
+    line = one_error_line(capsys, ["validate", str(path)])
+    assert f"{path}: simulator.models[0].faults: the rates must sum to at most 1" in line

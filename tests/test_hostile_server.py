@@ -588,3 +588,20 @@ async def test_an_unreachable_provider_still_stops_the_run(write_job: Any,
     with pytest.raises(ProviderError, match="cannot reach provider 'hostile'"):
         async with AsyncExitStack() as stack:
             await open_providers(stack, job, connections=1)
+
+
+@pytest.mark.parametrize("price", ["-0.001", -1, "nan", "inf", [1], "1e400"])
+def test_a_catalogue_price_that_is_negative_or_odd_is_unknown_never_a_credit(price: Any) -> None:
+    from runner.catalogue import clean_entry
+    from runner.pricing import catalogue_prices
+
+    entry = clean_entry({"id": "acme/m", "pricing": {"prompt": price, "completion": "0.000002"}})
+    assert entry is not None and entry["pricing"] is None
+    assert "acme/m" not in catalogue_prices([entry])   # no price: a budget refuses the model
+
+
+def test_a_catalogue_web_search_price_is_kept() -> None:
+    from runner.catalogue import clean_entry
+
+    entry = clean_entry({"id": "acme/m", "pricing": {"prompt": "0", "web_search": "0.01"}})
+    assert entry is not None and entry["pricing"] == {"prompt": "0", "web_search": "0.01"}

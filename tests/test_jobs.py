@@ -1,4 +1,5 @@
-"""The job files shipped in jobs/ load, plan and (offline ones) run."""
+"""The job files shipped in jobs/ load, plan and (offline ones) run; `validate` and `run` agree
+on every job file of the tests."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 import pytest
 
 import runner
+from runner.cli import main
 from runner.plan import Plan
+from tests.test_config import BAD, write_case
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 
@@ -37,3 +40,68 @@ def test_quickstart_runs_offline(tmp_path: Path) -> None:
     assert by_model.loc["sim/fast-mini", "latency_p50_s"] < by_model.loc["premium",
                                                                          "latency_p50_s"]
     assert by_model.loc["sim/fast-mini", "cost_usd"] < by_model.loc["premium", "cost_usd"]
+
+
+# validate = run ------------------------------------------------------------------------------
+
+# refused by `run` (at start) but said ok by `validate` before: each was found by trying
+LATE = [
+    ("fault-rates-sum", "name: t\nprovider: simulated\nmodels: [sim/fast-mini]\n"
+     "prompts: [hi]\nsimulator:\n  models:\n    - id: sim/fast-mini\n"
+     "      faults: {error_rate: 0.8, disconnect_rate: 0.6}\n", {}),
+    ("fault-statuses", "name: t\nprovider: simulated\nmodels: [sim/fast-mini]\n"
+     "prompts: [hi]\nsimulator:\n  models:\n    - id: sim/fast-mini\n"
+     "      faults: {error_rate: 0.1, error_statuses: [200]}\n", {}),
+    ("late-template-trap", "name: t\nprovider: simulated\nmodels: [sim/fast-mini]\n"
+     "vars: {a: " + str(list(range(200))) + ", b: " + str(list(range(200))) + "}\n"
+     "prompts: ['{% if a == 199 %}{{ \"\".__class__ }}{% endif %}{{ b }}']\n", {}),
+    ("alias-bomb", "name: t\nprovider: simulated\nmodels: [sim/fast-mini]\n"
+     "prompts:\n  - id: p\n    text: hi\n    metadata:\n      a: &a [x, x, x, x, x, x, x, x]\n"
+     + "".join(f"      l{k}: &{chr(98 + k)} [" + ", ".join([f"*{chr(97 + k)}"] * 8) + "]\n"
+               for k in range(7)), {}),
+]
+CASES = [(case[0], case[1], case[2]) for case in BAD] + LATE
+
+
+def cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, err
+
+
+@pytest.mark.parametrize(("text", "files"), [case[1:] for case in CASES],
+                         ids=[case[0] for case in CASES])
+def test_validate_and_run_agree_on_bad_job_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | None,
+        files: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever `run` refuses because of the files, `validate` refuses first, with the same
+    first line, and `run` stops before it writes anything."""
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-v1-TESTSECRET-not-used")
+    path = write_case(tmp_path, text, files)
+    validate_code, validate_err = cli(capsys, ["validate", str(path)])
+    run_code, run_err = cli(capsys, ["run", "--quiet", "--out", str(tmp_path / "out"),
+                                     str(path)])
+    assert (validate_code, run_code) == (2, 2), validate_err + run_err
+    first = validate_err.splitlines()[0]
+    assert run_err.splitlines()[0].startswith(first.split(" (and ")[0])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("job", sorted(JOBS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_validate_and_run_agree_on_shipped_jobs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], job: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job `validate` calls ok is never refused by `run` for its files: offline jobs start
+    (a budget too small for any request ends them at once); online ones get as far as the
+    missing key."""
+    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
+    code, err = cli(capsys, ["validate", str(job)])
+    assert code == 0, err
+    code, err = cli(capsys, ["run", "--quiet", "--out", str(tmp_path), "--budget-usd",
+                             "0.000000001", str(job)])
+    offline = {m.provider for m in runner.load_job(job).models} == {"simulated"}
+    if offline:
+        assert code in (0, 1) and list(tmp_path.glob("*/*/run.json")), err
+    else:
+        assert code == 2 and "OPENROUTER_API_KEY" in err and f"{job}:" not in err, err

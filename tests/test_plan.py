@@ -351,3 +351,147 @@ def test_request_carries_model_params(tmp_path: Path) -> None:
     (request,) = Plan(load(tmp_path, BASE))
     assert dict(request.params) == {"temperature": 0.5}
     assert request.model.id == "m/a"
+
+
+# arithmetic, not expansion: plan and validate on 10M requests --------------------------------
+
+BIG_VARS = {"a": [f"a{i}" for i in range(1000)], "b": [f"b{i}" for i in range(1000)],
+            "c": ["x", "yy", "zzz", "é", "日本"]}
+
+
+def big_job(tmp_path: Path) -> Path:
+    """10,000,000 requests: 1000 x 1000 x 5 combinations of one prompt, two models; prices
+    of whole dollars per token, so every sum is exact in floating point."""
+    spec = {"name": "big", "provider": "simulated", "models": ["m/a", "m/b"],
+            "params": {"max_tokens": 10}, "vars": BIG_VARS,
+            "prompts": [{"id": "p", "text": "x {{ a }} y {{ b }} {{ c }}"}],
+            "pricing": {"m/a": {"usd_per_mtok_prompt": 1e6, "usd_per_mtok_completion": 2e6,
+                                "usd_per_request": 1.0},
+                        "m/b": {"usd_per_mtok_prompt": 1e6, "usd_per_mtok_completion": 2e6}}}
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return path
+
+
+def big_expected() -> tuple[int, float, float]:
+    """Requests per model and each model's worst case, from the spec alone."""
+    n = 1000 * 1000 * 5
+    value_bytes = sum(  # each value of a var appears in n / len(values) requests
+        n // len(values) * sum(len(str(v).encode()) for v in values)
+        for values in BIG_VARS.values())
+    prompt_tokens = n * (len(b"x  y  ") + 8 + 3) + value_bytes  # text, per-message, per-request
+    completion_tokens = n * 10
+    cost_b = prompt_tokens * 1.0 + completion_tokens * 2.0
+    return n, cost_b + n * 1.0, cost_b
+
+
+def test_plan_of_ten_million_requests_is_arithmetic(tmp_path: Path) -> None:
+    """`runner plan` on 10M requests answers with exact counts and worst case; the old code
+    rendered every request (and did not finish in minutes)."""
+    import json
+    import subprocess
+    import sys
+
+    path = big_job(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "runner", "plan", str(path), "--json",
+                           "--show", "2"], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    n, cost_a, cost_b = big_expected()
+    assert out["requests"] == 2 * n
+    assert out["per_model"] == {"m/a": n, "m/b": n}
+    assert out["worst_case_usd"] == {"m/a": cost_a, "m/b": cost_b}
+    assert out["worst_case_total_usd"] == cost_a + cost_b
+    assert [(r["model"], r["vars"], r["messages"]) for r in out["first_requests"]] == [
+        ("m/a", {"a": "a0", "b": "b0", "c": "x"}, [{"role": "user", "content": "x a0 y b0 x"}]),
+        ("m/b", {"a": "a0", "b": "b0", "c": "x"}, [{"role": "user", "content": "x a0 y b0 x"}]),
+    ]
+
+
+def test_validate_and_sizes_of_ten_million_requests_render_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from runner.cli import main
+    from runner.estimate import prompt_sizes
+    from runner.templates import STATS
+
+    path = big_job(tmp_path)
+    before = (STATS.renders, STATS.compiles)
+    assert main(["validate", str(path)]) == 0
+    assert "-> 10000000 requests" in capsys.readouterr().out
+    (size,) = prompt_sizes(Plan(load_job(path)))
+    assert (STATS.renders, STATS.compiles) == before
+    n, _, cost_b = big_expected()
+    assert (size.combinations, size.sampled) == (n, False)
+    assert size.prompt_tokens == cost_b - n * 10 * 2.0
+
+
+SIZE_SPECS: dict[str, dict[str, Any]] = {
+    **SPECS,
+    "jinja-logic": {
+        "models": ["m/a"], "vars": {"n": [1, 22, 333], "w": ["é", "ab"]},
+        "prompts": [{"id": "p", "text": "{% for i in range(n % 5) %}{{ w|upper }}{% endfor %}"},
+                    {"id": "mixed", "messages": [{"role": "user", "content": "{{ w }}!"},
+                                                 {"role": "assistant",
+                                                  "content": "{{ n * 2 }} {{ w }}"}]}],
+    },
+}
+
+
+@pytest.mark.parametrize("spec", list(SIZE_SPECS.values()), ids=list(SIZE_SPECS))
+def test_prompt_sizes_equal_the_sum_over_rendered_requests(tmp_path: Path,
+                                                           spec: dict[str, Any]) -> None:
+    from runner.estimate import prompt_sizes
+    from runner.pricing import estimate_prompt_tokens
+
+    plan = Plan(load(tmp_path, spec))
+    first = plan.job.models[0].label
+    per_prompt: Counter[str] = Counter()
+    for request in plan:
+        if request.model.label == first and request.repeat == 0:
+            per_prompt[request.prompt_id] += estimate_prompt_tokens(request.messages)
+    sizes = prompt_sizes(plan)
+    assert {p.id: s.prompt_tokens for p, s in zip(plan.job.prompts, sizes, strict=True)} \
+        == dict(per_prompt)
+    assert not any(s.sampled for s in sizes)
+
+
+def test_jinja_prompts_past_the_render_limit_are_sampled(tmp_path: Path) -> None:
+    from runner.estimate import SAMPLES_PER_PROMPT, prompt_sizes
+    from runner.templates import STATS
+
+    job = load(tmp_path, {"models": ["m/a"], "vars": {"a": list(range(2000)),
+                                                      "b": list(range(100))},
+                          "prompts": [{"id": "p", "text": "{{ a|string }}-{{ b }}"}]})
+    before = STATS.renders
+    (size,) = prompt_sizes(Plan(job))
+    assert size.sampled and size.combinations == 200_000
+    assert STATS.renders - before <= 2 * SAMPLES_PER_PROMPT
+    # the largest sampled rendering stands for every one: never below the real total
+    real = sum(len(f"{a}-{b}".encode()) + 11 for a in range(2000) for b in range(100))
+    assert size.prompt_tokens >= real
+
+
+# --show -------------------------------------------------------------------------------------
+
+
+def test_plan_show_prints_the_first_requests(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from runner.cli import main
+
+    spec = {**SPECS["vars-in-messages"], "provider": "simulated"}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", **spec}), encoding="utf-8")
+    plan = Plan(load_job(path))
+    assert main(["plan", str(path), "--json", "--show", "3"]) == 0
+    shown = json.loads(capsys.readouterr().out)["first_requests"]
+    assert [(r["index"], r["model"], r["prompt_id"], r["vars"], r["request_id"]) for r in shown] \
+        == [(r.index, r.model.label, r.prompt_id, dict(r.vars), r.request_id) for r in plan[:3]]
+    assert shown[0]["messages"] == [{"role": m.role, "content": m.content}
+                                    for m in plan[0].messages]
+    assert main(["plan", str(path), "--show", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "#0 m/a" in out and "#1 m/b" in out and "#2" not in out
+    assert "user: and a?" in out and "vars: q=1, r='a'" in out
