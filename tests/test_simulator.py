@@ -858,15 +858,15 @@ def test_job_files_set_every_fault_per_model_and_refuse_rates_over_one(write_job
     model = {m.id: m for m in simulated_models(job.simulator)}["sim/fast-mini"]  # type: ignore[attr-defined]
     assert model.faults.rates() == (0.05,) * len(FAULT_NAMES)
     assert model.faults.overbill_factor == 7
-    too_much = runner.load_job(write_job(f"""
-        name: hostile
-        provider: simulated
-        simulator: {{models: [{{id: sim/fast-mini, faults: {{{rates.replace("0.05", "0.1")}}}}}]}}
-        models: [sim/fast-mini]
-        prompts: [hi]
-    """))
+    doubled = rates.replace("0.05", "0.1")
     with pytest.raises(JobFileError, match=r"simulator.models\[0\].*sum to at most 1"):
-        simulated_models(too_much.simulator, too_much.path)
+        runner.load_job(write_job(f"""
+            name: hostile
+            provider: simulated
+            simulator: {{models: [{{id: sim/fast-mini, faults: {{{doubled}}}}}]}}
+            models: [sim/fast-mini]
+            prompts: [hi]
+        """))
 
 
 @pytest.mark.parametrize("base", ["base_url", "openai_base_url"])
