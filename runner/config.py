@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from . import schema
 from .checks import CheckSet, build_check_set
 from .errors import ConfigError, JobFileError
-from .pricing import Price
+from .offers import check_models
+from .pricing import Price, catalogue_prices
 from .prompts import Message as Message
 from .prompts import Prompt as Prompt
 from .prompts import resolve_prompts
@@ -216,7 +217,7 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any],
             checks = build_check_set(job.checks, {p.id: p.checks for p in prompts}, path=path)
             judges = _judges(path, checks, job.provider, known)
     problems.raise_any()
-    return Job(
+    resolved = Job(
         name=job.name, description=job.description, path=path.resolve(),
         providers=providers, models=tuple(models), prompts=prompts, repeats=job.repeats,
         limits=_limits(job.limits), budget_usd=job.budget_usd,
@@ -229,6 +230,22 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any],
         write_csv=job.output.csv, simulator=job.simulator, snapshot=raw,
         checks=checks, judges=judges,
     )
+    if not (skip.get("models") or skip.get("checks")):  # else models[i] would name another
+        _check_offers(resolved)
+    return resolved
+
+
+def _check_offers(job: Job) -> None:
+    """The model checks `run` makes once it has read the catalogues, made now for what the
+    files decide: models of the simulator (its catalogue is the job's `simulator:`) and, with
+    a budget, models priced by `pricing:`."""
+    used = {m.provider for m in (*job.models, *job.judges.values())}
+    known = {SIMULATED} & used
+    listed = simulated_catalogue(job.simulator, job.path) if known else {}
+    prices = {(SIMULATED, model_id): price for model_id, price in listed.items()}
+    check_models(job, {SIMULATED: set(listed)}, prices, known=known,
+                 need_prices=job.budget_usd is not None
+                 or job.max_cost_per_request_usd is not None)
 
 
 def _model(path: Path, i: int, item: str | schema.ModelIn, job: schema.JobIn,
@@ -294,6 +311,15 @@ def simulated_models(settings: schema.SimulatorIn, path: object = "<job>") -> tu
         except ValueError as exc:
             raise JobFileError(path, where, str(exc)) from None
     return tuple(models.values())
+
+
+def simulated_catalogue(settings: schema.SimulatorIn, path: object = "<job>",
+                        ) -> dict[str, Price]:
+    """The simulator's catalogue as a run reads it from its `/models`: model id -> price."""
+    from .simulator.catalog import model_entry
+
+    return catalogue_prices([model_entry(m, "openrouter")  # type: ignore[arg-type]
+                             for m in simulated_models(settings, path)])
 
 
 def _check_simulator(path: Path, settings: schema.SimulatorIn) -> None:

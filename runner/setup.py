@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from . import pricing
 from .catalogue import load_catalogue
 from .client import CATALOGUE_TIMEOUT_S, Endpoint, NoCatalogue
-from .config import SIMULATED, Job, ModelSpec, api_key
-from .config import simulated_models as simulated_models  # moved to config (load time)
-from .errors import JobFileError, ProviderError
+from .config import SIMULATED, Job, api_key, simulated_models
+from .errors import ProviderError
+from .offers import check_models
 from .pricing import Price
 from .redact import Redactor, job_redactor
 
@@ -96,86 +95,7 @@ async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
             tg.start_soon(read, name)
     if out.errors and require_keys:
         raise next(iter(out.errors.values()))
-    for model in (*job.models, *job.judges.values()):  # the job's pricing: wins
-        if model.id in job.pricing:
-            out.prices[(model.provider, model.id)] = job.pricing[model.id]
     # plan and models (no keys) get the same prices, without refusing anything
-    _check_models(job, out, need_prices, refuse=require_keys)
+    check_models(job, out.catalogues, out.prices, need_prices=need_prices, refuse=require_keys)
     return out
 
-
-def _check_models(job: Job, out: Providers, need_prices: bool, refuse: bool = True) -> None:
-    """Refuse models the provider does not offer (unless its `check_models` is off) and, with
-    a budget, models without a price or an output bound; price what the catalogue does not
-    list as such: variants (`:nitro`, `:online` with its web search fee), routers and
-    `models:` fallbacks (the dearest candidate). Prices go into `out.prices`."""
-    resolved: dict[tuple[str, str], Price | None] = {}
-    specs = (*job.models, *job.judges.values())
-    for i, model in enumerate(specs):
-        where = f"models[{i}]" if i < len(job.models) else "llm_judge.model"
-        provider = job.providers[model.provider]
-        ids = out.catalogues.get(model.provider) or set()
-        names = pricing.candidates(model.id, model.extra_body, ids)
-        if refuse and ids and provider.check_models:
-            for n, name in enumerate([model.id, *names[1:]] if not pricing.is_router(model.id)
-                                     else [model.id]):
-                if not _listed(name, ids, provider.openrouter):
-                    raise _not_offered(job, f"{where}.id" if n == 0 else
-                                       f"{where}.extra_body.models", name, model.provider, ids)
-        key = (model.provider, model.id)
-        if model.id in job.pricing:
-            continue   # the job's price for this very id wins (set by open_providers)
-        price = _worst_price(job, out, model, names)
-        if key in resolved:   # the same id twice (aliases): the dearer of the two
-            seen = resolved[key]
-            price = None if seen is None or price is None else pricing.dearest([seen, price])
-        resolved[key] = price
-    for key, price in resolved.items():
-        if price is None:
-            out.prices.pop(key, None)
-        else:
-            out.prices[key] = price
-    if not (refuse and need_prices):
-        return
-    for i, model in enumerate(specs):
-        where = f"models[{i}]" if i < len(job.models) else "llm_judge.model"
-        price = out.prices.get((model.provider, model.id))
-        if price is None:
-            raise JobFileError(job.path, where, f"{model.id!r} has no known price, so the "
-                               "budget cannot be enforced (add it to pricing:)")
-        if model.params.get("max_tokens") is None and price.max_completion_tokens is None:
-            raise JobFileError(job.path, f"{where}.params.max_tokens", f"{model.id!r} has "
-                               "no output limit, so its worst-case cost is unbounded: set "
-                               "max_tokens (job params or the model's params)")
-
-
-def _listed(model_id: str, ids: set[str], openrouter: bool) -> bool:
-    """Whether the catalogue offers `model_id`; on OpenRouter a variant of a listed model is."""
-    return model_id in ids or (openrouter and pricing.split_variant(model_id)[0] in ids)
-
-
-def _worst_price(job: Job, out: Providers, model: ModelSpec, names: list[str]) -> Price | None:
-    """The most one request of `model` can be billed at: the dearest of the models it may end
-    up on, each with its web search fee; None when one of them has no known price."""
-    openrouter = job.providers[model.provider].openrouter
-    prices = []
-    for name in names:
-        base = pricing.split_variant(name)[0] if openrouter else name
-        price = (job.pricing.get(name) or out.prices.get((model.provider, name))
-                 or job.pricing.get(base) or out.prices.get((model.provider, base)))
-        if price is None:
-            return None
-        fee = max(pricing.web_search_usd(candidate, model.extra_body, price)
-                  for candidate in (name, model.id)) if openrouter else 0.0
-        prices.append(pricing.with_web_search(price, fee))
-    return pricing.dearest(prices) if prices else None
-
-
-def _not_offered(job: Job, where: str, model_id: str, provider: str,
-                 ids: set[str]) -> JobFileError:
-    close = sorted(m for m in ids if model_id.split("/")[-1][:4] in m)[:3]
-    hint = f"; close: {', '.join(close)}" if close else ""
-    return JobFileError(job.path, where, f"{model_id!r} is not offered by provider "
-                        f"{provider!r} (see `runner models --provider {provider}`{hint}); if "
-                        f"the server serves it anyway (an alias, a deployment), set "
-                        f"providers.{provider}.check_models: false")

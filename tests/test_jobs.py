@@ -59,6 +59,19 @@ LATE = [
      "prompts:\n  - id: p\n    text: hi\n    metadata:\n      a: &a [x, x, x, x, x, x, x, x]\n"
      + "".join(f"      l{k}: &{chr(98 + k)} [" + ", ".join([f"*{chr(97 + k)}"] * 8) + "]\n"
                for k in range(7)), {}),
+    # the simulator's catalogue is known without a network: `run` refused these at start
+    ("sim-model-not-offered", "name: t\nprovider: simulated\nmodels: [sim/nope]\n"
+     "prompts: [hi]\n", {}),
+    ("sim-fallback-not-offered", "name: t\nprovider: simulated\nmodels:\n"
+     "  - {id: sim/fast-mini, extra_body: {models: [sim/balanced, sim/nope]}}\n"
+     "prompts: [hi]\n", {}),
+    ("sim-judge-not-offered", "name: t\nprovider: simulated\nmodels: [sim/fast-mini]\n"
+     "prompts: [hi]\nchecks:\n  - llm_judge: {model: sim/nope, rubric: Is it right}\n", {}),
+    ("sim-budget-no-output-limit", "name: t\nprovider: simulated\nmodels: [sim/free:free]\n"
+     "prompts: [hi]\nbudget_usd: 1\n", {}),
+    ("pricing-budget-no-output-limit", "name: t\nprovider: simulated\n"
+     "models: [sim/fast-mini]\nprompts: [hi]\nmax_cost_per_request_usd: 0.1\n"
+     "pricing:\n  sim/fast-mini: {usd_per_mtok_prompt: 1, usd_per_mtok_completion: 2}\n", {}),
 ]
 CASES = [(case[0], case[1], case[2]) for case in BAD] + LATE
 

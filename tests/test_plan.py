@@ -180,7 +180,8 @@ BASE: dict[str, Any] = {
 }
 CHANGES: dict[str, dict[str, Any]] = {
     "model-id": {"models": [{"id": "m/b"}]},
-    "model-provider": {"models": [{"id": "m/a", "provider": "simulated"}]},
+    "model-provider": {"models": [{"id": "m/a", "provider": "simulated"}],  # served anyway
+                       "providers": {"simulated": {"check_models": False}}},
     "model-alias": {"models": [{"id": "m/a", "alias": "a"}]},
     "text": {"prompts": [{"id": "p", "text": "hello {{ w }}"}]},
     "var-value": {"vars": {"w": ["y"]}},
@@ -363,6 +364,7 @@ def big_job(tmp_path: Path) -> Path:
     """10,000,000 requests: 1000 x 1000 x 5 combinations of one prompt, two models; prices
     of whole dollars per token, so every sum is exact in floating point."""
     spec = {"name": "big", "provider": "simulated", "models": ["m/a", "m/b"],
+            "providers": {"simulated": {"check_models": False}},  # priced by pricing:
             "params": {"max_tokens": 10}, "vars": BIG_VARS,
             "prompts": [{"id": "p", "text": "x {{ a }} y {{ b }} {{ c }}"}],
             "pricing": {"m/a": {"usd_per_mtok_prompt": 1e6, "usd_per_mtok_completion": 2e6,
@@ -481,7 +483,8 @@ def test_plan_show_prints_the_first_requests(tmp_path: Path,
 
     from runner.cli import main
 
-    spec = {**SPECS["vars-in-messages"], "provider": "simulated"}
+    spec = {**SPECS["vars-in-messages"], "provider": "simulated",
+            "providers": {"simulated": {"check_models": False}}}
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump({"name": "t", **spec}), encoding="utf-8")
     plan = Plan(load_job(path))
