@@ -16,7 +16,7 @@ __all__ = ["load_job", "run_job", "run", "read_results", "summarize", "__version
 if TYPE_CHECKING:
     from .config import load_job
     from .engine import RunOutcome, run_job
-    from .report import read_results, summarize
+    from .results import read_results, summarize
 
 
 def __getattr__(name: str) -> Any:  # lazy: `import runner` stays cheap
@@ -36,9 +36,9 @@ def __getattr__(name: str) -> Any:  # lazy: `import runner` stays cheap
 
         return run_job
     if name in {"read_results", "summarize"}:
-        from . import report
+        from . import results
 
-        return getattr(report, name)
+        return getattr(results, name)
     raise AttributeError(name)
 
 

@@ -320,23 +320,32 @@ def _rate(text: str) -> float:
 
 def _gate(args: argparse.Namespace, job: Any) -> Any:
     """Check the quality-gate flags before anything is sent."""
-    from .compare import parse_thresholds
-    from .gate import Gate
+    from .quality_gate import Gate
 
     if args.fail_under is not None and not job.checks:
         raise ConfigError(f"--fail-under: {args.job} has no checks (add checks: or expected:)")
     if args.max_regression and args.baseline is None:
         raise ConfigError("--max-regression only applies with --baseline")
-    thresholds = parse_thresholds(args.max_regression) if args.baseline else None
+    thresholds = _thresholds(args.max_regression) if args.baseline else None
     return Gate(args.fail_under, args.baseline, thresholds)
+
+
+def _thresholds(text: str) -> Any:
+    """`--max-regression` parsed (see `compare.parse_thresholds`)."""
+    from .compare import parse_thresholds
+
+    try:
+        return parse_thresholds(text)
+    except ValueError as exc:
+        raise ConfigError(f"--max-regression: {exc}") from None
 
 
 def _after_run(args: argparse.Namespace, outcome: Any, gate: Any) -> int:
     """Reports and thresholds after a completed run: exit 1 when a threshold is broken."""
-    from .gate import broken
+    from .quality_gate import broken
 
     if args.junit is not None or args.html is not None:
-        from .report import read_results
+        from .results import read_results
 
         df = read_results(outcome.run_dir)
         if args.junit is not None:
@@ -410,8 +419,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     import anyio
 
+    from .catalogue_listing import list_catalogues
     from .console import print_models
-    from .inventory import list_catalogues
 
     catalogues = anyio.run(lambda: list_catalogues(args.job, args.provider,
                                                    args.refresh_prices))
@@ -424,8 +433,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import read_results
     from .report_console import print_report
+    from .results import read_results
 
     df = read_results(args.results)
     print_report(df)
@@ -441,13 +450,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare, parse_thresholds, regressions
+    from .compare import compare, regressions
     from .errors import ResultsError
-    from .report import read_results
     from .report_console import print_comparison
+    from .results import read_results
     from .rundir import latest_run, run_dirs, run_label
 
-    thresholds = parse_thresholds(args.max_regression)
+    thresholds = _thresholds(args.max_regression)
     if not args.baseline.is_dir():
         raise ResultsError(f"{args.baseline}: no such results folder")
     if args.current is None:

@@ -186,7 +186,7 @@ def _malformed(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_summary(run_dir: Path, summary: Any) -> None:
-    """summary.csv: one line per model (a pandas DataFrame from `report.summarize`)."""
+    """summary.csv: one line per model (a pandas DataFrame from `results.summarize`)."""
     write_atomic(run_dir / SUMMARY, summary.to_csv(index=False).encode())
 
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from . import formatting
-from .errors import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,7 +37,7 @@ class Thresholds:
 @dataclass(frozen=True, slots=True)
 class _Metric:
     name: str              # column of the comparison table's `metric`
-    source: str            # column of `report.summarize` (+ cost_per_request_usd)
+    source: str            # column of `results.summarize` (+ cost_per_request_usd)
     threshold: str         # field of Thresholds
     relative: bool         # relative change (else absolute points)
     higher_is_worse: bool
@@ -67,13 +66,14 @@ def defaults_text() -> str:
 
 
 def parse_thresholds(text: str, base: Thresholds | None = None) -> Thresholds:
-    """`latency=0.2,cost=10%,pass_rate=0.05,ttft=off` over `base` (default: Thresholds())."""
+    """`latency=0.2,cost=10%,pass_rate=0.05,ttft=off` over `base` (default: Thresholds());
+    ValueError saying which item is wrong."""
     names = [f.name for f in fields(Thresholds)]
     changes: dict[str, float | None] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = (s.strip() for s in item.partition("="))
         if not sep or key not in names:
-            raise ConfigError(f"--max-regression: {item!r}: expected METRIC=LIMIT with METRIC "
+            raise ValueError(f"{item!r}: expected METRIC=LIMIT with METRIC "
                               f"one of {', '.join(names)} (e.g. latency=0.2,pass_rate=0.05)")
         if value.lower() in ("off", "none"):
             changes[key] = None
@@ -83,7 +83,7 @@ def parse_thresholds(text: str, base: Thresholds | None = None) -> Thresholds:
         except ValueError:
             limit = -1.0
         if not (limit >= 0 and math.isfinite(limit)):
-            raise ConfigError(f"--max-regression: {key}: limit must be a number >= 0, a "
+            raise ValueError(f"{key}: limit must be a number >= 0, a "
                               f"percentage or off (got {value!r})")
         changes[key] = limit
     return replace(base or Thresholds(), **changes)
@@ -155,7 +155,7 @@ def metric_unit(name: str) -> str:
 
 
 def _per_model(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    from .report import summarize  # pyarrow: not at import, `runner --help` reads this module
+    from .results import summarize  # pyarrow: not at import, `runner --help` reads this module
 
     if not len(df):
         return {}

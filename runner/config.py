@@ -316,7 +316,7 @@ def simulated_models(settings: schema.SimulatorIn, path: object = "<job>") -> tu
 def simulated_catalogue(settings: schema.SimulatorIn, path: object = "<job>",
                         ) -> dict[str, Price]:
     """The simulator's catalogue as a run reads it from its `/models`: model id -> price."""
-    from .simulator.catalog import model_entry
+    from .simulator.catalogue import model_entry
 
     return catalogue_prices([model_entry(m, "openrouter")  # type: ignore[arg-type]
                              for m in simulated_models(settings, path)])

@@ -3,7 +3,7 @@
 One anyio task group holds `concurrency` workers sharing one stream of the plan (each runs
 `worker.handle` on one request at a time), a flusher that moves finished rows to disk in
 batches, and the spend journal's writer; from the CLI, a signal watcher outlives it until the
-final files are written. The run directory is locked for the whole run. Set-up (`setup`),
+final files are written. The run directory is locked for the whole run. Set-up (`providers`),
 resume (`resume`) and the final files (`collect`) are called from here.
 """
 
@@ -41,10 +41,10 @@ from .journal import Journal
 from .limits import Gates
 from .manifest import Manifest
 from .plan import Plan
+from .providers import Providers, open_providers
 from .result import SKIPPED
 from .resume import Previous, load_previous, plan_summary
 from .rundir import RunLock, file_schema, find_run_dir, new_run_id, run_dir_for
-from .setup import Providers, open_providers
 from .worker import Progress, RunState, flush, handle
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class RunOutcome:
 
     @property
     def rows(self) -> pd.DataFrame:
-        from .report import read_results
+        from .results import read_results
 
         return read_results(self.run_dir)
 
@@ -281,7 +281,7 @@ def _finish_files(collector: Collector, resumed: bool) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from .collect import write_summary
-    from .report import summarize
+    from .results import summarize
 
     final = collector.finish(dedupe=resumed)
     columns = ["model", "status", "latency_s", "ttft_s", "tpot_s", "output_tokens_per_s",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from .config import Job, Message
 from .plan import Plan, combination, combinations
 from .pricing import estimate_prompt_tokens, max_output_tokens
-from .setup import open_providers
+from .providers import open_providers
 
 RENDER_LIMIT = 100_000     # renders of Jinja templates one estimate may spend
 SAMPLES_PER_PROMPT = 64    # past it: renders of one prompt whose largest stands for all

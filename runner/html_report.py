@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import charts, formatting
-from .report import summarize
+from .results import summarize
 
 if TYPE_CHECKING:
     import jinja2

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from .compare import format_change, format_value, metric_unit
 from .formatting import percent, seconds, usd, whole
-from .report import summarize
+from .results import summarize
 
 if TYPE_CHECKING:
     import pandas as pd

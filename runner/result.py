@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 OK, ERROR, SKIPPED = "ok", "error", "skipped"
+INTERRUPTED = "interrupted"   # error_type of a request cut off by Ctrl-C: `--resume` sends it again
 
 _CAT = pa.dictionary(pa.int32(), pa.string())
 _TS = pa.timestamp("us", tz="UTC")

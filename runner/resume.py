@@ -20,10 +20,8 @@ from typing import Any
 from .config import Job
 from .errors import ResultsError
 from .journal import read_spent
-from .result import OK, SKIPPED
+from .result import INTERRUPTED, OK, SKIPPED
 from .rundir import REQUESTS, RUN_JSON, quarantine, scan
-
-INTERRUPTED = "interrupted"   # error_type of a request cut off by Ctrl-C: it is sent again
 
 
 def plan_summary(job: Job) -> dict[str, Any]:

@@ -30,10 +30,9 @@ from .judge import RESPONSE_FORMAT, judge_messages, parse_score
 from .limits import Gates
 from .plan import Request
 from .pricing import Price, typical_prompt_tokens, worst_case_usd
-from .result import ERROR, OK, SKIPPED, Result
-from .resume import INTERRUPTED
+from .providers import Providers
+from .result import ERROR, INTERRUPTED, OK, SKIPPED, Result
 from .rows import attempt_cost, fold, new_result
-from .setup import Providers
 
 
 class Progress(Protocol):

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from runner.collect import Collector
-from runner.report import read_results
 from runner.result import COLUMNS, Result
+from runner.results import read_results
 
 
 def _row(i: int, status: str = "ok") -> Result:

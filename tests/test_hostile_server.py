@@ -442,7 +442,7 @@ async def test_a_custom_provider_without_a_usable_catalogue_is_a_warning(
         hostile: Hostile, write_job: Any, monkeypatch: pytest.MonkeyPatch, reply: str) -> None:
     from contextlib import AsyncExitStack
 
-    from runner.setup import open_providers
+    from runner.providers import open_providers
 
     monkeypatch.setenv("HOSTILE_KEY", KEY)
     hostile.models_reply = reply
@@ -461,7 +461,7 @@ async def test_openrouter_without_a_usable_catalogue_is_a_provider_error(
         hostile: Hostile, write_job: Any, monkeypatch: pytest.MonkeyPatch, reply: str) -> None:
     from contextlib import AsyncExitStack
 
-    from runner.setup import open_providers
+    from runner.providers import open_providers
 
     monkeypatch.setenv("HOSTILE_KEY", KEY)
     hostile.models_reply = reply
@@ -578,7 +578,7 @@ async def test_an_unreachable_provider_still_stops_the_run(write_job: Any,
     import socket
     from contextlib import AsyncExitStack
 
-    from runner.setup import open_providers
+    from runner.providers import open_providers
 
     with socket.socket() as sock:   # a port nobody listens on
         sock.bind(("127.0.0.1", 0))

@@ -845,7 +845,7 @@ def test_simulate_has_a_flag_for_every_fault_and_refuses_rates_over_one(
 def test_job_files_set_every_fault_per_model_and_refuse_rates_over_one(write_job) -> None:  # type: ignore[no-untyped-def]
     import runner
     from runner.errors import JobFileError
-    from runner.setup import simulated_models
+    from runner.providers import simulated_models
 
     rates = ", ".join(f"{name}_rate: 0.05" for name in FAULT_NAMES)
     job = runner.load_job(write_job(f"""

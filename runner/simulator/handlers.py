@@ -15,7 +15,7 @@ from aiohttp import web
 from runner.simulator.account import Account
 from runner.simulator.arrivals import Arrival, ArrivalLog
 from runner.simulator.bill import Charge, Meter, bill_body
-from runner.simulator.catalog import models_body
+from runner.simulator.catalogue import models_body
 from runner.simulator.faults import Fate, draw_fate, status_of
 from runner.simulator.hostile import (
     ELSEWHERE,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .compare import Thresholds, compare, regressions
 from .errors import ResultsError
-from .report import read_results
+from .results import read_results
 from .rundir import latest_run, run_dirs, run_label
 
 

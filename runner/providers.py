@@ -1,4 +1,5 @@
-"""Run set-up: a `Job` in, ready endpoints (keys checked, simulator up, catalogues read) out.
+"""Opening the providers a job uses: a `Job` in, ready endpoints (keys checked, simulator up,
+catalogues read) out.
 
 Everything that can stop a run before it starts happens here, before a single request is sent:
 a missing API key, an unreachable endpoint, a model the provider does not offer, a budget that

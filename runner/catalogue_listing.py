@@ -11,7 +11,7 @@ from typing import Any
 
 from .catalogue import load_catalogue
 from .client import Endpoint
-from .config import SIMULATED, Job, Provider, load_job, resolve_providers
+from .config import SIMULATED, Job, Provider, load_job, resolve_providers, simulated_models
 from .errors import ConfigError, ProviderError
 from .schema import JobIn
 
@@ -81,7 +81,6 @@ def _builtin_job() -> JobIn:
 
 
 def _start_simulator(stack: AsyncExitStack, job: Job | None) -> str:
-    from .setup import simulated_models
     from .simulator import Simulator
 
     settings = job.simulator if job is not None else _builtin_job().simulator

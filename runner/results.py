@@ -1,4 +1,8 @@
-"""Reading and summarising results: run or job directories in, pandas DataFrames out."""
+"""Reading and summarising results: run or job directories in, pandas DataFrames out.
+
+The results side of the run (the engine writes summary.csv with `summarize`); the reports
+(`report_console`, `html_report`, `junit`, `compare`) are built on it, never the other way.
+One row is a `result.Result`; this module reads many of them back."""
 
 from __future__ import annotations
 
