@@ -99,11 +99,11 @@ async def estimate(job: Job, *, budget_usd: float | None = None,
         providers = await open_providers(stack, job, connections=2, require_keys=False,
                                          refresh_prices=refresh_prices)
     sizes = prompt_sizes(plan)
-    per_repeat = sum(size.combinations for size in sizes)
+    counts = plan.count_by_model()
     models = []
     for m, model in enumerate(job.models):
         price = providers.prices.get((model.provider, model.id))
-        requests = per_repeat * job.repeats
+        requests = counts[model.label]
         worst: float | None = None
         if price is not None:
             outputs = [max_output_tokens(plan.params(m, p), price) for p in range(len(sizes))]

@@ -1,7 +1,7 @@
 """The plan: a `Job` in, a lazy, indexable sequence of `Request`s out (pure; no I/O).
 
-Request i of N is computed from i alone (no expansion of the ones before it), so a run can be
-split into shards or chunks and big jobs never sit in memory as a list. The order interleaves
+Request i of N is computed from i alone (no expansion of the ones before it), so a run can
+resume anywhere and big jobs never sit in memory as a list. The order interleaves
 models (prompt combination -> repeat -> model) so that a run stopped early, by a budget or a
 signal, still has comparable data for every model.
 """
@@ -117,11 +117,6 @@ class Plan(Sequence[Request]):
 
     def __iter__(self) -> Iterator[Request]:
         for i in range(len(self)):
-            yield self[i]
-
-    def shard(self, k: int, n: int) -> Iterator[Request]:
-        """Requests of shard k of n (k in 0..n-1): every n-th request starting at k."""
-        for i in range(k, len(self), n):
             yield self[i]
 
     def count_by_model(self) -> dict[str, int]:

@@ -36,10 +36,6 @@ def plan_summary(job: Job) -> dict[str, Any]:
     }
 
 
-def fingerprint(summary: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(summary, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def plan_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable differences between two plan summaries."""
     changes: list[str] = []

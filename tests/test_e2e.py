@@ -74,7 +74,8 @@ def test_run_writes_the_column_contract(write_job, results_dir: Path, stream: bo
     assert manifest["totals"]["cost_usd"] == pytest.approx(df["cost_usd"].sum())
     assert manifest["planned_requests"] == len(df)
     client = manifest["client"]  # the client's own health, to judge the latencies by
-    assert client["cpu_s"] > 0 and client["loop_lag_p99_ms"] >= 0
+    # lag is clamped at 0, so `>= 0` could not fail: the p99 is bounded by the worst wake-up
+    assert client["cpu_s"] > 0 and client["loop_lag_p99_ms"] <= client["loop_lag_max_ms"]
     assert isinstance(client["saturated"], bool)
 
 

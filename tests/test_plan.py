@@ -1,5 +1,5 @@
 """The plan: exact expansion (prompts x vars they use x repeats x models), indexing that equals
-iteration, shards, stable and unique request ids, laziness on a million requests, and rendering."""
+iteration, slices, stable and unique request ids, laziness on a million requests, and rendering."""
 
 from __future__ import annotations
 
@@ -158,16 +158,6 @@ def test_negative_index_and_slices(plan: Plan) -> None:
 def test_index_beyond_the_end_is_index_error(plan: Plan, i: int) -> None:
     with pytest.raises(IndexError):
         plan[i]
-
-
-@pytest.mark.parametrize("n", [1, 2, 3, 7, 40, 41, 100])
-def test_shards_partition_the_plan(plan: Plan, n: int) -> None:
-    shards = [list(plan.shard(k, n)) for k in range(n)]
-    indices = [r.index for shard in shards for r in shard]
-    assert sorted(indices) == list(range(len(plan)))
-    for shard in shards:
-        assert all(plan[r.index] == r for r in shard)
-    assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 1
 
 
 # request ids ---------------------------------------------------------------------------------
