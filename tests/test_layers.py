@@ -14,8 +14,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "runner"
 # the stages that print, parse argv or lay out a report
 PRESENTATION = {"cli", "console", "report_console", "html_report", "charts", "junit",
                 "quality_gate", "compare", "catalogue_listing"}
-# the run itself: it writes results and talks to providers, never presents them
-RUN = ("engine", "worker", "client", "providers", "collect", "catalogue", "journal")
+# the run and its results: they talk to providers, write and read results, never present them
+RUN = ("engine", "worker", "client", "providers", "collect", "catalogue", "journal", "results",
+       "rundir", "resume", "manifest")
 # pure: values in, values out; no network, no files, no event loop
 PURE = ("plan", "pricing", "budget", "templates", "result", "offers", "formatting", "graders",
         "judge")
@@ -73,7 +74,7 @@ def test_worker_takes_no_constants_from_resume() -> None:
     assert "resume" not in imports("worker")
 
 
-@pytest.mark.parametrize("module", [*PURE, "compare", "results", "offers"])
+@pytest.mark.parametrize("module", [*PURE, "compare", "results"])
 def test_pure_modules_raise_no_command_line_errors(module: str) -> None:
     """ConfigError is the command line's and the environment's; a pure function raises
     ValueError or JobFileError and the caller says which flag or file was wrong."""
