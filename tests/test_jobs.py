@@ -118,3 +118,23 @@ def test_validate_and_run_agree_on_shipped_jobs(
         assert code in (0, 1) and list(tmp_path.glob("*/*/run.json")), err
     else:
         assert code == 2 and "OPENROUTER_API_KEY" in err and f"{job}:" not in err, err
+
+
+@pytest.mark.parametrize("text", [
+    # a variant of a listed model is offered (the simulator speaks OpenRouter)
+    "name: t\nprovider: simulated\nmodels: ['sim/fast-mini:nitro']\nprompts: [hi]\n",
+    # the switch the refusal names lets an unlisted id through
+    "name: t\nprovider: simulated\nproviders: {simulated: {check_models: false}}\n"
+    "models: [sim/alias]\nprompts: [hi]\n",
+    # a model the job's simulator: adds is listed
+    "name: t\nprovider: simulated\nmodels: [sim/new]\nprompts: [hi]\n"
+    "simulator:\n  models:\n    - {id: sim/new}\n",
+    # with a budget, max_tokens bounds a model the simulator lists without an output limit
+    "name: t\nprovider: simulated\nmodels: [sim/free:free]\nprompts: [hi]\nbudget_usd: 1\n"
+    "params: {max_tokens: 8}\n",
+], ids=["variant", "check-models-off", "job-adds-model", "bounded-by-max-tokens"])
+def test_simulator_catalogue_at_load_lets_through_what_run_accepts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str) -> None:
+    path = write_case(tmp_path, text, {})
+    code, err = cli(capsys, ["validate", str(path)])
+    assert code == 0, err
