@@ -159,7 +159,8 @@ class Collector:
             tmp = stack.enter_context(replacing(final))
             csv_tmp = stack.enter_context(replacing(self.run_dir / REQUESTS_CSV)) \
                 if self.write_csv else None
-            csv_writer = pacsv.CSVWriter(csv_tmp, _plain()) if csv_tmp is not None else None
+            csv_writer = pacsv.CSVWriter(csv_tmp, file_schema()) if csv_tmp is not None \
+                else None
             with pq.ParquetWriter(tmp, file_schema()) as writer:
                 for n, path in enumerate(sources):
                     table = None if dedupe and ids[n] is None else load(path)
@@ -170,8 +171,8 @@ class Collector:
                     if keep is not None and len(keep[n]) != table.num_rows:
                         table = table.take(pa.array(keep[n], type=pa.int64()))
                     writer.write_table(table)
-                    if csv_writer is not None:
-                        csv_writer.write_table(table.cast(_plain()))
+                    if csv_writer is not None:  # it writes a category as its text
+                        csv_writer.write_table(table)
                     fold.add_table(table)
                     merged.append(path)
             if csv_writer is not None:
@@ -189,13 +190,63 @@ class Collector:
 
 def to_table(rows: list[dict[str, Any]]) -> pa.Table:
     """Rows as a table of the file schema; a row with a value that does not fit becomes an
-    error row (`malformed`, the reason in its message) instead of failing the whole batch."""
+    error row (`malformed`, the reason in its message) instead of failing the whole batch.
+
+    A batch goes through JSON (orjson, then Arrow's JSON reader) first: it is faster than
+    converting Python objects, and the only route that does not import pandas (pyarrow imports
+    it to convert any Python list), which would cost a short run half a second. NaN and
+    infinities become missing values. A batch the JSON route refuses takes the object route."""
     import pyarrow as pa
 
+    try:
+        return _from_json(rows)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        pass
     try:
         return pa.Table.from_pylist(rows, schema=file_schema())
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
         return pa.Table.from_pylist(list(_storable(rows)), schema=file_schema())
+
+
+def _from_json(rows: list[dict[str, Any]]) -> pa.Table:
+    import orjson
+    import pyarrow as pa
+    import pyarrow.json as pajson
+
+    data = b"\n".join([orjson.dumps(row) for row in rows])
+    table = pajson.read_json(
+        pa.BufferReader(data),
+        read_options=pajson.ReadOptions(use_threads=False, block_size=len(data) + 1),
+        parse_options=pajson.ParseOptions(explicit_schema=_plain(),
+                                          unexpected_field_behavior="error"))
+    if table.num_rows != len(rows):
+        raise ValueError("a row was lost on the way through JSON")
+    # Arrow's JSON reader makes no dictionaries, and a cast would import pyarrow.compute (a
+    # quarter of a second): the category columns are built from buffers
+    return pa.Table.from_arrays(
+        [_categories(table.column(f.name).to_pylist()) if pa.types.is_dictionary(f.type)
+         else table.column(f.name) for f in file_schema()], schema=file_schema())
+
+
+def _categories(values: list[str | None]) -> pa.Array:
+    """A dictionary<int32, string> array of `values`, codes in order of first appearance (as
+    `from_pylist` makes them); a missing value is refused (the object route takes the batch)."""
+    import numpy as np
+    import pyarrow as pa
+
+    codes: dict[str, int] = {}
+    indices = np.fromiter((codes.setdefault(v, len(codes)) for v in values), dtype=np.int32,
+                          count=len(values))
+    if None in codes:
+        raise ValueError("a category column holds a missing value")
+    words = [word.encode() for word in codes]
+    offsets = np.zeros(len(words) + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum([len(w) for w in words])
+    dictionary = pa.Array.from_buffers(pa.string(), len(words),
+                                       [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(words))])
+    return pa.DictionaryArray.from_arrays(
+        pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(indices)]),
+        dictionary, safe=False)
 
 
 def _storable(rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pyarrow as pa
-
 from .errors import ResultsError
 from .rundir import read_run, run_dirs
 
@@ -19,6 +17,8 @@ def read_results(path: str | Path) -> pd.DataFrame:
     """Rows of one run directory, or of every run of a job directory (oldest run first), each
     run's rows in plan order. An unreadable part file is named in an `UnreadableRowsWarning`
     and its rows left out."""
+
+    import pyarrow as pa
 
     path = Path(path)
     if not path.is_dir():
