@@ -117,6 +117,7 @@ def timed(cmd: list[str], stamps: Path | None = None, env: dict[str, str] | None
 
 
 def runner_cmd(tmp: Path, port: int, n: int, *, stream: bool = True) -> list[str]:
+    """`runner run --quiet` on a job of `n` requests (run from the checkout it is timed in)."""
     job = harness.write_job(tmp / f"job-{port}-{n}-{stream}.yaml", port=port, model=MODEL,
                             prompt=PROMPT, repeats=n,
                             limits=f"{{concurrency: {CONCURRENCY}, retries: 0}}",
@@ -182,15 +183,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 and 2,000 requests, one round")
     parser.add_argument("--promptfoo", help="promptfoo executable, or a folder holding "
                         "node_modules/.bin/promptfoo")
+    parser.add_argument("--no-promptfoo", action="store_true", help="skip the promptfoo part")
+    parser.add_argument("--before", type=Path, metavar="CHECKOUT",
+                        help="also time the runner of another checkout (e.g. `git archive` of "
+                        "an older commit), interleaved, as `runner (before)`")
     parser.add_argument("--serve-stamps", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_stamps is not None:
         serve_stamping(0, args.serve_stamps)
         return
     sizes, rounds = ([1, 2000], 1) if args.quick else (args.sizes, args.rounds)
-    promptfoo = find_promptfoo(args.promptfoo)
+    promptfoo = None if args.no_promptfoo else find_promptfoo(args.promptfoo)
     best: dict[tuple[str, int], float] = {}
     first: dict[str, float] = {}
+    paths = {"runner": harness.ROOT, "bare": harness.ROOT}
+    if args.before is not None:
+        paths["runner (before)"] = args.before.resolve()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         stamps = tmp / "stamps.txt"
@@ -198,17 +206,17 @@ def main() -> None:
         with harness.canned_server() as port, stamping as stamp_port:
             for _ in range(rounds):
                 for n in sizes:
-                    for path in ("runner", "bare"):
+                    for path, root in paths.items():
                         on = stamp_port if n == 1 else port
-                        cmd = runner_cmd(tmp, on, n) if path == "runner" else bare_cmd(on, n)
-                        wall, to_first = timed(cmd, stamps if n == 1 else None)
+                        cmd = bare_cmd(on, n) if path == "bare" else runner_cmd(tmp, on, n)
+                        wall, to_first = timed(cmd, stamps if n == 1 else None, cwd=root)
                         best[(path, n)] = min(wall, best.get((path, n), wall))
                         if to_first is not None:
                             first[path] = min(to_first, first.get(path, to_first))
             pf: tuple[float, float, str] | None = None
             if promptfoo is not None:
                 pf = _promptfoo_round(promptfoo, tmp, port, rounds)
-    _print(sizes, rounds, best, first, pf, promptfoo is not None)
+    _print(sizes, rounds, best, first, pf, promptfoo is not None, list(paths))
 
 
 def _promptfoo_round(exe: list[str], tmp: Path, port: int, rounds: int,
@@ -226,16 +234,19 @@ def _promptfoo_round(exe: list[str], tmp: Path, port: int, rounds: int,
 
 def _print(sizes: list[int], rounds: int, best: dict[tuple[str, int], float],
            first: dict[str, float], pf: tuple[float, float, str] | None,
-           have_promptfoo: bool) -> None:
+           have_promptfoo: bool, paths: list[str]) -> None:
     print(f"## Whole process: {CONCURRENCY} in flight, streamed, `--quiet`, canned loopback "
           f"server, best of {rounds} ({harness.pinning_note()})")
     print(f"machine: {harness.machine()}\n")
     rows = []
+    before = "runner (before)" in paths
     for n in sizes:
         run, bare = best[("runner", n)], best[("bare", n)]
-        rows.append([f"{n:,}", f"{run:.2f}", f"{bare:.2f}", bare / run])
+        rows.append([f"{n:,}", f"{run:.2f}", f"{bare:.2f}", bare / run]
+                    + ([f"{best[('runner (before)', n)]:.2f}"] if before else []))
     print(harness.table(["requests", "runner s", "bare aiohttp loop s",
-                         "ratio (bare s / runner s)"], rows))
+                         "ratio (bare s / runner s)"] + (["runner (before) s"] if before else []),
+                        rows))
     if first:
         print("\ntime to first request (spawn to arrival at the server), 1-request job: "
               + ", ".join(f"{path} {s:.2f} s" for path, s in first.items()))
@@ -254,7 +265,7 @@ def _print(sizes: list[int], rounds: int, best: dict[tuple[str, int], float],
     print()
     if pf is None:
         print("promptfoo: not installed (`npm install promptfoo` in the repository, or pass "
-              "--promptfoo DIR): comparison skipped" if not have_promptfoo else "")
+              "--promptfoo DIR), or --no-promptfoo: comparison skipped")
         return
     pf_s, run_s, version = pf
     print(f"## promptfoo {version}: {PROMPTFOO_REQUESTS:,} requests, non-streamed, same server, "

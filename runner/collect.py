@@ -5,9 +5,10 @@ Rows are buffered and written in batches as part files; when the run ends, `fini
 last merge and the parts into requests.parquet (and .csv), then removes the parts, so a glob over
 the results never counts a row twice. The merge also folds the per-model summary
 (`summary.Fold`) from the rows it streams, and takes the parts this process wrote from memory
-while they fit in `KEEP_BYTES`, so the end of a run reads back only what it must. Every file goes through `rundir.replacing` (temporary name,
-fsync, rename, fsync of the folder). One bad value never costs the other rows of its batch: that
-row alone becomes an error row (`malformed`).
+while they fit in `KEEP_BYTES`, so the end of a run reads back only what it must. Every file
+goes through `rundir.replacing` (temporary name, fsync, rename, fsync of the folder). One bad
+value never costs the other rows of its batch: that row alone becomes an error row
+(`malformed`).
 """
 
 from __future__ import annotations
@@ -234,12 +235,12 @@ def _categories(values: list[str | None]) -> pa.Array:
     import numpy as np
     import pyarrow as pa
 
-    codes: dict[str, int] = {}
+    codes: dict[str | None, int] = {}
     indices = np.fromiter((codes.setdefault(v, len(codes)) for v in values), dtype=np.int32,
                           count=len(values))
     if None in codes:
         raise ValueError("a category column holds a missing value")
-    words = [word.encode() for word in codes]
+    words = [str(word).encode() for word in codes]
     offsets = np.zeros(len(words) + 1, dtype=np.int32)
     offsets[1:] = np.cumsum([len(w) for w in words])
     dictionary = pa.Array.from_buffers(pa.string(), len(words),
