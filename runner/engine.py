@@ -127,7 +127,9 @@ async def _run(job: Job, plan: Plan, limits: Limits, providers: Providers, run_d
                clock: Callable[[], float], flush_rows: int, flush_s: float) -> RunOutcome:
     """The run itself, in a locked run directory: set up the files, run the pool, end the files."""
     budget = Budget(budget_usd, spent_usd=previous.spent_usd if previous else 0.0)
-    collector = Collector(run_dir, write_csv=job.write_csv, flush_rows=flush_rows)
+    skip = previous.skip(retry_errors) if previous else set()
+    collector = Collector(run_dir, write_csv=job.write_csv, flush_rows=flush_rows,
+                          rows_expected=len(plan) - len(skip))
     journal = Journal(run_dir, session=(previous.journal_sessions or 0) + 1 if previous else 1,
                       carried_usd=previous.spent_usd if previous else 0.0)
     manifest = Manifest(run_dir, job, run_id, plan_size=len(plan), limits=limits,
@@ -135,7 +137,7 @@ async def _run(job: Job, plan: Plan, limits: Limits, providers: Providers, run_d
     # limits wait on the event loop's clock (what anyio.sleep counts in), not on `clock`
     run = RunState(job, run_id, providers, Gates.build(job, limits, anyio.current_time),
                    budget, collector, limits, clock, progress,
-                   skip=previous.skip(retry_errors) if previous else set(), journal=journal)
+                   skip=skip, journal=journal)
     health = Health()
     pool = anyio.CancelScope()
     status, failure = "failed", None

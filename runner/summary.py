@@ -109,15 +109,26 @@ class Fold:
         self._costs: list[float] = []  # every row's, in file order (the run's total)
 
     def add_table(self, table: pa.Table) -> None:
-        columns = {name: table.column(name).to_pylist() for name in COLUMNS}
+        columns = {name: _values(table.column(name)) for name in COLUMNS}
         models = self._models
-        for i, model in enumerate(columns["model"]):
+        self._costs += _nan(columns["cost_usd"])
+        names = columns["model"]
+        if not names:
+            return
+        first = names[0]
+        if names.count(first) == len(names):  # one model in the batch (most are): no row loop
+            kept = models.get(first)
+            if kept is None:
+                kept = models[first] = {name: [] for name in COLUMNS[1:]}
+            for name in COLUMNS[1:]:
+                kept[name] += columns[name]
+            return
+        for i, model in enumerate(names):
             kept = models.get(model)
             if kept is None:
                 kept = models[model] = {name: [] for name in COLUMNS[1:]}
             for name in COLUMNS[1:]:
                 kept[name].append(columns[name][i])
-        self._costs += _nan(columns["cost_usd"])
 
     def lines(self) -> list[dict[str, Any]]:
         """One summary line per model: `{"model": ..., **group_stats(...)}`."""
@@ -151,6 +162,20 @@ class Fold:
             "per_model": {str(line["model"]): {"n": line["n"], "ok": line["ok"],
                                                "cost_usd": line["cost_usd"]} for line in lines},
         }
+
+
+def _values(column: Any) -> list[Any]:
+    """A column as Python values; a category column through its codes (`to_pylist` on a
+    dictionary column costs 50x more)."""
+    import pyarrow as pa
+
+    if not pa.types.is_dictionary(column.type):
+        return column.to_pylist()  # type: ignore[no-any-return]
+    out: list[Any] = []
+    for chunk in column.chunks:
+        words = chunk.dictionary.to_pylist()
+        out += [None if code is None else words[code] for code in chunk.indices.to_pylist()]
+    return out
 
 
 def _nan(values: Iterable[Any]) -> list[float]:
