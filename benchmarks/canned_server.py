@@ -1,9 +1,10 @@
 """A minimal canned-response OpenRouter-shaped server, so that the server is not the bottleneck.
 
-Raw asyncio (no HTTP framework): every `POST .../chat/completions` gets the same 10-event SSE
-stream (a role chunk, eight content chunks, a finish chunk with `usage` and `cost`, then
-`data: [DONE]`), chunked like a real SSE endpoint, in one write; `GET .../models` lists the one
-model with a price. Keep-alive HTTP/1.1; no pipelining.
+Raw asyncio (no HTTP framework): every `POST .../chat/completions` that asks for a stream
+(`"stream": true` in its body) gets the same 10-event SSE stream (a role chunk, eight content
+chunks, a finish chunk with `usage` and `cost`, then `data: [DONE]`), chunked like a real SSE
+endpoint, in one write; any other gets the same completion as one JSON body. `GET .../models`
+lists the one model with a price. Keep-alive HTTP/1.1; no pipelining.
 
     python benchmarks/canned_server.py --port 8799      # prints "listening <port>" when ready
 """
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
 
 import orjson
 
@@ -42,6 +44,20 @@ def _stream_body() -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
 
 
+def _completion_body() -> bytes:
+    return orjson.dumps({
+        "id": "gen-0-canned", "object": "chat.completion", "created": 1776655591, "model": MODEL,
+        "provider": "Canned",
+        "choices": [{"index": 0, "finish_reason": "stop", "native_finish_reason": "stop",
+                     "message": {"role": "assistant",
+                                 "content": "".join(f"word{i} " for i in range(EVENTS - 2))}}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20,
+                  "cost": 0.000021, "is_byok": False,
+                  "prompt_tokens_details": {"cached_tokens": 0},
+                  "completion_tokens_details": {"reasoning_tokens": 0}},
+    })
+
+
 def _models_body() -> bytes:
     return orjson.dumps({"data": [{
         "id": MODEL, "name": "Canned", "context_length": 8192,
@@ -52,6 +68,9 @@ def _models_body() -> bytes:
 
 STREAM = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
           b"Transfer-Encoding: chunked\r\n\r\n" + _stream_body())
+_COMPLETION = _completion_body()
+COMPLETION = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+              % len(_COMPLETION)) + _COMPLETION
 _MODELS = _models_body()
 MODELS = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
           % len(_MODELS)) + _MODELS
@@ -86,26 +105,33 @@ class CannedProtocol(asyncio.Protocol):
                 length = int(lower[at + 17: stop if stop >= 0 else None])
             if len(self._buf) < end + 4 + length:
                 return  # body not complete yet
+            body = self._buf[end + 4:end + 4 + length]
             self._buf = self._buf[end + 4 + length:]
             line = head[:head.find(b"\r\n")] if b"\r\n" in head else head
-            self._answer(line)
+            self._answer(line, body)
 
-    def _answer(self, request_line: bytes) -> None:
+    def _answer(self, request_line: bytes, body: bytes = b"") -> None:
         assert self._transport is not None
         method, _, rest = request_line.partition(b" ")
         path = rest.partition(b" ")[0]
         if method == b"POST" and path.endswith(b"/chat/completions"):
-            self._transport.write(STREAM)
+            streamed = b'"stream":true' in body or b'"stream": true' in body
+            self._transport.write(STREAM if streamed else COMPLETION)
+            self.answered(streamed)
         elif method == b"GET" and path.endswith(b"/models"):
             self._transport.write(MODELS)
         else:
             self._transport.write(NOT_FOUND)
 
+    def answered(self, streamed: bool) -> None:
+        """Called after each completion is written (a hook for subclasses that log them)."""
 
-async def serve(host: str, port: int) -> None:
+
+async def serve(host: str, port: int,
+                protocol: Callable[[], asyncio.Protocol] = CannedProtocol) -> None:
     """Serve until SIGTERM/SIGINT; print the bound port once listening."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(CannedProtocol, host, port, backlog=1024)
+    server = await loop.create_server(protocol, host, port, backlog=1024)
     bound = server.sockets[0].getsockname()[1]
     print(f"listening {bound}", flush=True)
     stop = asyncio.Event()

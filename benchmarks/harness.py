@@ -76,7 +76,7 @@ def simulator(*flags: str) -> contextlib.AbstractContextManager[int]:
 
 
 def write_job(path: Path, *, port: int, model: str, prompt: str, repeats: int,
-              limits: str, max_tokens: int, out: Path) -> Path:
+              limits: str, max_tokens: int, out: Path, stream: bool = True) -> Path:
     """A job file for one model on a custom OpenRouter-dialect provider at 127.0.0.1:port."""
     path.write_text(textwrap.dedent(f"""\
         name: bench
@@ -85,7 +85,7 @@ def write_job(path: Path, *, port: int, model: str, prompt: str, repeats: int,
           local: {{base_url: "http://127.0.0.1:{port}/api/v1", openrouter: true}}
         models: [{model}]
         prompts: [{prompt!r}]
-        params: {{max_tokens: {max_tokens}, stream: true}}
+        params: {{max_tokens: {max_tokens}, stream: {str(stream).lower()}}}
         repeats: {repeats}
         limits: {limits}
         output: {{dir: "{out}"}}

@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "rate": ("bench_rate.py", ["--seconds", "10"]),
     "startup": ("bench_startup.py", ["--repeats", "3"]),
     "soak": ("bench_soak.py", ["--quick"]),
+    "wholeprocess": ("bench_wholeprocess.py", ["--quick"]),
 }
 
 

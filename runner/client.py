@@ -1,10 +1,12 @@
 """The only module that talks HTTP to a provider: one `Request` in, one `Attempt` out.
 
-The openai SDK (`AsyncOpenAI`) owns configuration: base URL, auth and platform headers. The hot
-path builds the JSON body itself and reads the SSE stream at the transport level (aiohttp +
-orjson), because the SDK's request transform and its per-chunk pydantic objects cost more CPU
-than the whole rest of the runner and would show up in the latencies we measure. Timestamps are
-taken right where the bytes are read.
+The hot path builds the JSON body itself and reads the SSE stream at the transport level
+(aiohttp + orjson), because the SDK's request transform and its per-chunk pydantic objects cost
+more CPU than the whole rest of the runner and would show up in the latencies we measure.
+Timestamps are taken right where the bytes are read. Each endpoint also offers an `AsyncOpenAI`
+client configured the same way (`Endpoint.sdk`), built on first use: importing the openai package
+costs about a second (its `types` alone), which a run that never calls it should not pay before
+its first request.
 
 This is also the server boundary: redirects are never followed (the other host would get the
 prompt and the credentials), every read is bounded (answer bytes after decompression, stream
@@ -15,7 +17,7 @@ redacted of every secret the job holds before it leaves `send`.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -40,6 +42,9 @@ from .responses import (
     snippet,
 )
 
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+
 __all__ = ["Attempt", "Endpoint", "NoCatalogue", "build_body", "classify_status",
            "parse_completion", "retry_after_s"]
 
@@ -55,6 +60,15 @@ LABEL_CHARS = 200            # ids, model names, finish reasons
 PARTIAL_TEXT_CHARS = 65536   # what a too-large answer keeps of its text, for inspection
 CATALOGUE_TIMEOUT_S = 15.0   # GET /models must answer within this
 CATALOGUE_MAX_BYTES = 64 * 1024 * 1024
+USER_AGENT = "runner (aiohttp)"
+
+
+def request_headers(provider: Provider, api_key: str) -> dict[str, str]:
+    """The headers of every request: bearer auth, JSON, then the provider's own headers (which
+    win, as with the SDK's `default_headers`)."""
+    return {"Authorization": f"Bearer {api_key}", "Accept": "application/json",
+            "Content-Type": "application/json", "User-Agent": USER_AGENT,
+            **provider.headers}
 
 
 def classify_status(status: int) -> str:
@@ -78,16 +92,13 @@ class Endpoint:
     def __init__(self, provider: Provider, base_url: str, api_key: str, *,
                  connections: int, clock: Any = time.perf_counter,
                  redactor: Redactor | None = None) -> None:
-        from openai import AsyncOpenAI  # lazy: keeps `runner --help` fast
-
         self.provider = provider
         self._clock = clock
-        self._sdk = AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0,
-                                default_headers=dict(provider.headers))
-        self._base = str(self._sdk.base_url).rstrip("/")
+        self._api_key = api_key
+        self._sdk: Any = None  # an AsyncOpenAI, once `sdk` is first asked for
+        self._base = base_url.rstrip("/")
         self._url = self._base + "/chat/completions"
-        headers = {k: v for k, v in self._sdk.default_headers.items() if isinstance(v, str)}
-        headers.update(self._sdk.auth_headers)
+        headers = request_headers(provider, api_key)
         self.redact = redactor if redactor is not None else Redactor(
             [*provider_secrets(provider, api_key), *header_secrets(headers)])
         self._session = aiohttp.ClientSession(
@@ -104,11 +115,24 @@ class Endpoint:
 
     async def aclose(self) -> None:
         await self._session.close()
-        await self._sdk.close()
+        if self._sdk is not None:
+            await self._sdk.close()
+
+    @property
+    def sdk(self) -> AsyncOpenAI:
+        """An `AsyncOpenAI` client for this endpoint (same base URL, key and headers; the SDK's
+        own retries off), built on first use and closed with the endpoint."""
+        if self._sdk is None:
+            from openai import AsyncOpenAI  # lazy: ~1 s of imports a run does not need
+
+            self._sdk = AsyncOpenAI(api_key=self._api_key, base_url=self.base_url,
+                                    max_retries=0, default_headers=dict(self.provider.headers))
+        return self._sdk  # type: ignore[no-any-return]
 
     @property
     def base_url(self) -> str:
-        return str(self._sdk.base_url)
+        """The API root, with one trailing slash (as the SDK writes it)."""
+        return self._base + "/"
 
     async def models(self, *, timeout_s: float = CATALOGUE_TIMEOUT_S) -> list[dict[str, Any]]:
         """The provider's `GET /models` entries; `NoCatalogue` when there is no usable list,

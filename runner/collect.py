@@ -3,24 +3,26 @@
 
 Rows are buffered and written in batches as part files; when the run ends, `finish` merges the
 last merge and the parts into requests.parquet (and .csv), then removes the parts, so a glob over
-the results never counts a row twice. Every file goes through `rundir.replacing` (temporary name,
-fsync, rename, fsync of the folder). One bad value never costs the other rows of its batch: that
-row alone becomes an error row (`malformed`).
+the results never counts a row twice. The merge also folds the per-model summary
+(`summary.Fold`) from the rows it streams, and takes the parts this process wrote from memory
+while they fit in `KEEP_BYTES`, so the end of a run reads back only what it must. Every file
+goes through `rundir.replacing` (temporary name, fsync, rename, fsync of the folder). One bad
+value never costs the other rows of its batch: that row alone becomes an error row
+(`malformed`).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
-
-from .result import ERROR, SCHEMA, Result
+from .result import ERROR, Result, arrow_schema
 from .rundir import (
     PARTS,
     REQUESTS,
@@ -39,12 +41,31 @@ from .rundir import (
     write_atomic,
 )
 
+if TYPE_CHECKING:  # pyarrow is imported by the first write, not when a run starts
+    import pyarrow as pa
+
+    from .summary import Fold
+
 __all__ = ["Collector", "file_schema", "versions", "write_summary"]
 
-_PLAIN = pa.schema([
-    pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
-    for f in SCHEMA
-])
+# Arrow tables of the parts this process wrote, kept for the final merge up to this many bytes
+# (a run of short answers keeps them all; a large run re-reads the rest, and memory stays flat)
+KEEP_BYTES = 16 * 1024 * 1024
+# Rows reach Arrow through JSON (no pandas import, ~0.5 s, but ~20 µs more a row) in runs planned
+# smaller than this, and through Python objects (pyarrow then imports pandas) in larger ones
+JSON_MAX_ROWS = 20_000
+
+
+@functools.cache
+def _plain() -> pa.Schema:
+    """The file schema without dictionaries (what the CSV writer takes)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
+        for f in arrow_schema()
+    ])
+
 # a row that cannot be stored keeps these (they come from the plan, not from a server)
 _IDENTITY = ("run_id", "job", "request_id", "index", "model", "model_id", "provider",
              "prompt_id", "repeat", "vars_json")
@@ -55,15 +76,20 @@ class Collector:
     """Buffers rows and writes them in batches; `finish()` writes the final files."""
 
     __slots__ = ("run_dir", "_parts_dir", "_rows", "_part_no", "_lock", "write_csv",
-                 "flush_rows")
+                 "flush_rows", "_kept", "_kept_bytes", "summary", "_via_json")
 
-    def __init__(self, run_dir: Path, *, write_csv: bool = True, flush_rows: int = 500) -> None:
+    def __init__(self, run_dir: Path, *, write_csv: bool = True, flush_rows: int = 500,
+                 rows_expected: int | None = None) -> None:
         self.run_dir = run_dir
         self._parts_dir = run_dir / PARTS
         self._rows: list[dict[str, Any]] = []
         self.write_csv = write_csv
         self.flush_rows = flush_rows
         self._lock = threading.Lock()
+        self._kept: dict[Path, pa.Table] = {}   # part file -> the table written to it
+        self._kept_bytes = 0
+        self.summary: Fold | None = None        # set by `finish`
+        self._via_json = rows_expected is None or rows_expected < JSON_MAX_ROWS
         try:
             self._parts_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -93,9 +119,16 @@ class Collector:
         with self._lock:  # two flushes can overlap (by count and by time): never one number
             self._part_no += 1
             part_no = self._part_no
-        table = to_table(rows)
-        with replacing(self._parts_dir / f"part-{part_no:06d}.parquet") as tmp:
+        import pyarrow.parquet as pq
+
+        table = to_table(rows, via_json=self._via_json and "pandas" not in sys.modules)
+        path = self._parts_dir / f"part-{part_no:06d}.parquet"
+        with replacing(path) as tmp:
             pq.write_table(table, tmp)
+        with self._lock:
+            if self._kept_bytes + table.nbytes <= KEEP_BYTES:
+                self._kept[path] = table
+                self._kept_bytes += table.nbytes
 
     def part_files(self) -> list[Path]:
         return part_files(self.run_dir)
@@ -106,26 +139,37 @@ class Collector:
         (`.bad`) with a warning; its requests have no row.
 
         With `dedupe` (a resumed run, which may have sent a request again), a request id written
-        more than once keeps its last row.
+        more than once keeps its last row. `summary` then holds the fold of the merged rows.
         """
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        from .summary import Fold
+
         self.write_part(self.take())
         final = self.run_dir / REQUESTS
         sources = row_files(self.run_dir)
-        ids = [read_rows(p, ["request_id"], consequence="it is set aside as .bad") if dedupe
-               else None for p in sources]
+
+        def load(path: Path, columns: list[str] | None = None) -> pa.Table | None:
+            kept = self._kept.get(path)
+            if kept is not None:
+                return kept if columns is None else kept.select(columns)
+            return read_rows(path, columns, consequence="it is set aside as .bad")
+
+        ids = [load(p, ["request_id"]) if dedupe else None for p in sources]
         keep = latest_rows(ids) if dedupe else None
         merged: list[Path] = []
+        fold = Fold()
         with ExitStack() as stack:
             tmp = stack.enter_context(replacing(final))
             csv_tmp = stack.enter_context(replacing(self.run_dir / REQUESTS_CSV)) \
                 if self.write_csv else None
-            csv_writer = pacsv.CSVWriter(csv_tmp, _PLAIN) if csv_tmp is not None else None
+            csv_writer = pacsv.CSVWriter(csv_tmp, file_schema()) if csv_tmp is not None \
+                else None
             with pq.ParquetWriter(tmp, file_schema()) as writer:
                 for n, path in enumerate(sources):
-                    if dedupe and ids[n] is None:
-                        table = None
-                    else:
-                        table = read_rows(path, consequence="it is set aside as .bad")
+                    table = None if dedupe and ids[n] is None else load(path)
                     if table is None:
                         if path.exists():
                             quarantine(path)
@@ -133,8 +177,9 @@ class Collector:
                     if keep is not None and len(keep[n]) != table.num_rows:
                         table = table.take(pa.array(keep[n], type=pa.int64()))
                     writer.write_table(table)
-                    if csv_writer is not None:
-                        csv_writer.write_table(table.cast(_PLAIN))
+                    if csv_writer is not None:  # it writes a category as its text
+                        csv_writer.write_table(table)
+                    fold.add_table(table)
                     merged.append(path)
             if csv_writer is not None:
                 csv_writer.close()
@@ -143,19 +188,78 @@ class Collector:
             remove_durably([p for p in merged if p != final])
         except OSError as exc:
             raise disk_error(exc, self._parts_dir) from None
+        self._kept.clear()
+        self._kept_bytes = 0
+        self.summary = fold
         return final
 
 
-def to_table(rows: list[dict[str, Any]]) -> pa.Table:
+def to_table(rows: list[dict[str, Any]], *, via_json: bool = True) -> pa.Table:
     """Rows as a table of the file schema; a row with a value that does not fit becomes an
-    error row (`malformed`, the reason in its message) instead of failing the whole batch."""
+    error row (`malformed`, the reason in its message) instead of failing the whole batch.
+
+    With `via_json` a batch goes through JSON first (orjson, then Arrow's JSON reader): slower
+    than converting Python objects, but the only route that does not import pandas (pyarrow
+    imports it to convert any Python list), which would cost a short run half a second. NaN and
+    infinities become missing values there. A batch the JSON route refuses takes the object
+    route."""
+    import pyarrow as pa
+
+    if via_json:
+        try:
+            return _from_json(rows)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            pass
     try:
         return pa.Table.from_pylist(rows, schema=file_schema())
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
         return pa.Table.from_pylist(list(_storable(rows)), schema=file_schema())
 
 
+def _from_json(rows: list[dict[str, Any]]) -> pa.Table:
+    import orjson
+    import pyarrow as pa
+    import pyarrow.json as pajson
+
+    data = b"\n".join([orjson.dumps(row) for row in rows])
+    table = pajson.read_json(
+        pa.BufferReader(data),
+        read_options=pajson.ReadOptions(use_threads=False, block_size=len(data) + 1),
+        parse_options=pajson.ParseOptions(explicit_schema=_plain(),
+                                          unexpected_field_behavior="error"))
+    if table.num_rows != len(rows):
+        raise ValueError("a row was lost on the way through JSON")
+    # Arrow's JSON reader makes no dictionaries, and a cast would import pyarrow.compute (a
+    # quarter of a second): the category columns are built from buffers
+    return pa.Table.from_arrays(
+        [_categories(table.column(f.name).to_pylist()) if pa.types.is_dictionary(f.type)
+         else table.column(f.name) for f in file_schema()], schema=file_schema())
+
+
+def _categories(values: list[str | None]) -> pa.Array:
+    """A dictionary<int32, string> array of `values`, codes in order of first appearance (as
+    `from_pylist` makes them); a missing value is refused (the object route takes the batch)."""
+    import numpy as np
+    import pyarrow as pa
+
+    codes: dict[str | None, int] = {}
+    indices = np.fromiter((codes.setdefault(v, len(codes)) for v in values), dtype=np.int32,
+                          count=len(values))
+    if None in codes:
+        raise ValueError("a category column holds a missing value")
+    words = [str(word).encode() for word in codes]
+    offsets = np.zeros(len(words) + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum([len(w) for w in words])
+    dictionary = pa.Array.from_buffers(pa.string(), len(words),
+                                       [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(words))])
+    return pa.DictionaryArray.from_arrays(
+        pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(indices)]),
+        dictionary, safe=False)
+
+
 def _storable(rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    import pyarrow as pa
+
     for row in rows:
         try:
             pa.Table.from_pylist([row], schema=file_schema())
@@ -167,9 +271,11 @@ def _storable(rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 def _malformed(row: dict[str, Any]) -> dict[str, Any]:
     """The fields of `row` that can be stored, as an error row naming the ones that could not."""
+    import pyarrow as pa
+
     kept: dict[str, Any] = {}
     bad: list[str] = []
-    for field in _PLAIN:
+    for field in _plain():
         value = row.get(field.name)
         try:
             pa.array([value], type=field.type)
@@ -185,20 +291,32 @@ def _malformed(row: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def write_summary(run_dir: Path, summary: Any) -> None:
-    """summary.csv: one line per model (a pandas DataFrame from `results.summarize`)."""
-    write_atomic(run_dir / SUMMARY, summary.to_csv(index=False).encode())
+def write_summary(run_dir: Path, lines: list[dict[str, Any]]) -> None:
+    """summary.csv: one line per model (`summary.Fold.lines`)."""
+    from .summary import to_csv
+
+    write_atomic(run_dir / SUMMARY, to_csv(lines))
 
 
 def versions() -> dict[str, str]:
-    """Versions of the runner and the libraries that shape its numbers."""
+    """Versions of the runner and the libraries that shape its numbers, from the names of the
+    installed `*.dist-info` folders (importlib.metadata would cost a tenth of a second at start)."""
     import platform
-    from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
-    for name in ("runner", "openai", "aiohttp", "anyio", "aiolimiter", "pandas", "pyarrow"):
+    wanted = ("runner", "openai", "aiohttp", "anyio", "aiolimiter", "pandas", "pyarrow")
+    found: dict[str, str] = {}
+    for folder in sys.path:
         try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "unknown"
+            names = os.listdir(folder or ".")
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith(".dist-info"):
+                continue
+            project, _, version = name[:-len(".dist-info")].partition("-")
+            project = project.lower().replace("_", "-")
+            if project in wanted and project not in found:
+                found[project] = version
+    out = {"python": platform.python_version()}
+    out.update({name: found.get(name, "unknown") for name in wanted})
     return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .formatting import percent, seconds, usd, whole
@@ -68,21 +69,20 @@ class RunProgress:
 
 def print_summary(outcome: Any) -> None:
     """The per-model table at the end of a run, and where the files are."""
-    import pandas as pd
     from rich.markup import escape
     from rich.table import Table
 
     console = _console()
-    path = outcome.run_dir / "summary.csv"  # written at the end: the rows need not be read again
-    summary = pd.read_csv(path) if path.is_file() else None
-    if summary is not None and len(summary):
+    # written at the end: the rows need not be read again (nor pandas imported to read them)
+    summary = _read_summary(outcome.run_dir / "summary.csv")
+    if summary:
         table = Table(title=f"{outcome.manifest['job']} — run {outcome.run_id} "
                       f"({outcome.status})")
-        graded = "pass_rate" in summary.columns
+        graded = "pass_rate" in summary[0]
         for name in ("model", "n", "ok", "errors", "skipped", "latency p50", "latency p90",
                      "ttft p50", "tok/s p50", "cost") + (("pass rate",) if graded else ()):
             table.add_column(name, justify="left" if name == "model" else "right")
-        for row in summary.to_dict("records"):
+        for row in summary:
             cells = [escape(str(row["model"])), str(row["n"]), str(row["ok"]),
                      str(row["errors"]), str(row["skipped"]), seconds(row["latency_p50_s"]),
                      seconds(row["latency_p90_s"]), seconds(row["ttft_p50_s"]),
@@ -117,6 +117,19 @@ def print_summary(outcome: Any) -> None:
                       f"{usd(budget['budget_usd'])} (over by {usd(budget['overspent_usd'])})")
     console.print(f"results: {outcome.run_dir}/requests.parquet (also requests.csv, "
                   "summary.csv, run.json)", soft_wrap=True)
+
+
+def _read_summary(path: Path) -> list[dict[str, Any]]:
+    """summary.csv's lines, numbers as floats (an empty cell: NaN), counts and names as text."""
+    import csv
+
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        lines = list(csv.DictReader(f))
+    texts = ("model", "n", "ok", "errors", "skipped")
+    return [{k: v if k in texts else (float(v) if v else float("nan")) for k, v in line.items()}
+            for line in lines]
 
 
 def _console() -> Any:

@@ -44,7 +44,7 @@ from .plan import Plan
 from .providers import Providers, open_providers
 from .result import SKIPPED
 from .resume import Previous, load_previous, plan_summary
-from .rundir import RunLock, file_schema, find_run_dir, new_run_id, run_dir_for
+from .rundir import RunLock, find_run_dir, new_run_id, run_dir_for
 from .worker import Progress, RunState, flush, handle
 
 if TYPE_CHECKING:
@@ -127,7 +127,9 @@ async def _run(job: Job, plan: Plan, limits: Limits, providers: Providers, run_d
                clock: Callable[[], float], flush_rows: int, flush_s: float) -> RunOutcome:
     """The run itself, in a locked run directory: set up the files, run the pool, end the files."""
     budget = Budget(budget_usd, spent_usd=previous.spent_usd if previous else 0.0)
-    collector = Collector(run_dir, write_csv=job.write_csv, flush_rows=flush_rows)
+    skip = previous.skip(retry_errors) if previous else set()
+    collector = Collector(run_dir, write_csv=job.write_csv, flush_rows=flush_rows,
+                          rows_expected=len(plan) - len(skip))
     journal = Journal(run_dir, session=(previous.journal_sessions or 0) + 1 if previous else 1,
                       carried_usd=previous.spent_usd if previous else 0.0)
     manifest = Manifest(run_dir, job, run_id, plan_size=len(plan), limits=limits,
@@ -135,7 +137,7 @@ async def _run(job: Job, plan: Plan, limits: Limits, providers: Providers, run_d
     # limits wait on the event loop's clock (what anyio.sleep counts in), not on `clock`
     run = RunState(job, run_id, providers, Gates.build(job, limits, anyio.current_time),
                    budget, collector, limits, clock, progress,
-                   skip=previous.skip(retry_errors) if previous else set(), journal=journal)
+                   skip=skip, journal=journal)
     health = Health()
     pool = anyio.CancelScope()
     status, failure = "failed", None
@@ -148,7 +150,6 @@ async def _run(job: Job, plan: Plan, limits: Limits, providers: Providers, run_d
             manifest.write("running", budget=budget.figures())
             if progress is not None:
                 progress.start(len(plan) - len(run.skip))
-            file_schema()  # imports pandas now, not in the first flush while requests are timed
             gc.collect()
             gc.freeze()  # set-up objects live all run: keep them out of every later collection
             try:
@@ -277,30 +278,13 @@ async def _pool(run: RunState, plan: Plan, flush_s: float, health: Health,
 
 
 def _finish_files(collector: Collector, resumed: bool) -> dict[str, Any]:
-    """Write the final files and summary.csv; return the run's totals for the manifest."""
-    import pyarrow.parquet as pq
-
+    """Write the final files and summary.csv; return the run's totals for the manifest (both from
+    the summary the merge folds: the rows are not read again)."""
     from .collect import write_summary
-    from .results import summarize
 
-    final = collector.finish(dedupe=resumed)
-    columns = ["model", "status", "latency_s", "ttft_s", "tpot_s", "output_tokens_per_s",
-               "prompt_tokens", "completion_tokens", "cost_usd", "passed"]
-    df = pq.read_table(final, columns=columns).to_pandas()  # not the texts: memory stays flat
-    counts = {str(k): int(v) for k, v in df["status"].value_counts().items()}
-    if not len(df):
-        return {"requests": 0, "counts": counts}
-    summary = summarize(df)
-    write_summary(collector.run_dir, summary)
-    return {
-        "counts": counts,
-        "requests": len(df),
-        "cost_usd": float(df["cost_usd"].sum()),
-        "prompt_tokens": int(df["prompt_tokens"].sum()),
-        "completion_tokens": int(df["completion_tokens"].sum()),
-        "per_model": {str(r["model"]): {"n": int(r["n"]), "ok": int(r["ok"]),
-                                         "cost_usd": float(r["cost_usd"])}
-                      for r in summary.to_dict("records")},
-    }
-
-
+    collector.finish(dedupe=resumed)
+    assert collector.summary is not None
+    lines = collector.summary.lines()
+    if lines:
+        write_summary(collector.run_dir, lines)
+    return collector.summary.totals()

@@ -13,9 +13,12 @@ import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
-from aiolimiter import AsyncLimiter
+
+if TYPE_CHECKING:
+    from aiolimiter import AsyncLimiter
 
 from .config import Job, Limits, ModelSpec
 
@@ -53,6 +56,8 @@ def _rate_limiter(per_minute: float | None) -> AsyncLimiter | None:
     # a bucket of one second's worth (at least 1): the configured rate without a minute's burst
     per_second = per_minute / 60.0
     capacity = max(1.0, per_second)
+    from aiolimiter import AsyncLimiter  # only jobs with a rate limit need it
+
     return AsyncLimiter(capacity, capacity / per_second)
 
 

@@ -5,66 +5,88 @@ Column names carry their units (`_s` seconds, `_usd` US dollars, `_at` UTC times
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 OK, ERROR, SKIPPED = "ok", "error", "skipped"
 INTERRUPTED = "interrupted"   # error_type of a request cut off by Ctrl-C: `--resume` sends it again
 
-_CAT = pa.dictionary(pa.int32(), pa.string())
-_TS = pa.timestamp("us", tz="UTC")
+# (column, kind): the kinds are spelled out here and made Arrow types in `arrow_schema`, so that
+# a run can start (and send) before pyarrow is imported
+TYPES: tuple[tuple[str, str], ...] = (
+    ("run_id", "string"),
+    ("job", "string"),
+    ("request_id", "string"),
+    ("index", "int64"),
+    ("model", "category"),
+    ("model_id", "string"),
+    ("model_served", "string"),
+    ("provider", "category"),
+    ("upstream", "string"),
+    ("prompt_id", "string"),
+    ("repeat", "int32"),
+    ("vars_json", "string"),
+    ("status", "category"),
+    ("error_type", "string"),
+    ("error_message", "string"),
+    ("http_status", "int32"),
+    ("attempts", "int32"),
+    ("started_at", "timestamp"),
+    ("ended_at", "timestamp"),
+    ("queue_s", "float64"),
+    ("ttft_s", "float64"),
+    ("latency_s", "float64"),
+    ("wall_s", "float64"),
+    ("tpot_s", "float64"),
+    ("output_tokens_per_s", "float64"),
+    ("prompt_tokens", "int64"),
+    ("completion_tokens", "int64"),
+    ("reasoning_tokens", "int64"),
+    ("cached_tokens", "int64"),
+    ("cost_usd", "float64"),
+    ("cost_source", "string"),
+    ("estimated_cost_usd", "float64"),
+    ("cost_over_estimate", "bool"),
+    ("finish_reason", "string"),
+    ("native_finish_reason", "string"),
+    ("generation_id", "string"),
+    ("stream", "bool"),
+    ("response_text", "string"),
+    ("passed", "bool"),
+    ("score", "float64"),
+    ("check_failures", "string"),
+    ("judge_cost_usd", "float64"),
+    ("judge_prompt_tokens", "int64"),
+    ("judge_completion_tokens", "int64"),
+)
+COLUMNS = tuple(name for name, _ in TYPES)
 
-SCHEMA = pa.schema([
-    ("run_id", pa.string()),
-    ("job", pa.string()),
-    ("request_id", pa.string()),
-    ("index", pa.int64()),
-    ("model", _CAT),
-    ("model_id", pa.string()),
-    ("model_served", pa.string()),
-    ("provider", _CAT),
-    ("upstream", pa.string()),
-    ("prompt_id", pa.string()),
-    ("repeat", pa.int32()),
-    ("vars_json", pa.string()),
-    ("status", _CAT),
-    ("error_type", pa.string()),
-    ("error_message", pa.string()),
-    ("http_status", pa.int32()),
-    ("attempts", pa.int32()),
-    ("started_at", _TS),
-    ("ended_at", _TS),
-    ("queue_s", pa.float64()),
-    ("ttft_s", pa.float64()),
-    ("latency_s", pa.float64()),
-    ("wall_s", pa.float64()),
-    ("tpot_s", pa.float64()),
-    ("output_tokens_per_s", pa.float64()),
-    ("prompt_tokens", pa.int64()),
-    ("completion_tokens", pa.int64()),
-    ("reasoning_tokens", pa.int64()),
-    ("cached_tokens", pa.int64()),
-    ("cost_usd", pa.float64()),
-    ("cost_source", pa.string()),
-    ("estimated_cost_usd", pa.float64()),
-    ("cost_over_estimate", pa.bool_()),
-    ("finish_reason", pa.string()),
-    ("native_finish_reason", pa.string()),
-    ("generation_id", pa.string()),
-    ("stream", pa.bool_()),
-    ("response_text", pa.string()),
-    ("passed", pa.bool_()),
-    ("score", pa.float64()),
-    ("check_failures", pa.string()),
-    ("judge_cost_usd", pa.float64()),
-    ("judge_prompt_tokens", pa.int64()),
-    ("judge_completion_tokens", pa.int64()),
-])
 
-COLUMNS = tuple(SCHEMA.names)
+@functools.cache
+def arrow_schema() -> pa.Schema:
+    """The Arrow schema of result files (categories: int32 dictionaries; times: UTC, µs)."""
+    import pyarrow as pa
+
+    kinds = {"string": pa.string(), "int64": pa.int64(), "int32": pa.int32(),
+             "float64": pa.float64(), "bool": pa.bool_(),
+             "category": pa.dictionary(pa.int32(), pa.string()),
+             "timestamp": pa.timestamp("us", tz="UTC")}
+    return pa.schema([(name, kinds[kind]) for name, kind in TYPES])
+
+
+if TYPE_CHECKING:
+    SCHEMA: pa.Schema
+
+
+def __getattr__(name: str) -> Any:  # `SCHEMA`: built (and pyarrow imported) on first use
+    if name == "SCHEMA":
+        return arrow_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(slots=True)

@@ -1,6 +1,6 @@
 """Reading and summarising results: run or job directories in, pandas DataFrames out.
 
-The results side of the run (the engine writes summary.csv with `summarize`); the reports
+The results side of the run (the engine folds summary.csv with `summary.group_stats`, the same numbers); the reports
 (`report_console`, `html_report`, `junit`, `compare`) are built on it, never the other way.
 One row is a `result.Result`; this module reads many of them back."""
 
@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import pyarrow as pa
 
 from .errors import ResultsError
 from .rundir import read_run, run_dirs
@@ -23,6 +21,8 @@ def read_results(path: str | Path) -> pd.DataFrame:
     """Rows of one run directory, or of every run of a job directory (oldest run first), each
     run's rows in plan order. An unreadable part file is named in an `UnreadableRowsWarning`
     and its rows left out."""
+
+    import pyarrow as pa
 
     path = Path(path)
     if not path.is_dir():
@@ -39,38 +39,22 @@ def read_results(path: str | Path) -> pd.DataFrame:
 
 
 def summarize(df: pd.DataFrame, by: Sequence[str] = ("model",)) -> pd.DataFrame:
-    """Per-group counts, error rate, latency/TTFT percentiles, throughput, tokens and cost."""
+    """Per-group counts, error rate, latency/TTFT percentiles, throughput, tokens and cost (the
+    numbers of `summary.group_stats`, the same as in summary.csv)."""
     import pandas as pd
+
+    from .summary import group_stats
 
     keys = list(by)
     rows = []
     for key, group in df.groupby(keys, observed=True, sort=True):
-        ok = group[group["status"] == "ok"]
-        sent = group[group["status"] != "skipped"]
         row: dict[str, object] = dict(zip(keys, key if isinstance(key, tuple) else (key,),
                                           strict=True))
-        row.update({
-            "n": len(group),
-            "ok": len(ok),
-            "errors": int((group["status"] == "error").sum()),
-            "skipped": int((group["status"] == "skipped").sum()),
-            "error_rate": (float((sent["status"] == "error").mean()) if len(sent)
-                           else float("nan")),
-            "latency_p50_s": ok["latency_s"].quantile(0.5),
-            "latency_p90_s": ok["latency_s"].quantile(0.9),
-            "latency_p99_s": ok["latency_s"].quantile(0.99),
-            "ttft_p50_s": ok["ttft_s"].quantile(0.5),
-            "ttft_p90_s": ok["ttft_s"].quantile(0.9),
-            "ttft_p99_s": ok["ttft_s"].quantile(0.99),
-            "tpot_p50_s": ok["tpot_s"].quantile(0.5),
-            "output_tokens_per_s_p50": ok["output_tokens_per_s"].median(),
-            "prompt_tokens": int(group["prompt_tokens"].sum()),
-            "completion_tokens": int(group["completion_tokens"].sum()),
-            "cost_usd": float(group["cost_usd"].sum()),
-            "cost_per_1k_requests_usd": (float(ok["cost_usd"].mean()) * 1000 if len(ok)
-                                         else float("nan")),
-        })
-        if "passed" in group and group["passed"].notna().any():
-            row["pass_rate"] = float(group["passed"].dropna().astype(bool).mean())
+        floats = {name: group[name].to_numpy(dtype="float64", na_value=float("nan"))
+                  for name in ("latency_s", "ttft_s", "tpot_s", "output_tokens_per_s",
+                               "prompt_tokens", "completion_tokens", "cost_usd")}
+        passed = (group["passed"].astype(object).where(group["passed"].notna(), None).tolist()
+                  if "passed" in group else [])
+        row.update(group_stats(group["status"].astype(str).tolist(), **floats, passed=passed))
         rows.append(row)
     return pd.DataFrame(rows)

@@ -30,14 +30,13 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from .errors import ResultsError
-from .result import SCHEMA
+from .result import TYPES, arrow_schema
+
+if TYPE_CHECKING:  # pyarrow is imported where rows are read or written, not by a run's start
+    import pyarrow as pa
 
 RUN_JSON = "run.json"
 JOURNAL = "spend.journal"
@@ -240,33 +239,42 @@ def remove_durably(paths: list[Path]) -> None:
 
 # -- reading rows -------------------------------------------------------------------------------
 
+# pandas' reading of each kind of column (`pandas_type`, `numpy_type`, `metadata`), as
+# `pa.Schema.from_pandas` writes it for the dtypes we want back (tests/test_speed.py checks that it
+# still matches): written out here so that writing rows never imports pandas
+_PANDAS_KINDS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
+    "string": ("object", "str", None),
+    "int64": ("int64", "Int64", None),
+    "int32": ("int64", "Int64", None),
+    "float64": ("float64", "float64", None),
+    "bool": ("bool", "boolean", None),
+    "category": ("categorical", "int8", {"num_categories": 0, "ordered": False}),
+    "timestamp": ("datetimetz", "datetime64[us]", {"timezone": "UTC"}),
+}
+PANDAS_VERSION = "3.1.1"  # the pandas whose metadata format `_PANDAS_KINDS` follows
+
+
 @functools.cache
 def file_schema() -> pa.Schema:
-    """SCHEMA plus pandas metadata, so `pd.read_parquet` gives nullable Int64/boolean columns
-    (unknown token counts stay <NA> instead of turning the column into floats)."""
-    import pandas as pd
+    """The result schema plus pandas metadata, so `pd.read_parquet` gives nullable Int64/boolean
+    columns (unknown token counts stay <NA> instead of turning the column into floats)."""
+    import pyarrow as pa
 
-    def dtype(t: pa.DataType) -> str:
-        if pa.types.is_integer(t):
-            return "Int64"
-        if pa.types.is_boolean(t):
-            return "boolean"
-        if pa.types.is_dictionary(t):
-            return "category"
-        if pa.types.is_floating(t):
-            return "float64"
-        if pa.types.is_timestamp(t):
-            return "datetime64[us, UTC]"
-        return "str"
-
-    empty = pd.DataFrame({f.name: pd.Series([], dtype=dtype(f.type)) for f in SCHEMA})
-    meta = pa.Schema.from_pandas(empty, preserve_index=False).metadata
-    return SCHEMA.with_metadata(meta)
+    columns = [{"name": name, "field_name": name, "pandas_type": _PANDAS_KINDS[kind][0],
+                "numpy_type": _PANDAS_KINDS[kind][1], "metadata": _PANDAS_KINDS[kind][2]}
+               for name, kind in TYPES]
+    meta = {"index_columns": [], "column_indexes": [], "columns": columns, "attributes": {},
+            "creator": {"library": "pyarrow", "version": pa.__version__},
+            "pandas_version": PANDAS_VERSION}
+    return arrow_schema().with_metadata({b"pandas": json.dumps(meta).encode()})
 
 
 def read_rows(path: Path, columns: list[str] | None = None, *,
               consequence: str = "its rows are left out") -> pa.Table | None:
     """One row file, or None (with one warning line naming it) when it cannot be read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         if columns is None:
             return pq.read_table(path, schema=file_schema())
@@ -315,6 +323,9 @@ def scan(run_dir: Path, columns: list[str], *, consequence: str = "its rows are 
 
 def read_run(run_dir: Path) -> pa.Table | None:
     """A run's rows, one per request id (its latest), in plan order; None when it has none."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     sources = [(p, t) for p, t in ((p, read_rows(p)) for p in row_files(run_dir))
                if t is not None]
     if not sources:

@@ -1,0 +1,204 @@
+"""Per-model summaries: result rows in, the lines of summary.csv and run.json's totals out.
+
+`group_stats` is the one home of a summary's numbers: `results.summarize` calls it for each group
+of a DataFrame, and `Fold` for each model as the end of a run streams the rows into
+requests.parquet, so writing summary.csv needs neither a second pass over the files nor pandas.
+The figures are those pandas gives (tests check the two side by side): percentiles are exact
+(linear between closest ranks, like `Series.quantile`), from the latency, TTFT, TPOT and
+throughput floats a fold keeps per model (8 bytes a row each); sums and means are numpy's.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .result import ERROR, OK, SKIPPED
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+NAN = float("nan")
+# the result columns a summary reads
+COLUMNS = ("model", "status", "latency_s", "ttft_s", "tpot_s", "output_tokens_per_s",
+           "prompt_tokens", "completion_tokens", "cost_usd", "passed")
+_FLOATS = COLUMNS[2:-1]  # not "passed"
+
+
+def _floats(values: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
+    return np.asarray(values, dtype=np.float64)
+
+
+def _quantile(values: np.ndarray[Any, np.dtype[np.float64]], q: float) -> float:
+    """pandas' `Series.quantile(q)` of the non-NaN values (the same numpy call it makes)."""
+    kept = values[~np.isnan(values)]
+    if not len(kept):
+        return NAN
+    return float(np.percentile(kept, np.asarray([q]) * 100.0, method="linear")[0])
+
+
+def _median(values: np.ndarray[Any, np.dtype[np.float64]]) -> float:
+    kept = values[~np.isnan(values)]
+    return float(np.median(kept)) if len(kept) else NAN
+
+
+def _nansum(values: np.ndarray[Any, np.dtype[np.float64]]) -> float:
+    """pandas' sum: missing values count as 0 (numpy's pairwise sum of the rest)."""
+    return float(np.where(np.isnan(values), 0.0, values).sum())
+
+
+def group_stats(status: Sequence[str], latency_s: Any, ttft_s: Any, tpot_s: Any,
+                output_tokens_per_s: Any, prompt_tokens: Any, completion_tokens: Any,
+                cost_usd: Any, passed: Sequence[bool | None]) -> dict[str, Any]:
+    """One summary line (without its group key) of one group's rows: counts, error rate,
+    latency/TTFT percentiles, throughput, tokens and cost, and the pass rate when checks ran.
+
+    Numeric columns are sequences of floats with NaN (or None) for a missing value."""
+    states = np.asarray(status, dtype=object)
+    ok = states == OK
+    sent = states != SKIPPED
+    errors = int((states == ERROR).sum())
+    n_ok, n_sent = int(ok.sum()), int(sent.sum())
+    latency, ttft = _floats(latency_s)[ok], _floats(ttft_s)[ok]
+    cost = _floats(cost_usd)
+    ok_cost = cost[ok]
+    priced = int((~np.isnan(ok_cost)).sum())
+    row: dict[str, Any] = {
+        "n": len(states),
+        "ok": n_ok,
+        "errors": errors,
+        "skipped": len(states) - n_sent,
+        "error_rate": int((states[sent] == ERROR).sum()) / n_sent if n_sent else NAN,
+        "latency_p50_s": _quantile(latency, 0.5),
+        "latency_p90_s": _quantile(latency, 0.9),
+        "latency_p99_s": _quantile(latency, 0.99),
+        "ttft_p50_s": _quantile(ttft, 0.5),
+        "ttft_p90_s": _quantile(ttft, 0.9),
+        "ttft_p99_s": _quantile(ttft, 0.99),
+        "tpot_p50_s": _quantile(_floats(tpot_s)[ok], 0.5),
+        "output_tokens_per_s_p50": _median(_floats(output_tokens_per_s)[ok]),
+        "prompt_tokens": int(_nansum(_floats(prompt_tokens))),
+        "completion_tokens": int(_nansum(_floats(completion_tokens))),
+        "cost_usd": _nansum(cost),
+        "cost_per_1k_requests_usd": (_nansum(ok_cost) / priced * 1000 if priced
+                                     else NAN) if n_ok else NAN,
+    }
+    graded = [p for p in passed if p is not None and not _is_nan(p)]
+    if graded:
+        row["pass_rate"] = sum(bool(p) for p in graded) / len(graded)
+    return row
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+class Fold:
+    """The summary of a run's rows, folded batch by batch (Arrow tables with `COLUMNS`); models
+    in the order they first appear, as pandas groups a categorical column."""
+
+    __slots__ = ("_models", "_costs")
+
+    def __init__(self) -> None:
+        self._models: dict[str, dict[str, list[Any]]] = {}
+        self._costs: list[float] = []  # every row's, in file order (the run's total)
+
+    def add_table(self, table: pa.Table) -> None:
+        columns = {name: _values(table.column(name)) for name in COLUMNS}
+        models = self._models
+        self._costs += _nan(columns["cost_usd"])
+        names = columns["model"]
+        if not names:
+            return
+        first = names[0]
+        if names.count(first) == len(names):  # one model in the batch (most are): no row loop
+            kept = models.get(first)
+            if kept is None:
+                kept = models[first] = {name: [] for name in COLUMNS[1:]}
+            for name in COLUMNS[1:]:
+                kept[name] += columns[name]
+            return
+        for i, model in enumerate(names):
+            kept = models.get(model)
+            if kept is None:
+                kept = models[model] = {name: [] for name in COLUMNS[1:]}
+            for name in COLUMNS[1:]:
+                kept[name].append(columns[name][i])
+
+    def lines(self) -> list[dict[str, Any]]:
+        """One summary line per model: `{"model": ..., **group_stats(...)}`."""
+        out = []
+        for model, kept in self._models.items():
+            floats = {name: [NAN if v is None else v for v in kept[name]] for name in _FLOATS}
+            out.append({"model": model, **group_stats(kept["status"], **floats,
+                                                      passed=kept["passed"])})
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Rows by status."""
+        found: dict[str, int] = {}
+        for kept in self._models.values():
+            for status in kept["status"]:
+                found[status] = found.get(status, 0) + 1
+        return found
+
+    def totals(self) -> dict[str, Any]:
+        """run.json's `totals` (with `counts`), from the summary lines."""
+        lines = self.lines()
+        counts = self.counts()
+        if not lines:
+            return {"requests": 0, "counts": counts}
+        return {
+            "counts": counts,
+            "requests": sum(line["n"] for line in lines),
+            "cost_usd": _nansum(_floats(self._costs)),
+            "prompt_tokens": sum(line["prompt_tokens"] for line in lines),
+            "completion_tokens": sum(line["completion_tokens"] for line in lines),
+            "per_model": {str(line["model"]): {"n": line["n"], "ok": line["ok"],
+                                               "cost_usd": line["cost_usd"]} for line in lines},
+        }
+
+
+def _values(column: Any) -> list[Any]:
+    """A column as Python values; a category column through its codes (`to_pylist` on a
+    dictionary column costs 50x more)."""
+    import pyarrow as pa
+
+    if not pa.types.is_dictionary(column.type):
+        return column.to_pylist()  # type: ignore[no-any-return]
+    out: list[Any] = []
+    for chunk in column.chunks:
+        words = chunk.dictionary.to_pylist()
+        out += [None if code is None else words[code] for code in chunk.indices.to_pylist()]
+    return out
+
+
+def _nan(values: Iterable[Any]) -> list[float]:
+    return [NAN if v is None else v for v in values]
+
+
+def to_csv(lines: list[dict[str, Any]]) -> bytes:
+    """summary.csv as `pandas.DataFrame(lines).to_csv(index=False)` writes it: columns in first
+    appearance order, NaN and missing values as empty cells, floats in their shortest round-trip
+    form, the quoting of the csv module (which pandas uses)."""
+    columns: list[str] = []
+    for line in lines:
+        columns += [name for name in line if name not in columns]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([_csv_value(line.get(name)) for name in columns] for line in lines)
+    return out.getvalue().encode()
+
+
+def _csv_value(value: Any) -> str:
+    if value is None or _is_nan(value):
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)

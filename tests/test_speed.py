@@ -1,0 +1,202 @@
+"""Whole-process speed, as structure: what a run imports before it sends, and a summary folded
+from the rows as they are merged that says what pandas said (summary.csv did not change)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from runner.collect import Collector, to_table, versions
+from runner.result import Result
+from runner.rundir import file_schema
+from runner.summary import Fold, to_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", f"{code}\nimport sys\n"
+                          "print(' '.join(sorted(sys.modules)))"],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    return set(out.stdout.split())
+
+
+def test_the_run_path_imports_neither_pandas_nor_pyarrow_nor_the_sdk() -> None:
+    """Everything `runner run` imports before its first request: none of the heavy three."""
+    loaded = _modules_after("import runner.cli, runner.engine, runner.config, runner.console, "
+                            "runner.gate, runner.setup, runner.worker, runner.client")
+    assert not {"pandas", "pyarrow", "openai", "numpy"} & loaded
+
+
+def test_writing_rows_and_the_summary_does_not_import_pandas(tmp_path: Path) -> None:
+    code = f"""
+from pathlib import Path
+from runner.collect import Collector, write_summary
+from runner.result import Result
+c = Collector(Path({str(tmp_path / 'run')!r}))
+for i in range(3):
+    c.add(Result(run_id="r", job="j", request_id=f"id-{{i}}", index=i, model="m",
+                 model_id="m", provider="p", prompt_id="q", repeat=0, vars_json="{{}}",
+                 status="ok", latency_s=0.1 * i))
+c.write_part(c.take())
+c.add(Result(run_id="r", job="j", request_id="id-9", index=9, model="m", model_id="m",
+             provider="p", prompt_id="q", repeat=0, vars_json="{{}}"))
+c.finish()
+write_summary(c.run_dir, c.summary.lines())
+"""
+    loaded = _modules_after(code)
+    assert "pandas" not in loaded and "pyarrow.compute" not in loaded
+    assert len(pd.read_parquet(tmp_path / "run" / "requests.parquet")) == 4
+
+
+async def test_the_sdk_client_is_built_on_first_use_with_the_endpoint_settings() -> None:
+    from runner.client import Endpoint
+    from runner.config import Provider
+
+    provider = Provider("local", "http://127.0.0.1:9/api/v1", "LOCAL_KEY", {"X-Title": "t"},
+                        openrouter=False, stream_usage=True)
+    async with Endpoint(provider, "http://127.0.0.1:9/api/v1/", "sk-or-v1-TESTSECRET",
+                        connections=1) as endpoint:
+        assert endpoint._sdk is None
+        sdk = endpoint.sdk
+        assert endpoint.sdk is sdk
+        assert str(sdk.base_url) == endpoint.base_url == "http://127.0.0.1:9/api/v1/"
+        assert sdk.api_key == "sk-or-v1-TESTSECRET" and sdk.max_retries == 0
+        assert sdk.default_headers["X-Title"] == "t"
+
+
+def test_file_schema_metadata_is_what_pandas_writes() -> None:
+    """The pandas metadata is written out by hand (no pandas import to write rows): it must
+    stay what `pa.Schema.from_pandas` makes of the dtypes we want back."""
+    mine = json.loads(file_schema().metadata[b"pandas"])
+
+    def dtype(t: pa.DataType) -> str:
+        if pa.types.is_integer(t):
+            return "Int64"
+        if pa.types.is_boolean(t):
+            return "boolean"
+        if pa.types.is_dictionary(t):
+            return "category"
+        if pa.types.is_floating(t):
+            return "float64"
+        if pa.types.is_timestamp(t):
+            return "datetime64[us, UTC]"
+        return "str"
+
+    empty = pd.DataFrame({f.name: pd.Series([], dtype=dtype(f.type)) for f in file_schema()})
+    theirs = json.loads(pa.Schema.from_pandas(empty, preserve_index=False).metadata[b"pandas"])
+    assert mine["columns"] == theirs["columns"]
+    assert {k: v for k, v in mine.items() if k not in ("creator", "pandas_version")} == \
+        {k: v for k, v in theirs.items() if k not in ("creator", "pandas_version")}
+
+
+def test_versions_match_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    found = versions()
+    for name in ("runner", "aiohttp", "pandas", "pyarrow", "openai"):
+        assert found[name] == version(name)
+
+
+def test_rows_through_json_are_the_rows_from_objects() -> None:
+    rows = [_result(i, random.Random(i)).as_row() for i in range(50)]
+    rows[3]["response_text"] = 'quotes " and \\ and \n and \u2028 and é'
+    assert to_table(rows).equals(pa.Table.from_pylist(rows, schema=file_schema()))
+
+
+def _old_summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """`results.summarize` as it was (pandas throughout): the reference for summary.csv."""
+    rows = []
+    for key, group in df.groupby(["model"], observed=True, sort=True):
+        ok = group[group["status"] == "ok"]
+        sent = group[group["status"] != "skipped"]
+        row: dict[str, object] = {"model": key[0]}
+        row.update({
+            "n": len(group), "ok": len(ok),
+            "errors": int((group["status"] == "error").sum()),
+            "skipped": int((group["status"] == "skipped").sum()),
+            "error_rate": (float((sent["status"] == "error").mean()) if len(sent)
+                           else float("nan")),
+            "latency_p50_s": ok["latency_s"].quantile(0.5),
+            "latency_p90_s": ok["latency_s"].quantile(0.9),
+            "latency_p99_s": ok["latency_s"].quantile(0.99),
+            "ttft_p50_s": ok["ttft_s"].quantile(0.5),
+            "ttft_p90_s": ok["ttft_s"].quantile(0.9),
+            "ttft_p99_s": ok["ttft_s"].quantile(0.99),
+            "tpot_p50_s": ok["tpot_s"].quantile(0.5),
+            "output_tokens_per_s_p50": ok["output_tokens_per_s"].median(),
+            "prompt_tokens": int(group["prompt_tokens"].sum()),
+            "completion_tokens": int(group["completion_tokens"].sum()),
+            "cost_usd": float(group["cost_usd"].sum()),
+            "cost_per_1k_requests_usd": (float(ok["cost_usd"].mean()) * 1000 if len(ok)
+                                         else float("nan")),
+        })
+        if "passed" in group and group["passed"].notna().any():
+            row["pass_rate"] = float(group["passed"].dropna().astype(bool).mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _result(i: int, rnd: random.Random, graded: bool = False) -> Result:
+    status = rnd.choice(["ok", "ok", "ok", "error", "skipped"])
+    ok = status == "ok"
+
+    def maybe(value: float) -> float | None:
+        return value if ok and rnd.random() > 0.1 else None
+
+    return Result(
+        run_id="r", job="j", request_id=f"id-{i}", index=i,
+        model=rnd.choice(["zeta/model", "alpha/model", "mid, with comma"]), model_id="m",
+        provider="p", prompt_id="q", repeat=0, vars_json="{}", status=status,
+        latency_s=maybe(rnd.lognormvariate(-1, 1)), ttft_s=maybe(rnd.random() / 7),
+        tpot_s=maybe(rnd.random() / 100), output_tokens_per_s=maybe(rnd.random() * 300),
+        prompt_tokens=rnd.randrange(1, 500) if status != "skipped" else None,
+        completion_tokens=rnd.randrange(0, 900) if ok else None,
+        cost_usd=rnd.random() / 1e3 if status != "skipped" and rnd.random() > 0.05 else None,
+        passed=(rnd.random() > 0.3) if graded and ok else None)
+
+
+@pytest.mark.parametrize("graded", [False, True])
+@pytest.mark.parametrize("n", [1, 7, 1000])
+def test_the_folded_summary_is_the_pandas_summary(tmp_path: Path, n: int, graded: bool) -> None:
+    """summary.csv from the fold, byte for byte what pandas wrote before (and run.json's totals
+    the same numbers), over several parts in completion order."""
+    rnd = random.Random(n)
+    collector = Collector(tmp_path / "run")
+    for i in range(n):
+        collector.add(_result(i, rnd, graded))
+        if rnd.random() < 0.02:
+            collector.write_part(collector.take())
+    final = collector.finish()
+    assert collector.summary is not None
+    columns = ["model", "status", "latency_s", "ttft_s", "tpot_s", "output_tokens_per_s",
+               "prompt_tokens", "completion_tokens", "cost_usd", "passed"]
+    import pyarrow.parquet as pq
+
+    df = pq.read_table(final, columns=columns).to_pandas()
+    expected = _old_summarize(df)
+    assert to_csv(collector.summary.lines()).decode() == expected.to_csv(index=False)
+    totals = collector.summary.totals()
+    assert totals["cost_usd"] == float(df["cost_usd"].sum())
+    assert totals["counts"] == {str(k): int(v) for k, v in df["status"].value_counts().items()}
+    assert totals["requests"] == len(df)
+    # and `results.summarize` (`runner report`, on rows in plan order) what pandas gave there
+    from runner.results import read_results, summarize
+
+    (tmp_path / "run" / "run.json").write_text('{"status": "completed"}')
+    rows = read_results(tmp_path / "run")
+    assert summarize(rows).to_csv(index=False) == _old_summarize(rows).to_csv(index=False)
+
+
+def test_a_fold_of_nothing_has_no_lines() -> None:
+    fold = Fold()
+    assert fold.lines() == [] and fold.totals() == {"requests": 0, "counts": {}}
+    assert math.isnan(float("nan"))
