@@ -1,7 +1,8 @@
 """Reading and summarising results: run or job directories in, pandas DataFrames out.
 
-The results side of the run (the engine folds summary.csv with `summary.group_stats`, the same numbers); the reports
-(`report_console`, `html_report`, `junit`, `compare`) are built on it, never the other way.
+The results side of the run (the engine folds summary.csv with `summary.group_stats`, the same
+numbers); the reports (`report_console`, `html_report`, `junit`, `compare`) are built on it,
+never the other way.
 One row is a `result.Result`; this module reads many of them back."""
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ def _modules_after(code: str) -> set[str]:
 def test_the_run_path_imports_neither_pandas_nor_pyarrow_nor_the_sdk() -> None:
     """Everything `runner run` imports before its first request: none of the heavy three."""
     loaded = _modules_after("import runner.cli, runner.engine, runner.config, runner.console, "
-                            "runner.gate, runner.setup, runner.worker, runner.client")
+                            "runner.quality_gate, runner.providers, runner.worker, runner.client")
     assert not {"pandas", "pyarrow", "openai", "numpy"} & loaded
 
 
