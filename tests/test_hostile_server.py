@@ -7,6 +7,7 @@ The server is real aiohttp on loopback; what it does depends on the model id it 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import resource
@@ -143,6 +144,15 @@ BEHAVIOURS: dict[str, Behaviour] = {
         _chunk(KEY[10:] + " " + _echo(r)),   # a key cut across two chunks
         _chunk(None, "stop", native_finish_reason=f"Bearer {KEY}",
                usage={"prompt_tokens": 1, "completion_tokens": 2, "cost": 0.0001})),
+    # a key where a message is clipped before redaction; parts and base64 of the secrets
+    "echo-at-the-cut": lambda r, h: _async(web.Response(
+        text="data: not json " + "x" * 160 + KEY + " " + HEADER,
+        content_type="text/plain")),
+    "echo-parts": lambda r, h: _async(_json({"error": {"message": (
+        f"key ...{KEY[9:]}, {KEY[:-6]}..., {HEADER[4:]}; basic "
+        f"{base64.b64encode(f'user:{KEY}'.encode()).decode()} "
+        f"{base64.b64encode(r.headers['Authorization'].encode()).decode()} "
+        f"{base64.urlsafe_b64encode(HEADER.encode()).decode()}")}}, 400)),
     "echo-stream-error": lambda r, h: _sse(
         r, _chunk("par"), b"data: " + json.dumps({"error": {"message": _echo(r)}}).encode()
         + b"\n\n", done=False),
@@ -289,7 +299,8 @@ async def _send(hostile: Hostile, request_: Any, behaviour: str, **bounds: Any) 
 def _assert_clean(text: str, where: str = "") -> None:
     for secret in SECRETS:
         for form in {secret, json.dumps(secret)[1:-1], quote(secret, safe=""),
-                     quote_plus(secret, safe=""), KEY[:24], HEADER[:20]}:
+                     quote_plus(secret, safe=""), KEY[:24], HEADER[:20], secret[-16:],
+                     base64.b64encode(secret.encode()).decode()[4:20]}:
             assert form not in text, f"{form!r} leaked {where}: ...{text[:400]}"
 
 
@@ -300,7 +311,7 @@ def _strings(attempt: Any) -> str:
 
 
 @pytest.mark.parametrize("behaviour", ["echo-error", "echo-plain", "echo-body", "echo-stream",
-                                       "echo-stream-error"])
+                                       "echo-stream-error", "echo-at-the-cut", "echo-parts"])
 async def test_echoed_credentials_are_redacted(hostile: Hostile, request_: Any,
                                                behaviour: str) -> None:
     attempt = await _send(hostile, request_, behaviour)
