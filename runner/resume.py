@@ -82,6 +82,12 @@ def load_previous(run_dir: Path, job: Job, *, force: bool) -> Previous:
     except (OSError, ValueError) as exc:
         raise ResultsError(f"{run_dir / RUN_JSON}: unreadable ({exc}); this run cannot be "
                            "resumed, start a new one") from None
+    plan = manifest.get("plan", {}) if type(manifest) is dict else None
+    if type(manifest) is not dict or type(manifest.get("run_id")) is not str \
+            or type(plan) is not dict \
+            or any(type(plan.get(part, {})) is not dict for part in ("models", "prompts")):
+        raise ResultsError(f"{run_dir / RUN_JSON}: not a run's manifest (an object with a "
+                           "run_id and a plan); this run cannot be resumed, start a new one")
     if manifest.get("job") != job.name:
         raise ResultsError(f"{run_dir} is a run of job {manifest.get('job')!r}, not {job.name!r}")
     changes = plan_changes(manifest.get("plan", {}), plan_summary(job))

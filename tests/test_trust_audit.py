@@ -1,8 +1,11 @@
 """Variants of issue 9's defects found by an adversarial audit, each a behaviour a user would
-notice: a row file of the wrong shape, ..."""
+notice: a row file of the wrong shape, a run.json of the wrong shape, ..."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +16,8 @@ import pytest
 from runner.collect import Collector
 from runner.result import Result
 from runner.rundir import UnreadableRowsWarning
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _row(i: int) -> Result:
@@ -33,3 +38,25 @@ def test_a_part_of_the_wrong_types_is_set_aside_not_merged(tmp_path: Path) -> No
     with pytest.warns(UnreadableRowsWarning, match="part-000009"):
         df = pd.read_parquet(collector.finish(dedupe=True))
     assert sorted(df["request_id"]) == ["id-1", "id-2"]
+
+
+@pytest.mark.parametrize("manifest", [
+    "[1, 2]", '"text"', '{"job": "shapes"}', '{"job": "shapes", "run_id": 5, "plan": []}',
+    '{"job": "shapes", "run_id": "r", "plan": {"models": ["x"]}}'])
+def test_a_run_json_of_another_shape_is_one_line_exit_2(write_job: Callable[..., Path],
+                                                        tmp_path: Path, manifest: str) -> None:
+    job = write_job("""
+        name: shapes
+        provider: simulated
+        models: [sim/fast-mini]
+        prompts: ["hi"]
+    """)
+    run_dir = tmp_path / "results" / "shapes" / "20260101T000000.000Z-abcd"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(manifest)
+    done = subprocess.run([sys.executable, "-m", "runner", "run", str(job), "--out",
+                           str(tmp_path / "results"), "--resume", str(run_dir), "--force",
+                           "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "run.json" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
