@@ -60,3 +60,25 @@ def test_a_run_json_of_another_shape_is_one_line_exit_2(write_job: Callable[...,
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "run.json" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens", "n", "model",
+                                   "messages", "stream"])
+def test_extra_body_cannot_change_what_the_budget_prices(write_job: Callable[..., Path],
+                                                         field: str) -> None:
+    """extra_body is merged last into the request: a `max_tokens` (or `n`, or another `model`)
+    there would be billed while the budget reserved for the params' worst case."""
+    job = write_job(f"""
+        name: extra
+        provider: simulated
+        models:
+          - id: sim/fast-mini
+            extra_body: {{{field}: 4000}}
+        prompts: ["hi"]
+        params: {{max_tokens: 8}}
+        budget_usd: 0.01
+    """)
+    done = subprocess.run([sys.executable, "-m", "runner", "validate", str(job)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"models[0].extra_body.{field}" in done.stderr and "Traceback" not in done.stderr
