@@ -165,7 +165,8 @@ class Endpoint:
                 attempt.http_status = resp.status
                 if resp.status != 200:
                     await self._http_error(resp, attempt, max_error_bytes)
-                elif stream and resp.content_type != "application/json":
+                elif (stream and resp.content_type != "application/json"
+                      or resp.content_type == "text/event-stream"):  # a stream, asked or not
                     await self._read_stream(resp, attempt, t0, max_response_bytes,
                                             max_stream_events)
                 else:  # a JSON answer, also when a stream was asked for: a whole completion

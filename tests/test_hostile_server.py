@@ -189,6 +189,8 @@ BEHAVIOURS: dict[str, Behaviour] = {
     # redirects, JSON for a stream
     "redirect": _redirect,
     "json-for-stream": lambda r, h: _async(_json(_completion("whole"))),
+    "sse-for-json": lambda r, h: _sse(r, _chunk("who"), _chunk("le", "stop", usage={
+        "prompt_tokens": 3, "completion_tokens": 2, "cost": 0.0001})),
     "json-as-sse": lambda r, h: _async(web.Response(
         body=json.dumps(_completion("whole")).encode(),
         headers={"Content-Type": "text/event-stream"})),
@@ -616,3 +618,12 @@ def test_a_catalogue_web_search_price_is_kept() -> None:
 
     entry = clean_entry({"id": "acme/m", "pricing": {"prompt": "0", "web_search": "0.01"}})
     assert entry is not None and entry["pricing"] == {"prompt": "0", "web_search": "0.01"}
+
+
+async def test_a_stream_answer_to_a_plain_request_is_read_as_one(hostile: Hostile,
+                                                                request_: Any) -> None:
+    """The other way round: a server that streams although `stream: false` was asked is read
+    as a stream (its answer was billed), not a `malformed` row retried and billed again."""
+    attempt = await _send(hostile, request_, "sse-for-json")
+    assert attempt.ok, attempt.error_message
+    assert attempt.text == "whole" and attempt.cost_usd == pytest.approx(0.0001)
