@@ -82,3 +82,31 @@ def test_extra_body_cannot_change_what_the_budget_prices(write_job: Callable[...
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"models[0].extra_body.{field}" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("name", "content", "expect"), [
+    # a long document to summarise is a prompt too: no CSV field limit of 128 KiB
+    ("long.csv", "id,text\nbig," + "x" * 200_000 + "\n", None),
+    ("nested.jsonl", '{"id": "n", "text": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
+     "nested.jsonl: line 1"),
+    ("nested.json", "[" * 100_000 + "]" * 100_000, "nested.json: "),
+    ("bad.csv", 'id,text\n"a,b\n', None),
+])
+def test_a_hostile_prompt_file_is_one_line_not_a_traceback(
+        write_job: Callable[..., Path], name: str, content: str, expect: str | None) -> None:
+    job = write_job(f"""
+        name: files
+        provider: simulated
+        models: [sim/fast-mini]
+        prompts:
+          - file: {name}
+        params: {{max_tokens: 8}}
+    """, **{name: content})
+    done = subprocess.run([sys.executable, "-m", "runner", "validate", str(job)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in done.stderr, done.stderr[-600:]
+    if expect is None:
+        assert done.returncode in (0, 2) and len(done.stderr.strip().splitlines()) <= 1
+    else:
+        assert done.returncode == 2 and expect in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
