@@ -52,7 +52,8 @@ class Budget:
         # run.json kept as `raised_estimates`, so it does not pay for the lesson twice)
         self._factor: dict[str, float] = {
             model: float(factor) for model, factor in (raised_estimates or {}).items()
-            if isinstance(factor, int | float) and math.isfinite(factor) and factor > 1}
+            # an infinite factor (a bill near 1e308) stays: that model never fits again
+            if isinstance(factor, int | float) and not isinstance(factor, bool) and factor > 1}
         self._floor_usd: dict[str, float] = {}  # model -> at least this (a model priced free)
 
     def reserve(self, worst_case_usd: float) -> Reservation | None:

@@ -69,6 +69,14 @@ class Previous:
     spent_usd: float = 0.0
     journal_sessions: int | None = None     # None: a run written before the spend journal
 
+    @property
+    def raised_estimates(self) -> dict[str, Any]:
+        """The factors the run's overruns raised its models' estimates by (run.json), so a
+        resume does not reserve at the estimate that proved too low."""
+        budget = self.manifest.get("budget")
+        raised = budget.get("raised_estimates") if type(budget) is dict else None
+        return raised if type(raised) is dict else {}
+
     def skip(self, retry_errors: bool) -> set[str]:
         """Request ids not to send again."""
         return self.ok | (set() if retry_errors else self.errored)
