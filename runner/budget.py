@@ -87,6 +87,10 @@ class Budget:
         raised = worst_case_usd * self._factor.get(model, 1.0)
         return max(raised, self._floor_usd.get(model, 0.0))
 
+    def factor(self, model: str) -> float:
+        """What `model`'s worst cases are multiplied by (1: no overrun seen)."""
+        return self._factor.get(model, 1.0)
+
     def learn(self, model: str, worst_case_usd: float, reserved_usd: float,
               actual_usd: float | None) -> bool:
         """Count an overrun (a bill above what was reserved) and raise the model's estimates by

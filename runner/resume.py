@@ -68,6 +68,7 @@ class Previous:
     errored: set[str] = field(default_factory=set)
     spent_usd: float = 0.0
     journal_sessions: int | None = None     # None: a run written before the spend journal
+    journal_raised: dict[str, float] = field(default_factory=dict)  # the journal's raise factors
 
     @property
     def raised_estimates(self) -> dict[str, Any]:
@@ -75,7 +76,11 @@ class Previous:
         resume does not reserve at the estimate that proved too low."""
         budget = self.manifest.get("budget")
         raised = budget.get("raised_estimates") if type(budget) is dict else None
-        return raised if type(raised) is dict else {}
+        kept: dict[str, Any] = dict(raised) if type(raised) is dict else {}
+        for model, factor in self.journal_raised.items():  # learnt by a process killed since
+            before = kept.get(model)
+            kept[model] = max(before, factor) if isinstance(before, float | int) else factor
+        return kept
 
     def skip(self, retry_errors: bool) -> set[str]:
         """Request ids not to send again."""
@@ -131,6 +136,7 @@ def load_previous(run_dir: Path, job: Job, *, force: bool) -> Previous:
         previous.spent_usd = rows_spent
     else:
         previous.spent_usd, previous.journal_sessions = spent.usd, spent.sessions
+        previous.journal_raised = spent.raised
     for rid, (status, kind) in latest.items():
         if status == OK:
             previous.ok.add(rid)
