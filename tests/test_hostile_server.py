@@ -191,6 +191,10 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "json-for-stream": lambda r, h: _async(_json(_completion("whole"))),
     "sse-for-json": lambda r, h: _sse(r, _chunk("who"), _chunk("le", "stop", usage={
         "prompt_tokens": 3, "completion_tokens": 2, "cost": 0.0001})),
+    "sse-as-json": lambda r, h: _async(web.Response(
+        body=_chunk("who") + _chunk("le", "stop", usage={"prompt_tokens": 3,
+                                                         "completion_tokens": 2, "cost": 0.0001})
+        + b"data: [DONE]\n\n", content_type="application/json")),
     "json-as-sse": lambda r, h: _async(web.Response(
         body=json.dumps(_completion("whole")).encode(),
         headers={"Content-Type": "text/event-stream"})),
@@ -198,7 +202,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
 STREAMED = {"echo-stream", "echo-stream-error", "usage-string", "delta-list", "error-list-chunk",
             "error-null-chunk",
             "chunk-list", "chunk-number", "string-cost", "endless", "bomb-stream",
-            "json-for-stream", "json-as-sse"}
+            "json-for-stream", "json-as-sse", "sse-as-json"}
 
 
 async def _async(response: web.StreamResponse) -> web.StreamResponse:
@@ -620,10 +624,13 @@ def test_a_catalogue_web_search_price_is_kept() -> None:
     assert entry is not None and entry["pricing"] == {"prompt": "0", "web_search": "0.01"}
 
 
+@pytest.mark.parametrize("behaviour", ["sse-for-json", "sse-as-json"])
 async def test_a_stream_answer_to_a_plain_request_is_read_as_one(hostile: Hostile,
-                                                                request_: Any) -> None:
-    """The other way round: a server that streams although `stream: false` was asked is read
-    as a stream (its answer was billed), not a `malformed` row retried and billed again."""
-    attempt = await _send(hostile, request_, "sse-for-json")
+                                                                request_: Any,
+                                                                behaviour: str) -> None:
+    """The other way round: a server that streams although `stream: false` was asked, or
+    labels its stream `application/json`, is read as a stream (its answer was billed), not a
+    `malformed` row retried and billed again."""
+    attempt = await _send(hostile, request_, behaviour)
     assert attempt.ok, attempt.error_message
     assert attempt.text == "whole" and attempt.cost_usd == pytest.approx(0.0001)
