@@ -99,7 +99,10 @@ class Redactor:
         # longest first, so "Bearer <key>" goes whole before "<key>" alone
         self._needles = tuple(sorted(needles, key=len, reverse=True))
         pieces: dict[str, tuple[str, str, int]] = {}
-        for needle in self._needles:
+        # a needle holding another ("Bearer <key>") has no part worth masking that the
+        # shorter one's pieces do not find: fewer pieces, less scanning of every text
+        minimal = [n for n in self._needles if not any(m != n and m in n for m in self._needles)]
+        for needle in minimal:
             for piece in _pieces(needle):
                 pieces.setdefault(piece[0], piece)
         self._pieces = tuple(pieces.values())
