@@ -52,7 +52,8 @@ class Budget:
         # run.json kept as `raised_estimates`, so it does not pay for the lesson twice)
         self._factor: dict[str, float] = {
             model: float(factor) for model, factor in (raised_estimates or {}).items()
-            if isinstance(factor, int | float) and math.isfinite(factor) and factor > 1}
+            # an infinite factor (a bill near 1e308) stays: that model never fits again
+            if isinstance(factor, int | float) and not isinstance(factor, bool) and factor > 1}
         self._floor_usd: dict[str, float] = {}  # model -> at least this (a model priced free)
 
     def reserve(self, worst_case_usd: float) -> Reservation | None:
@@ -85,6 +86,10 @@ class Budget:
         """`worst_case_usd` of a request to `model`, raised by what its overruns showed."""
         raised = worst_case_usd * self._factor.get(model, 1.0)
         return max(raised, self._floor_usd.get(model, 0.0))
+
+    def factor(self, model: str) -> float:
+        """What `model`'s worst cases are multiplied by (1: no overrun seen)."""
+        return self._factor.get(model, 1.0)
 
     def learn(self, model: str, worst_case_usd: float, reserved_usd: float,
               actual_usd: float | None) -> bool:

@@ -48,7 +48,7 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
         hi = lo + 1 if math.isfinite(lo) else 1.0
         lo = lo if math.isfinite(lo) else 0.0
     raw = (hi - lo) / max(count, 1)
-    power = 10 ** math.floor(math.log10(raw))
+    power = 10.0 ** math.floor(math.log10(raw))  # a float: an int tick of 1e300 breaks ".3g"
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     first = math.floor(lo / step + 1e-9)
     last = math.ceil(hi / step - 1e-9)

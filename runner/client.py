@@ -189,10 +189,12 @@ class Endpoint:
                 attempt.http_status = resp.status
                 if resp.status != 200:
                     await self._http_error(resp, attempt, max_error_bytes)
-                elif stream and resp.content_type != "application/json":
+                elif stream or resp.content_type == "text/event-stream":
+                    # a stream, asked for or not; a JSON body (whatever the content type
+                    # says) is sniffed there and read as a whole completion
                     await self._read_stream(resp, attempt, t0, max_response_bytes,
                                             max_stream_events)
-                else:  # a JSON answer, also when a stream was asked for: a whole completion
+                else:  # a JSON answer to a plain request
                     await self._read_body(resp, attempt, b"", max_response_bytes)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             elapsed = self._clock() - t0

@@ -33,6 +33,9 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_STALL_TIMEOUT_S = 60.0
 DEFAULT_RETRIES = 3
+# request body fields the runner writes (or prices) itself, so never taken from extra_body
+RUNNER_BODY_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "max_tokens",
+                                "max_completion_tokens", "n"})
 DEFAULT_MAX_RETRY_WAIT_S = 120.0            # a longer Retry-After ends the request instead
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024   # one answer, decompressed (stream or body)
 DEFAULT_MAX_ERROR_BYTES = 64 * 1024             # one error body, decompressed
@@ -265,6 +268,12 @@ def _model(path: Path, i: int, item: str | schema.ModelIn, job: schema.JobIn,
         # OpenRouter's max_price is per million tokens, like this field: no conversion
         extra.setdefault("provider", {})["max_price"] = \
             model.max_price_usd_per_mtok.model_dump(exclude_none=True)
+    # extra_body is merged last: these would replace what the runner sends and prices
+    owned = sorted(set(extra) & RUNNER_BODY_FIELDS)
+    if owned:
+        raise JobFileError(path, f"models[{i}].extra_body.{owned[0]}",
+                           "the runner sets this field itself (its worst-case cost and the "
+                           "budget depend on it): use params: or remove it")
     if extra and not providers[provider].openrouter:
         bad = sorted(set(extra) & {"provider", "models", "usage", "transforms", "route",
                                    "reasoning", "plugins"})

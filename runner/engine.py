@@ -126,7 +126,8 @@ async def _run(job: Job, plan: Plan, limits: Limits, providers: Providers, run_d
                grace_s: float, on_stopping: Callable[[float], None] | None,
                clock: Callable[[], float], flush_rows: int, flush_s: float) -> RunOutcome:
     """The run itself, in a locked run directory: set up the files, run the pool, end the files."""
-    budget = Budget(budget_usd, spent_usd=previous.spent_usd if previous else 0.0)
+    budget = Budget(budget_usd, spent_usd=previous.spent_usd if previous else 0.0,
+                    raised_estimates=previous.raised_estimates if previous else None)
     skip = previous.skip(retry_errors) if previous else set()
     collector = Collector(run_dir, write_csv=job.write_csv, flush_rows=flush_rows,
                           rows_expected=len(plan) - len(skip))

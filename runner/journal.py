@@ -12,6 +12,7 @@ Lines (text, one per event):
     s <session> <serial> <usd>     settled: what the budget counted for it
     c <usd>                        carried: spent before (runs written before the journal, or a
                                    journal compacted when its run ended)
+    f <factor> <model>             an overrun raised the model's estimates by this factor
 
 Reservations are written by group commit: they queue up, one writer task appends the queue and
 fsyncs once, and every attempt in that batch is released together; settlements wait in memory
@@ -23,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -44,6 +45,7 @@ class Spent:
     usd: float
     sessions: int       # how many processes wrote to it (the next one is sessions + 1)
     unsettled: int      # reservations without a settlement (counted at their reserved amount)
+    raised: dict[str, float] = field(default_factory=dict)  # model -> its highest raise factor
 
 
 def read_spent(run_dir: Path) -> Spent | None:
@@ -59,22 +61,26 @@ def read_spent(run_dir: Path) -> Spent | None:
     reserved: dict[tuple[int, int], float] = {}
     settled: dict[tuple[int, int], float] = {}
     sessions = 0
+    raised: dict[str, float] = {}
     # the text after the last newline is a line cut by a crash (or a full disk): skipped, as a
     # reservation that never reached the disk whole was never sent, and a lost settlement
     # leaves its reservation counted in full
     for line in data.split(b"\n")[:-1]:
         fields = line.split()
         try:
-            if len(fields) == 2 and fields[0] == b"c":
+            if len(fields) >= 3 and fields[0] == b"f":
+                model = line.split(b" ", 2)[2].decode()
+                raised[model] = max(raised.get(model, 1.0), float(fields[1]))
+            elif len(fields) == 2 and fields[0] == b"c":
                 carried += _usd(fields[1])
             elif len(fields) == 4 and fields[0] in (b"r", b"s"):
                 key = (int(fields[1]), int(fields[2]))
                 (reserved if fields[0] == b"r" else settled)[key] = _usd(fields[3])
                 sessions = max(sessions, key[0])
-        except ValueError:
+        except ValueError:   # UnicodeDecodeError included
             continue
     spent = carried + sum(settled.get(key, usd) for key, usd in reserved.items())
-    return Spent(spent, sessions, sum(1 for key in reserved if key not in settled))
+    return Spent(spent, sessions, sum(1 for key in reserved if key not in settled), raised)
 
 
 def _usd(text: bytes) -> float:
@@ -134,6 +140,13 @@ class Journal:
         self._lines.append(f"s {self.session} {reservation.serial} {counted_usd!r}\n")
         if len(self._lines) >= _BATCH_LINES:
             self._wake.set()
+
+    def raise_estimate(self, model: str, factor: float) -> None:
+        """Record that `model`'s estimates are now raised by `factor` (with the next batch: an
+        attempt reserving at the new estimate waits for that batch, so the line is on disk
+        before that attempt is sent)."""
+        name = model.replace("\n", " ").replace("\r", " ")
+        self._lines.append(f"f {factor!r} {name}\n")
 
     async def write_forever(self) -> None:
         """The single writer: each wake-up appends what queued up, fsyncs it when an attempt

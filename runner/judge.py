@@ -53,7 +53,7 @@ def parse_score(text: str) -> float | None:
     body = text.strip().removeprefix("```json").removeprefix("```").removesuffix("```")
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # a hostile judge nests arrays past the stack
         value = None
     if isinstance(value, dict) and isinstance(value.get("score"), int | float) \
             and not isinstance(value.get("score"), bool):

@@ -21,6 +21,7 @@ from .sources import Problems, invalid, load_yaml, read_text
 
 _FIELDS = {"id", "text", "messages", "system", "expected", "metadata"}
 SUFFIXES = (".jsonl", ".json", ".csv", ".yaml", ".yml")
+_TOO_DEEP = "invalid JSON: nested too deeply"
 
 
 def read_prompt_file(path: Path, field: str,
@@ -37,13 +38,14 @@ def read_prompt_file(path: Path, field: str,
     if suffix == ".jsonl":
         rows = _jsonl(path)
     elif suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-        rows = [{k: v for k, v in row.items() if v not in (None, "")} for row in reader]
+        rows = _csv(path)
     elif suffix == ".json":
         try:
             rows = json.loads(read_text(path))
         except json.JSONDecodeError as exc:
             raise JobFileError(path, f"line {exc.lineno}", f"invalid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise JobFileError(path, "", _TOO_DEEP) from None
     else:
         rows = load_yaml(path)
     if not isinstance(rows, list):
@@ -68,7 +70,21 @@ def _jsonl(path: Path) -> list[Any]:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise JobFileError(path, f"line {n}", f"invalid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise JobFileError(path, f"line {n}", _TOO_DEEP) from None
     return rows
+
+
+def _csv(path: Path) -> list[dict[str, Any]]:
+    text = read_text(path)
+    # a field may be a whole document: no limit below the file's own size (the default is
+    # 128 KiB); the limit is process-wide, so it only ever grows
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return [{k: v for k, v in row.items() if v not in (None, "")} for row in reader]
+    except csv.Error as exc:
+        raise JobFileError(path, f"line {reader.line_num}", f"invalid CSV: {exc}") from None
 
 
 def _row(path: Path, n: int, row: Any) -> PromptIn:

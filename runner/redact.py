@@ -2,13 +2,16 @@
 that removes each of them (raw, JSON-escaped or URL-encoded) from any string.
 
 Servers echo what they were sent: an error message quoting the `Authorization` header, a
-completion that repeats a custom `X-Api-Key`. Every string that comes from a server passes one
+completion that repeats a custom `X-Api-Key`, a key shown without its prefix, cut short, or in
+base64 (Basic auth). Any run of `PARTIAL_RUN_CHARS` or more characters of a secret, in any of
+those forms, is masked. Every string that comes from a server passes one
 `Redactor` before it is stored, printed or raised, and it knows the secrets of every provider of
 the job, not only the one that answered.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -22,6 +25,12 @@ if TYPE_CHECKING:
 SECRET_NAME_HINTS = ("auth", "key", "token", "secret", "cookie", "password", "credential")
 MIN_SECRET_CHARS = 8   # shorter values ("EMPTY", "sim-key") would shred ordinary text
 MASK = "***"
+# A part of a secret is found by its pieces of `PIECE_CHARS` taken every `PIECE_CHARS` (plus the
+# last): any run of 2 * PIECE_CHARS - 1 characters holds one, as does any prefix or suffix of
+# PIECE_CHARS. A match is widened to everything it shares with the secret and masked when that
+# run is `PARTIAL_RUN_CHARS` long ("sk-or-v1" alone, a prefix every key has, stays).
+PIECE_CHARS = 8
+PARTIAL_RUN_CHARS = 12
 
 
 def is_secret_name(name: str) -> bool:
@@ -36,13 +45,45 @@ def _forms(secret: str) -> set[str]:
              quote(secret, safe=""), quote(secret), quote_plus(secret, safe=""),
              quote_plus(secret)}
     forms |= {f.lower() for f in forms if "%" in f}   # %2f as well as %2F
+    raw = secret.encode()
+    for shift in range(3):  # base64 of a text holding the secret at any offset: the groups
+        encoded = base64.b64encode(b"\0" * shift + raw).decode()   # made of the secret alone
+        inner = encoded[4 if shift else 0:(shift + len(raw)) // 3 * 4]
+        forms |= {inner, inner.replace("+", "-").replace("/", "_")}
     return {f for f in forms if len(f) >= MIN_SECRET_CHARS}
+
+
+def _pieces(form: str) -> list[tuple[str, str, int]]:
+    """(piece, form, where the piece starts in form) for finding parts of a long form."""
+    if len(form) < 2 * PIECE_CHARS:
+        return []
+    starts = {*range(0, len(form) - PIECE_CHARS + 1, PIECE_CHARS), len(form) - PIECE_CHARS}
+    return [(form[at:at + PIECE_CHARS], form, at) for at in sorted(starts)]
+
+
+def _mask_parts(text: str, piece: str, form: str, at: int) -> str:
+    """`text` with every run around an occurrence of `piece` that matches `form` masked."""
+    out: list[str] = []
+    done = 0
+    found = text.find(piece)
+    while found >= 0:
+        start, back = found, at
+        while start > done and back > 0 and text[start - 1] == form[back - 1]:
+            start, back = start - 1, back - 1
+        end, ahead = found + PIECE_CHARS, at + PIECE_CHARS
+        while end < len(text) and ahead < len(form) and text[end] == form[ahead]:
+            end, ahead = end + 1, ahead + 1
+        if end - start >= PARTIAL_RUN_CHARS:
+            out += (text[done:start], MASK)
+            done = end
+        found = text.find(piece, max(found + 1, done))
+    return "".join(out) + text[done:] if out else text
 
 
 class Redactor:
     """Removes every secret it was built with from a string; cheap when none is there."""
 
-    __slots__ = ("_needles",)
+    __slots__ = ("_needles", "_pieces")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         needles: set[str] = set()
@@ -57,6 +98,14 @@ class Redactor:
                 needles |= _forms(token.strip())
         # longest first, so "Bearer <key>" goes whole before "<key>" alone
         self._needles = tuple(sorted(needles, key=len, reverse=True))
+        pieces: dict[str, tuple[str, str, int]] = {}
+        # a needle holding another ("Bearer <key>") has no part worth masking that the
+        # shorter one's pieces do not find: fewer pieces, less scanning of every text
+        minimal = [n for n in self._needles if not any(m != n and m in n for m in self._needles)]
+        for needle in minimal:
+            for piece in _pieces(needle):
+                pieces.setdefault(piece[0], piece)
+        self._pieces = tuple(pieces.values())
 
     def __bool__(self) -> bool:
         return bool(self._needles)
@@ -66,6 +115,9 @@ class Redactor:
         for needle in self._needles:
             if needle in text:
                 text = text.replace(needle, MASK)
+        for piece, form, at in self._pieces:   # what is left: parts of a secret
+            if piece in text:
+                text = _mask_parts(text, piece, form, at)
         return text
 
     def clip(self, text: str, limit: int) -> str:

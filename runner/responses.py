@@ -303,6 +303,16 @@ class StreamParser:
         return False
 
 
+def _reset_s(reset: float, now_unix: float) -> float:
+    """Seconds until an `X-RateLimit-Reset`: epoch milliseconds (OpenRouter), epoch seconds, or
+    seconds from now (other servers), told apart by size relative to now."""
+    if reset >= now_unix * 100:
+        return reset / 1000.0 - now_unix
+    if reset >= now_unix / 2:
+        return reset - now_unix
+    return reset
+
+
 def retry_after_s(headers: Mapping[str, str], metadata: Mapping[str, Any],
                   now_unix: float) -> float | None:
     """Seconds to wait before the next request, from any hint the server gave (or None)."""
@@ -320,7 +330,7 @@ def retry_after_s(headers: Mapping[str, str], metadata: Mapping[str, Any],
         reset: Any = source.get("X-RateLimit-Reset")
         if reset:
             with contextlib.suppress(TypeError, ValueError, OverflowError):
-                hints.append(float(reset) / 1000.0 - now_unix)  # epoch milliseconds
+                hints.append(_reset_s(float(reset), now_unix))
     seconds = metadata.get("retry_after_seconds")
     if isinstance(seconds, int | float) and not isinstance(seconds, bool):
         hints.append(float(seconds))

@@ -62,6 +62,19 @@ class Previous:
     errored: set[str] = field(default_factory=set)
     spent_usd: float = 0.0
     journal_sessions: int | None = None     # None: a run written before the spend journal
+    journal_raised: dict[str, float] = field(default_factory=dict)  # the journal's raise factors
+
+    @property
+    def raised_estimates(self) -> dict[str, Any]:
+        """The factors the run's overruns raised its models' estimates by (run.json), so a
+        resume does not reserve at the estimate that proved too low."""
+        budget = self.manifest.get("budget")
+        raised = budget.get("raised_estimates") if type(budget) is dict else None
+        kept: dict[str, Any] = dict(raised) if type(raised) is dict else {}
+        for model, factor in self.journal_raised.items():  # learnt by a process killed since
+            before = kept.get(model)
+            kept[model] = max(before, factor) if isinstance(before, float | int) else factor
+        return kept
 
     def skip(self, retry_errors: bool) -> set[str]:
         """Request ids not to send again."""
@@ -76,6 +89,12 @@ def load_previous(run_dir: Path, job: Job, *, force: bool) -> Previous:
     except (OSError, ValueError) as exc:
         raise ResultsError(f"{run_dir / RUN_JSON}: unreadable ({exc}); this run cannot be "
                            "resumed, start a new one") from None
+    plan = manifest.get("plan", {}) if type(manifest) is dict else None
+    if type(manifest) is not dict or type(manifest.get("run_id")) is not str \
+            or type(plan) is not dict \
+            or any(type(plan.get(part, {})) is not dict for part in ("models", "prompts")):
+        raise ResultsError(f"{run_dir / RUN_JSON}: not a run's manifest (an object with a "
+                           "run_id and a plan); this run cannot be resumed, start a new one")
     if manifest.get("job") != job.name:
         raise ResultsError(f"{run_dir} is a run of job {manifest.get('job')!r}, not {job.name!r}")
     changes = plan_changes(manifest.get("plan", {}), plan_summary(job))
@@ -111,6 +130,7 @@ def load_previous(run_dir: Path, job: Job, *, force: bool) -> Previous:
         previous.spent_usd = rows_spent
     else:
         previous.spent_usd, previous.journal_sessions = spent.usd, spent.sessions
+        previous.journal_raised = spent.raised
     for rid, (status, kind) in latest.items():
         if status == OK:
             previous.ok.add(rid)

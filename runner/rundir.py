@@ -271,11 +271,13 @@ def file_schema() -> pa.Schema:
 
 def read_rows(path: Path, columns: list[str] | None = None, *,
               consequence: str = "its rows are left out") -> pa.Table | None:
-    """One row file, or None (with one warning line naming it) when it cannot be read."""
+    """One row file, or None (with one warning line naming it) when it cannot be read or is
+    not a row file (a column of another type: read, it would be cast into rows never planned)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
+        _check_types(pq.read_schema(path))
         if columns is None:
             return pq.read_table(path, schema=file_schema())
         return pq.read_table(path, columns=columns)
@@ -286,6 +288,14 @@ def read_rows(path: Path, columns: list[str] | None = None, *,
         warnings.warn(f"{path}: unreadable row file ({reason}); {consequence}",
                       UnreadableRowsWarning, stacklevel=2)
         return None
+
+
+def _check_types(schema: pa.Schema) -> None:
+    known = arrow_schema()
+    for field in schema:
+        want = known.field(field.name) if field.name in known.names else None
+        if want is not None and not field.type.equals(want.type):
+            raise ValueError(f"column {field.name} is {field.type}, not {want.type}")
 
 
 def row_files(run_dir: Path) -> list[Path]:

@@ -183,8 +183,10 @@ async def _exchange(run: RunState, call: Call,
             _settle(run, reservation, cost)
             # an overrun raises the model's estimate here, with no checkpoint since the bill
             # came: no other request can reserve on the old estimate in between
-            if call.worst_usd is not None:
-                run.budget.learn(model.label, call.worst_usd, estimate, cost)
+            if call.worst_usd is not None and \
+                    run.budget.learn(model.label, call.worst_usd, estimate, cost) and \
+                    run.journal is not None:  # a resume after kill -9 must know it too
+                run.journal.raise_estimate(model.label, run.budget.factor(model.label))
         call.attempts = n
         wait_s = _wait_before_retry(run, call, attempt, n)
         on_attempt(call, attempt, cost, source, estimate if call.worst_usd is not None else None)

@@ -166,6 +166,21 @@ def test_a_bill_ten_times_the_worst_case_raises_the_estimate(write_job, results_
     assert "more than its worst case" in out and "x10" in out
 
 
+def test_a_resume_keeps_the_raised_estimate(write_job, results_dir, monkeypatch,  # type: ignore[no-untyped-def]
+                                            capsys) -> None:
+    """The lesson of an overrun outlives the process: a resume reserves at the raised estimate
+    (from run.json), or its first sends would be billed ten times what they reserved."""
+    monkeypatch.setenv("LOOPBACK_KEY", "sk-or-v1-TESTSECRET-loopback")
+    with Loopback(lambda body, n: completion(body["model"], cost_usd=0.1)) as server:
+        path = _priced(write_job, server.base_url, budget=0.35)
+        assert main(["run", str(path), "--out", str(results_dir), "--quiet"]) == 0
+        assert len(server.bodies) == 3      # $0.30 spent; at $0.10 each the rest do not fit
+        code = main(["run", str(path), "--out", str(results_dir), "--quiet", "--resume"])
+    capsys.readouterr()
+    assert len(server.bodies) == 3 and server.billed_usd <= 0.35 + 1e-12
+    assert code == 0
+
+
 def test_an_exceeded_budget_exits_non_zero(write_job, results_dir, monkeypatch,  # type: ignore[no-untyped-def]
                                            capsys) -> None:
     monkeypatch.setenv("LOOPBACK_KEY", "sk-or-v1-TESTSECRET-loopback")

@@ -157,6 +157,10 @@ def test_status_classes(status: int, kind: str) -> None:
     ({}, {"headers": {"X-RateLimit-Reset": str((1000 + 5) * 1000)}}, 5.0),
     ({"Retry-After": "2"}, {"retry_after_seconds": 9}, 9.0),
     ({}, {}, None),
+    # X-RateLimit-Reset as epoch seconds or as seconds from now, not only epoch milliseconds
+    ({"X-RateLimit-Reset": str(1000 + 86400)}, {}, 86400.0),
+    ({"X-RateLimit-Reset": "30"}, {}, 30.0),
+    ({}, {"headers": {"X-RateLimit-Reset": 1000 + 7200}}, 7200.0),
     # odd hints never crash and never mean "wait forever"
     ({"Retry-After": "inf"}, {"headers": {"X-RateLimit-Reset": [1]}}, None),
     ({"Retry-After": "1e999"}, {"retry_after_seconds": True}, None),

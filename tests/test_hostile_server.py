@@ -7,6 +7,7 @@ The server is real aiohttp on loopback; what it does depends on the model id it 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import resource
@@ -143,6 +144,15 @@ BEHAVIOURS: dict[str, Behaviour] = {
         _chunk(KEY[10:] + " " + _echo(r)),   # a key cut across two chunks
         _chunk(None, "stop", native_finish_reason=f"Bearer {KEY}",
                usage={"prompt_tokens": 1, "completion_tokens": 2, "cost": 0.0001})),
+    # a key where a message is clipped before redaction; parts and base64 of the secrets
+    "echo-at-the-cut": lambda r, h: _async(web.Response(
+        text="data: not json " + "x" * 160 + KEY + " " + HEADER,
+        content_type="text/plain")),
+    "echo-parts": lambda r, h: _async(_json({"error": {"message": (
+        f"key ...{KEY[9:]}, {KEY[:-6]}..., {HEADER[4:]}; basic "
+        f"{base64.b64encode(f'user:{KEY}'.encode()).decode()} "
+        f"{base64.b64encode(r.headers['Authorization'].encode()).decode()} "
+        f"{base64.urlsafe_b64encode(HEADER.encode()).decode()}")}}, 400)),
     "echo-stream-error": lambda r, h: _sse(
         r, _chunk("par"), b"data: " + json.dumps({"error": {"message": _echo(r)}}).encode()
         + b"\n\n", done=False),
@@ -179,6 +189,12 @@ BEHAVIOURS: dict[str, Behaviour] = {
     # redirects, JSON for a stream
     "redirect": _redirect,
     "json-for-stream": lambda r, h: _async(_json(_completion("whole"))),
+    "sse-for-json": lambda r, h: _sse(r, _chunk("who"), _chunk("le", "stop", usage={
+        "prompt_tokens": 3, "completion_tokens": 2, "cost": 0.0001})),
+    "sse-as-json": lambda r, h: _async(web.Response(
+        body=_chunk("who") + _chunk("le", "stop", usage={"prompt_tokens": 3,
+                                                         "completion_tokens": 2, "cost": 0.0001})
+        + b"data: [DONE]\n\n", content_type="application/json")),
     "json-as-sse": lambda r, h: _async(web.Response(
         body=json.dumps(_completion("whole")).encode(),
         headers={"Content-Type": "text/event-stream"})),
@@ -186,7 +202,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
 STREAMED = {"echo-stream", "echo-stream-error", "usage-string", "delta-list", "error-list-chunk",
             "error-null-chunk",
             "chunk-list", "chunk-number", "string-cost", "endless", "bomb-stream",
-            "json-for-stream", "json-as-sse"}
+            "json-for-stream", "json-as-sse", "sse-as-json"}
 
 
 async def _async(response: web.StreamResponse) -> web.StreamResponse:
@@ -289,7 +305,8 @@ async def _send(hostile: Hostile, request_: Any, behaviour: str, **bounds: Any) 
 def _assert_clean(text: str, where: str = "") -> None:
     for secret in SECRETS:
         for form in {secret, json.dumps(secret)[1:-1], quote(secret, safe=""),
-                     quote_plus(secret, safe=""), KEY[:24], HEADER[:20]}:
+                     quote_plus(secret, safe=""), KEY[:24], HEADER[:20], secret[-16:],
+                     base64.b64encode(secret.encode()).decode()[4:20]}:
             assert form not in text, f"{form!r} leaked {where}: ...{text[:400]}"
 
 
@@ -300,7 +317,7 @@ def _strings(attempt: Any) -> str:
 
 
 @pytest.mark.parametrize("behaviour", ["echo-error", "echo-plain", "echo-body", "echo-stream",
-                                       "echo-stream-error"])
+                                       "echo-stream-error", "echo-at-the-cut", "echo-parts"])
 async def test_echoed_credentials_are_redacted(hostile: Hostile, request_: Any,
                                                behaviour: str) -> None:
     attempt = await _send(hostile, request_, behaviour)
@@ -605,3 +622,15 @@ def test_a_catalogue_web_search_price_is_kept() -> None:
 
     entry = clean_entry({"id": "acme/m", "pricing": {"prompt": "0", "web_search": "0.01"}})
     assert entry is not None and entry["pricing"] == {"prompt": "0", "web_search": "0.01"}
+
+
+@pytest.mark.parametrize("behaviour", ["sse-for-json", "sse-as-json"])
+async def test_a_stream_answer_to_a_plain_request_is_read_as_one(hostile: Hostile,
+                                                                request_: Any,
+                                                                behaviour: str) -> None:
+    """The other way round: a server that streams although `stream: false` was asked, or
+    labels its stream `application/json`, is read as a stream (its answer was billed), not a
+    `malformed` row retried and billed again."""
+    attempt = await _send(hostile, request_, behaviour)
+    assert attempt.ok, attempt.error_message
+    assert attempt.text == "whole" and attempt.cost_usd == pytest.approx(0.0001)

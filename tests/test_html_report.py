@@ -244,3 +244,13 @@ def test_planted_script_does_not_run_in_chromium(history: pd.DataFrame, tmp_path
     assert "Failed checks" in dom and "setAttribute('data-pwned'" in dom   # the text is there
     assert 'data-pwned="' not in dom                          # but nothing ran
     assert "<b>bold</b>" not in dom and "&lt;b&gt;bold&lt;/b&gt;" in dom
+
+
+def test_a_server_billing_an_absurd_cost_still_gets_a_report(history: pd.DataFrame) -> None:
+    """`usage.cost: 1.7e308` is a finite number a hostile server may send: the report of that run
+    is drawn (off-scale), not a traceback."""
+    one = history[history["run_id"] == history["run_id"].iloc[0]].reset_index(drop=True)
+    billed = one.assign(cost_usd=one["cost_usd"].where(one.index != 0, 1.7e308))
+    page = render_html(billed)
+    assert "<svg" in page
+    assert all(isinstance(t, float) for t in nice_ticks(0.0, 1e300))

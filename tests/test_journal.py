@@ -8,6 +8,7 @@ import anyio
 
 from runner.budget import Reservation
 from runner.journal import Journal, read_spent
+from runner.resume import Previous
 
 
 def _lines(path: Path, text: str) -> None:
@@ -70,3 +71,25 @@ async def test_a_new_session_after_a_cut_line_starts_on_its_own_line(tmp_path: P
     assert spent is not None and spent.usd == 0.25 + 0.125
     journal.compact()
     assert (tmp_path / "spend.journal").read_text() == "c 0.375\n"
+
+
+async def test_a_raised_estimate_outlives_a_kill(tmp_path: Path) -> None:
+    """An overrun's lesson is in the journal with the next batch, so a resume after kill -9
+    (run.json written at the start only) still reserves at the raised estimate."""
+    journal = Journal(tmp_path)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(journal.write_forever)
+        journal.raise_estimate("judge m 1", 10.0)
+        journal.raise_estimate("judge m 1", 4.0)    # never lowered
+        journal.raise_estimate("other", float("inf"))
+        await journal.reserve(Reservation(0.25, 1), durable=True)
+        tg.cancel_scope.cancel()
+    spent = read_spent(tmp_path)     # no close(): as a killed process leaves it
+    assert spent is not None and spent.raised == {"judge m 1": 10.0, "other": float("inf")}
+
+
+def test_a_resume_takes_the_highest_factor_of_run_json_and_journal(tmp_path: Path) -> None:
+    previous = Previous(tmp_path, {"budget": {"raised_estimates": {"a": 2.0, "b": None,
+                                                                   "d": 9.0}}},
+                        journal_raised={"a": 5.0, "c": 3.0, "d": 4.0})
+    assert previous.raised_estimates == {"a": 5.0, "b": None, "c": 3.0, "d": 9.0}

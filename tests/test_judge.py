@@ -21,6 +21,11 @@ from runner.judge import parse_score
     ("8", 0.8),
     ("no idea", None),
     ("42/10", None),
+    # a hostile judge: nothing it answers may end the run
+    ("[" * 100_000, None),
+    ('{"score": NaN, "reason": "x"}', None),
+    ('{"score": 1e999, "reason": "x"}', None),
+    ("1" * 5000, None),
 ])
 def test_parse_score(text: str, score: float | None) -> None:
     assert parse_score(text) == score

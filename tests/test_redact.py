@@ -3,6 +3,7 @@ ordinary text are left alone."""
 
 from __future__ import annotations
 
+import base64
 import json
 from urllib.parse import quote, quote_plus
 
@@ -70,3 +71,31 @@ def test_job_redactor_knows_every_provider(write_job, monkeypatch: pytest.Monkey
     text = (f"{KEY} sk-b-TESTSECRET-99999999 hdr-TESTSECRET-1234 pw-TESTSECRET-1 "
             "q-TESTSECRET-2 my app title")
     assert redact(text) == "*** *** *** *** *** my app title"
+
+
+def _windows(secret: str, size: int = 15) -> set[str]:
+    return {secret[i:i + size] for i in range(len(secret) - size + 1)}
+
+
+@pytest.mark.parametrize("echo", [
+    KEY[9:], KEY[:-4], KEY[4:-4], ODD[3:], ODD[:-3],            # a prefix cut, a tail cut
+    f"...{KEY[-16:]}", f"{ODD[:16]}...",
+    base64.b64encode(KEY.encode()).decode(),                     # the key in base64, alone,
+    base64.b64encode(f"Bearer {KEY}".encode()).decode(),         # ...after a scheme,
+    base64.b64encode(f"user:{KEY}".encode()).decode(),           # ...as Basic auth,
+    base64.urlsafe_b64encode(f"ab{ODD}".encode()).decode(),      # ...URL-safe
+])
+def test_a_part_or_an_encoding_of_a_secret_is_removed(echo: str) -> None:
+    """Servers quote what they were sent cut (a message clipped before it was redacted, a key
+    shown without its prefix) or encoded (base64); any long run of a secret is a secret."""
+    redact = Redactor([KEY, ODD])
+    out = redact(f"you sent {echo} which is wrong")
+    assert out.startswith("you sent ") and out.endswith(" which is wrong")
+    leaked = [w for w in _windows(KEY) | _windows(ODD) | _windows(echo) if w in out]
+    assert not leaked, out
+
+
+def test_ordinary_text_keeps_its_words() -> None:
+    redact = Redactor([KEY, ODD])
+    text = "sk-or-v1 keys are documented; TESTSEC is a word; 0123456 counts"
+    assert redact(text) == text
