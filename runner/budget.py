@@ -50,10 +50,11 @@ class Budget:
         self._serial = 0
         # model -> worst cases are multiplied by this (a resumed run passes the factors its
         # run.json kept as `raised_estimates`, so it does not pay for the lesson twice)
+        # an infinite factor (a bill near 1e308; "inf" in run.json) stays: that model never
+        # fits again
         self._factor: dict[str, float] = {
-            model: float(factor) for model, factor in (raised_estimates or {}).items()
-            # an infinite factor (a bill near 1e308) stays: that model never fits again
-            if isinstance(factor, int | float) and not isinstance(factor, bool) and factor > 1}
+            model: number for model, factor in (raised_estimates or {}).items()
+            if (number := parse_factor(factor)) is not None and number > 1}
         self._floor_usd: dict[str, float] = {}  # model -> at least this (a model priced free)
 
     def reserve(self, worst_case_usd: float) -> Reservation | None:
@@ -138,3 +139,14 @@ class Budget:
             "overspent_usd": round(max(0.0, self.spent_usd - self.budget_usd), 10)
             if self.budget_usd is not None else 0.0,
         }
+
+
+def parse_factor(value: object) -> float | None:
+    """A raise factor as run.json keeps it (a number, or "inf"), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return None if number != number else number

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .budget import parse_factor
 from .config import Job
 from .errors import ResultsError
 from .journal import read_spent
@@ -72,8 +73,8 @@ class Previous:
         raised = budget.get("raised_estimates") if type(budget) is dict else None
         kept: dict[str, Any] = dict(raised) if type(raised) is dict else {}
         for model, factor in self.journal_raised.items():  # learnt by a process killed since
-            before = kept.get(model)
-            kept[model] = max(before, factor) if isinstance(before, float | int) else factor
+            before = parse_factor(kept.get(model))
+            kept[model] = max(before, factor) if before is not None else factor
         return kept
 
     def skip(self, retry_errors: bool) -> set[str]:

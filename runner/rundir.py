@@ -22,6 +22,7 @@ import errno
 import fcntl
 import functools
 import json
+import math
 import os
 import secrets
 import warnings
@@ -225,7 +226,20 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, default=str).encode() + b"\n")
+    """`obj` as strict JSON (what jq, DuckDB and browsers read): an infinite or NaN number, which
+    a server's bill can lead to, is written as the string "inf", "-inf" or "nan"."""
+    text = json.dumps(_strict(obj), indent=2, default=str, allow_nan=False)
+    write_atomic(path, text.encode() + b"\n")
+
+
+def _strict(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_strict(v) for v in obj]
+    return obj
 
 
 def remove_durably(paths: list[Path]) -> None:

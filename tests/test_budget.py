@@ -224,3 +224,24 @@ def test_the_cost_cap_applies_to_the_raised_estimate(write_job, results_dir,  # 
     assert list(df["status"]) == ["ok"] + ["skipped"] * 5
     assert set(df["error_type"].iloc[1:]) == {"cost_cap"}
     assert df["error_message"].iloc[1].startswith("worst-case cost $0.100000")
+
+
+def test_a_bill_near_the_float_limit_leaves_strict_json_and_a_lesson_a_resume_keeps(  # type: ignore[no-untyped-def]
+        write_job, results_dir, monkeypatch, capsys) -> None:
+    """`usage.cost: 1.7e308` raises the estimate by an infinite factor: run.json stays strict
+    JSON (jq and DuckDB refuse `Infinity`), and a resume still never reserves at the old one."""
+    monkeypatch.setenv("LOOPBACK_KEY", "sk-or-v1-TESTSECRET-loopback")
+    with Loopback(lambda body, n: completion(body["model"], cost_usd=1.7e308)) as server:
+        path = _priced(write_job, server.base_url, budget=0.35)
+        assert main(["run", str(path), "--out", str(results_dir), "--quiet"]) == 3
+    capsys.readouterr()
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"run.json holds {constant}: not strict JSON")
+
+    text = next((results_dir / "money").glob("*/run.json")).read_text()
+    raised = json.loads(text, parse_constant=refuse)["budget"]["raised_estimates"]
+    assert raised == {"m": "inf"}
+    budget = Budget(100.0, raised_estimates=raised)     # what a resume builds from run.json
+    assert budget.estimate("m", 0.01) == float("inf")
+    assert budget.reserve(budget.estimate("m", 0.01)) is None
