@@ -54,6 +54,9 @@ KEEP_BYTES = 16 * 1024 * 1024
 # Rows reach Arrow through JSON (no pandas import, ~0.5 s, but ~20 µs more a row) in runs planned
 # smaller than this, and through Python objects (pyarrow then imports pandas) in larger ones
 JSON_MAX_ROWS = 20_000
+# runs planned at least this large import pyarrow before their first request (`prepare`): a
+# short run should not wait for it before sending, a long one should not collect it all run
+PREPARE_ROWS = 2_000
 
 
 @functools.cache
@@ -95,6 +98,15 @@ class Collector:
         except OSError as exc:
             raise disk_error(exc, self._parts_dir) from None
         self._part_no = last_part_no(run_dir)
+
+    def prepare(self) -> None:
+        """Import what writing rows needs now (pyarrow; pandas too on the object route), so that
+        a long run does not import it in its first flush, while requests are timed, nor keep its
+        objects in every garbage collection (the engine freezes what exists before the pool)."""
+        import pyarrow.parquet  # noqa: F401
+
+        if not self._via_json:
+            import pandas  # noqa: F401
 
     def add(self, result: Result) -> None:
         self._rows.append(result.as_row())

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .budget import Budget
-from .collect import Collector
+from .collect import PREPARE_ROWS, Collector
 from .config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_ERROR_BYTES,
@@ -151,6 +151,8 @@ async def _run(job: Job, plan: Plan, limits: Limits, providers: Providers, run_d
             manifest.write("running", budget=budget.figures())
             if progress is not None:
                 progress.start(len(plan) - len(run.skip))
+            if len(plan) - len(run.skip) >= PREPARE_ROWS:
+                collector.prepare()
             gc.collect()
             gc.freeze()  # set-up objects live all run: keep them out of every later collection
             try:
