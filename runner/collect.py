@@ -13,6 +13,7 @@ value never costs the other rows of its batch: that row alone becomes an error r
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -200,6 +201,8 @@ class Collector:
             remove_durably([p for p in merged if p != final])
         except OSError as exc:
             raise disk_error(exc, self._parts_dir) from None
+        with contextlib.suppress(OSError):  # kept when it still holds a part set aside as bad
+            self._parts_dir.rmdir()
         self._kept.clear()
         self._kept_bytes = 0
         self.summary = fold

@@ -86,6 +86,7 @@ def test_a_finished_run_holds_each_row_in_one_parquet_file(tmp_path: Path) -> No
     collector.finish()
     files = list((tmp_path / "run").rglob("*.parquet"))
     assert sum(len(pd.read_parquet(f)) for f in files) == 2  # a glob counts each row once
+    assert not (tmp_path / "run" / "parts").exists()          # no empty folder left behind
 
 
 def test_rows_are_read_in_plan_order(tmp_path: Path) -> None:
