@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, RunnerError
+from .errors import ConfigError, RunnerError, first_runner_error
 
 EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT, EXIT_OVERSPENT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"runner: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except BaseExceptionGroup as group:  # an error raised inside a task group
-        leaf = _first_runner_error(group)
+        leaf = first_runner_error(group)
         if leaf is None:
             raise
         print(f"runner: error: {leaf}", file=sys.stderr)
@@ -204,17 +204,6 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
                   file: Any = None, line: str | None = None) -> None:
     """Our warnings (an unreadable result file, ...) as one line each, no source location."""
     print(f"runner: warning: {message}", file=sys.stderr)
-
-
-def _first_runner_error(group: BaseExceptionGroup[BaseException]) -> RunnerError | None:
-    for exc in group.exceptions:
-        if isinstance(exc, RunnerError):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first_runner_error(exc)
-            if found is not None:
-                return found
-    return None
 
 
 def _count(text: str) -> int:

@@ -35,7 +35,7 @@ from .config import (
     Job,
     Limits,
 )
-from .errors import ProviderError, ResultsError, RunnerError
+from .errors import ProviderError, ResultsError, RunnerError, first_runner_error
 from .health import Health
 from .journal import Journal
 from .limits import Gates
@@ -158,7 +158,7 @@ async def _run(job: Job, plan: Plan, limits: Limits, providers: Providers, run_d
             try:
                 await _pool(run, plan, flush_s, health, pool)
             except BaseExceptionGroup as group:
-                failure = _runner_error(group)
+                failure = first_runner_error(group)
                 if failure is None:
                     raise
             if failure is None:
@@ -236,18 +236,6 @@ async def _watch_signals(run: RunState, pool: anyio.CancelScope, grace_s: float,
             pool.deadline = anyio.current_time() + grace_s
             if on_stopping is not None:
                 on_stopping(grace_s)
-
-
-def _runner_error(group: BaseExceptionGroup[BaseException]) -> RunnerError | None:
-    """The first RunnerError inside a task group's exceptions (a disk that failed mid-run)."""
-    for exc in group.exceptions:
-        if isinstance(exc, RunnerError):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = _runner_error(exc)
-            if found is not None:
-                return found
-    return None
 
 
 async def _pool(run: RunState, plan: Plan, flush_s: float, health: Health,

@@ -56,3 +56,16 @@ class ProviderError(RunnerError):
 
 class ResultsError(RunnerError):
     """A results folder that is missing, unreadable, or would be written outside its root."""
+
+
+def first_runner_error(group: BaseExceptionGroup[BaseException]) -> RunnerError | None:
+    """The first RunnerError inside a task group's exceptions (nested groups included), so that
+    an error raised in a worker task reaches the user as the one line it is."""
+    for exc in group.exceptions:
+        if isinstance(exc, RunnerError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = first_runner_error(exc)
+            if found is not None:
+                return found
+    return None

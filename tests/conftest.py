@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -81,3 +82,19 @@ def results_dir(tmp_path: Path) -> Iterator[Path]:
     out = tmp_path / "results"
     out.mkdir()
     yield out
+
+
+@pytest.fixture
+def request_(write_job: Callable[..., Path]) -> Any:
+    """One planned request (a short prompt to a simulated model) to hand to an Endpoint."""
+    from runner.config import load_job
+    from runner.plan import Plan
+
+    job = load_job(write_job("""
+        name: t
+        provider: simulated
+        models: [sim/fast-mini]
+        prompts: ["hello"]
+        params: {max_tokens: 16}
+    """))
+    return Plan(job)[0]

@@ -23,18 +23,6 @@ def _provider(openrouter: bool = True) -> Provider:
     return Provider("test", "http://unused", None, {}, openrouter, True)
 
 
-@pytest.fixture
-def request_(write_job):  # type: ignore[no-untyped-def]
-    job = load_job(write_job("""
-        name: t
-        provider: simulated
-        models: [sim/fast-mini]
-        prompts: ["hello"]
-        params: {max_tokens: 16}
-    """))
-    return Plan(job)[0]
-
-
 async def _send(canned, request_, status, headers, body, *, stream=True):  # type: ignore[no-untyped-def]
     url = await canned((status, headers, body))
     if not stream:

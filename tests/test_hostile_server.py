@@ -30,7 +30,6 @@ from runner.client import Endpoint
 from runner.config import Provider, load_job
 from runner.engine import run_job
 from runner.errors import ProviderError
-from runner.plan import Plan
 from runner.redact import Redactor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,18 +278,6 @@ async def hostile() -> AsyncIterator[Hostile]:
 def _provider(url: str) -> Provider:
     return Provider("hostile", url, "HOSTILE_KEY", {"X-Api-Key": HEADER, "X-Title": "t"},
                     False, True)
-
-
-@pytest.fixture
-def request_(write_job):  # type: ignore[no-untyped-def]
-    job = load_job(write_job("""
-        name: t
-        provider: simulated
-        models: [sim/fast-mini]
-        prompts: ["hello"]
-        params: {max_tokens: 16}
-    """))
-    return Plan(job)[0]
 
 
 async def _send(hostile: Hostile, request_: Any, behaviour: str, **bounds: Any) -> Any:
