@@ -297,9 +297,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     code = _after_run(args, outcome, gate)
     budget = outcome.manifest.get("budget") or {}
+    from .formatting import usd
+
     if budget.get("exceeded"):  # worse than a broken threshold: money was spent past the cap
-        print(f"runner: budget exceeded: spent ${budget['spent_usd']:.6f} of budget_usd "
-              f"${budget['budget_usd']:g}: the provider billed more than the worst case "
+        print(f"runner: budget exceeded: spent {usd(budget['spent_usd'])} of budget_usd "
+              f"{usd(budget['budget_usd'])}: the provider billed more than the worst case "
               "(see cost_over_estimate in the rows)", file=sys.stderr)
         return EXIT_OVERSPENT
     return code

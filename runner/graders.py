@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .formatting import usd
+
 Grade = tuple[float, str | None]          # score 0..1, and why it failed (None: it passed)
 Grader = Callable[[str, Mapping[str, Any]], Grade]
 PythonCheck = Callable[[str, dict[str, Any]], object]
@@ -99,7 +101,7 @@ def _max_cost_usd(arg: float) -> Grader:
         cost = row.get("cost_usd")
         if cost is None:
             return 0.0, "cost unknown (no price for this model)"
-        return _binary(cost <= arg, f"cost ${cost:.6f}")
+        return _binary(cost <= arg, f"cost {usd(cost)}")
 
     return grade
 

@@ -25,6 +25,7 @@ from .client import Attempt
 from .collect import Collector
 from .config import DEFAULT_MAX_RETRY_WAIT_S, Job, Limits
 from .errors import ResultsError
+from .formatting import usd
 from .journal import Journal
 from .judge import RESPONSE_FORMAT, judge_messages, parse_score
 from .limits import Gates
@@ -355,8 +356,8 @@ def _refusal(run: RunState, call: Call) -> tuple[str, str] | None:
     estimate = run.budget.estimate(model.label, call.worst_usd or 0.0)
     cap = run.job.max_cost_per_request_usd
     if cap is not None and call.worst_usd is not None and estimate > cap:
-        return "cost_cap", (f"worst-case cost ${estimate:.6f} exceeds max_cost_per_request_usd "
-                            f"${cap:g} (lower max_tokens or raise the cap)")
+        return "cost_cap", (f"worst-case cost {usd(estimate)} exceeds max_cost_per_request_usd "
+                            f"{usd(cap)} (lower max_tokens or raise the cap)")
     if not run.budget.could_fit(estimate):  # spending never goes down: it never will
         return _budget_refusal(run, estimate)
     return None
@@ -364,8 +365,8 @@ def _refusal(run: RunState, call: Call) -> tuple[str, str] | None:
 
 def _budget_refusal(run: RunState, estimate: float) -> tuple[str, str]:
     left = max(0.0, (run.budget.budget_usd or 0.0) - run.budget.spent_usd)
-    return "budget", (f"not sent: its worst case (${estimate:.6f}) does not fit in what is left "
-                      f"of budget_usd (${left:.6f}); requests that fit are still sent")
+    return "budget", (f"not sent: its worst case ({usd(estimate)}) does not fit in what is left "
+                      f"of budget_usd ({usd(left)}); requests that fit are still sent")
 
 
 def _skip(result: Result, error_type: str, message: str) -> None:
