@@ -23,7 +23,7 @@ from .budget import Budget, Reservation, known_cost
 from .checks import Check, evaluate
 from .client import Attempt
 from .collect import Collector
-from .config import DEFAULT_MAX_RETRY_WAIT_S, Job, Limits
+from .config import DEFAULT_MAX_RETRY_WAIT_S, Job, Limits, ModelSpec
 from .errors import ResultsError
 from .formatting import usd
 from .journal import Journal
@@ -77,6 +77,7 @@ class RunState:
     stopping: bool = False                          # a signal came: schedule nothing more
     interrupted: bool = False
     journal: Journal | None = None                  # reservations made durable before sending
+    model_limits: dict[str, Limits] = field(default_factory=dict)  # label -> merged, once
 
 
 @dataclass(slots=True)
@@ -137,12 +138,22 @@ async def handle(run: RunState, request: Request) -> None:
         await flush(run)
 
 
+def _limits_of(run: RunState, model: ModelSpec) -> Limits:
+    """The model's limits over its provider's over the run's, merged once per model (every
+    request of a run asks: it showed in profiles)."""
+    limits = run.model_limits.get(model.label)
+    if limits is None:
+        limits = model.limits.over(run.job.providers[model.provider].limits).over(run.limits)
+        run.model_limits[model.label] = limits
+    return limits
+
+
 def _call_for(run: RunState, request: Request, t_ready: float) -> Call:
     model = request.model
     price = run.providers.prices.get((model.provider, model.id))
     return Call(
         request, price, worst_case_usd(request, price) if price is not None else None,
-        limits=model.limits.over(run.job.providers[model.provider].limits).over(run.limits),
+        limits=_limits_of(run, model),
         tokens=typical_prompt_tokens(request.messages)
         + int(request.params.get("max_tokens") or 0),
         t_ready=t_ready)
