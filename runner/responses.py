@@ -206,11 +206,7 @@ def parse_completion(body: Mapping[str, Any], attempt: Attempt) -> Attempt:
     choices = body.get("choices")
     if not choices:
         return attempt.fail("malformed", "response has no choices")
-    if type(choices) is not list:
-        raise Malformed(f"choices is {kind(choices)}, not a list")
-    choice = choices[0]
-    if type(choice) is not dict:
-        raise Malformed(f"choices[0] is {kind(choice)}, not an object")
+    choice = first_choice(choices)
     message = choice.get("message")
     if message is not None and type(message) is not dict:
         raise Malformed(f"choices[0].message is {kind(message)}, not an object")
@@ -272,11 +268,7 @@ class StreamParser:
             return True
         choices = chunk.get("choices")
         if choices:
-            if type(choices) is not list:
-                raise Malformed(f"choices is {kind(choices)}, not a list")
-            choice = choices[0]
-            if type(choice) is not dict:
-                raise Malformed(f"choices[0] is {kind(choice)}, not an object")
+            choice = first_choice(choices)
             delta = choice.get("delta")
             if delta:
                 if type(delta) is not dict:
@@ -336,3 +328,13 @@ def retry_after_s(headers: Mapping[str, str], metadata: Mapping[str, Any],
         hints.append(float(seconds))
     hints = [h for h in hints if math.isfinite(h)]  # no NaN, no "wait forever"
     return max(0.0, max(hints)) if hints else None
+
+
+def first_choice(choices: object) -> dict[str, Any]:
+    """`choices[0]` of a completion or a chunk, checked: a list whose first item is an object."""
+    if type(choices) is not list:
+        raise Malformed(f"choices is {kind(choices)}, not a list")
+    choice = choices[0]
+    if type(choice) is not dict:
+        raise Malformed(f"choices[0] is {kind(choice)}, not an object")
+    return choice

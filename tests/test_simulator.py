@@ -253,6 +253,18 @@ async def test_fault_draws_vary_per_arrival_but_repeat_per_seed(sim: Simulator) 
         assert statuses == [(await post(again.base_url, request("t/coin")))[0] for _ in range(20)]
 
 
+async def _read_until_cut(sim: Simulator) -> bytes:
+    """What a streamed request to the disconnecting model received before the server cut it."""
+    received = b""
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            url = f"{sim.base_url}/chat/completions"
+            async with session.post(url, json=request("t/disconnect", True), headers=AUTH) as r:
+                async for piece in r.content.iter_any():
+                    received += piece
+    return received
+
+
 async def test_disconnect_fault(sim: Simulator) -> None:
     received = b""
     async with aiohttp.ClientSession() as session:
@@ -701,13 +713,7 @@ async def test_a_stream_cut_by_the_client_is_billed_for_the_tokens_sent(sim: Sim
 
 
 async def test_a_stream_the_server_breaks_is_billed_for_what_it_sent(sim: Simulator) -> None:
-    received = b""
-    async with aiohttp.ClientSession() as session:
-        with pytest.raises(aiohttp.ClientPayloadError):
-            url = f"{sim.base_url}/chat/completions"
-            async with session.post(url, json=request("t/disconnect", True), headers=AUTH) as r:
-                async for piece in r.content.iter_any():
-                    received += piece
+    received = await _read_until_cut(sim)
     charge = (await charges_once(sim, 1))[0]
     assert charge.outcome == "cut" and charge.fault == "disconnect"
     assert charge.completion_tokens == len(content_of(received).split()) > 0
