@@ -1,66 +1,151 @@
-"""Checks (evals): validated `CheckIn`s in, compiled `Check`s out; a response and its row in, a
-`Verdict` (passed, score, failures) out.
+"""Checks (evals): validated `CheckIn`s in, compiled `Check`s out; a response, its row and the
+row's template context in, a `Verdict` (passed, score, failures, one `Outcome` per check) out.
 
-Pure apart from one thing: compiling a `python:` check imports its module, so that a target that
-does not import is a job-file error at load time rather than a failure on every row.
+Pure apart from one thing: compiling a `python:` check or transform imports its module, so that a
+target that does not import is a job-file error at load time rather than a failure on every row.
 
 Semantics (the README's "Checks" section says the same):
 
-- A check scores a response 0..1; binary checks score 0 or 1 and pass at 1, a `python:` check
-  passes at `min_score` (default 0.5). A row passes when every check that applies passes; its
-  `score` is the mean of the check scores.
-- Text checks compare the response text: `equals` after stripping both sides, `contains` /
-  `not_contains` case-sensitively, `icontains` case-insensitively (casefold), `regex` with
-  `re.search` (anchor it yourself; `(?i)` for case-insensitive).
-- `json_valid` / `json_schema` parse the stripped text, or the inside of one enclosing
-  ``` fence. `max_latency_s` compares `latency_s` (the final attempt), `max_cost_usd` compares
-  `cost_usd` (an unknown cost fails).
+- A check scores a response 0..1; binary checks score 0 or 1 and pass at 1, a `python:` or
+  `llm_judge` check passes at `min_score` (default 0.5). A check that could not be applied to a
+  row (its judge was refused by the budget or failed, a value needs a var the row lacks) is *not
+  graded*: score and passed are null, never a failure.
+- A row fails when any check fails; else it is not graded (`passed` null) when any check was not
+  graded; else it passes. Its `score` is the mean of the graded checks' scores weighted by
+  `weight` (default 1).
+- Every string in a check's value is a template over the row's vars and `target`
+  (`equals: "{{ target }}"`, `icontains: "{{ city }}"`). In `regex` and `not_regex` an inserted
+  value matches literally (it is `re.escape`d); the text around it is the pattern.
+- A `transform:` turns the response text into what the check reads (see `transforms`).
+- A scalar `expected:` is the prompt's target; it is checked with `equals` unless another check
+  of the prompt reads `{{ target }}` (then that check decides how).
 - A row whose request failed (`status = error`) fails every check ("no response"); a skipped row
-  (never sent) is not graded. Rows of prompts without checks get `passed = None`.
-- `expected:` on a prompt is shorthand: a string (or number) is `equals`; a mapping is one check
-  (`{contains: Paris}`); a list is several checks, each a string or a mapping.
+  (never sent) is not graded.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jinja2 import TemplateError, TemplateSyntaxError
 from pydantic import ValidationError
 
 from .errors import JobFileError
-from .graders import GRADERS, Grade, Grader, PythonCheck, python, short, shown
-from .schema import CHECK_TYPES, CheckIn
+from .graders import GRADERS, Grade, Grader, python, short, shown
+from .schema import CHECK_TYPES, CheckIn, JudgeIn
 from .sources import invalid
+from .templates import Template, parse
+from .transforms import TransformFn, compile_transform
 
-DEFAULT_MIN_SCORE = 0.5                   # python checks returning a score
+DEFAULT_MIN_SCORE = 0.5                   # python and judge checks returning a score
+ESCAPED_KINDS = frozenset({"regex", "not_regex"})   # inserted values match literally
+TARGET = "target"
+
+
+@dataclass(frozen=True, slots=True)
+class ValueTemplate:
+    """A check value whose strings are templates: the value with each string parsed."""
+
+    value: Any                            # str | list | dict with Template leaves
+    names: frozenset[str]
+
+    def render(self, context: Mapping[str, Any], escape: bool) -> Any:
+        if escape:
+            context = {k: re.escape(str(v)) for k, v in context.items()}
+        return _render(self.value, context)
+
+
+def _render(value: Any, context: Mapping[str, Any]) -> Any:
+    if isinstance(value, Template):
+        return value.render(context)
+    if isinstance(value, list):
+        return [_render(v, context) for v in value]
+    if isinstance(value, dict):
+        return {k: _render(v, context) for k, v in value.items()}
+    return value
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Check:
-    """One compiled check. `grade` is None for checks graded outside `evaluate` (llm_judge),
-    whose scores are passed to `evaluate(graded=...)`."""
+    """One compiled check. `grade` is None for checks graded per row (a templated value, whose
+    grader is built for each row's values) and for llm_judge checks (graded by the worker)."""
 
     kind: str                             # one of schema.CHECK_TYPES
-    label: str                            # how failures name it: "contains 'Paris'"
+    name: str                             # unique per prompt: "contains 'Paris'"
     arg: Any                              # the value as written in the job file
     grade: Grader | None
     min_score: float = 1.0
     prompts: frozenset[str] | None = None  # job-level: only these prompt ids (None: every one)
     strict: bool = True                   # json_schema: response_format strict mode
+    weight: float = 1.0
+    transform: TransformFn | None = None
+    values: ValueTemplate | None = None   # the value's templates, when it has any
+    send_schema: bool = True              # json_schema: sent as response_format
+    target: str | None = None             # a scalar `expected:`: the prompt's target
+    uses_target: bool = False             # reads {{ target }} (or judges against it)
+    named: bool = False                   # the name was given in the job file
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    def grader_for(self, context: Mapping[str, Any]) -> Grader | str:
+        """This row's grader, or why the check cannot be applied to the row (not graded)."""
+        if self.grade is not None:
+            return self.grade
+        assert self.values is not None and self.kind != "llm_judge"
+        missing = sorted(self.values.names - set(context))
+        if missing:
+            return (f"the row has no {missing[0]!r}" if missing[0] != TARGET
+                    else "the row has no target")
+        try:
+            value = self.values.render(context, self.kind in ESCAPED_KINDS)
+            return GRADERS[self.kind](value)
+        except (TemplateError, re.error, ValueError, TypeError) as exc:
+            return f"its value cannot be made for this row: {short(str(exc))}"
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """What a judge said about one row: its score (None: not graded) and the bill."""
+
+    score: float | None
+    reason: str | None
+    cost_usd: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One check on one row: a line of checks.parquet (with the row's ids)."""
+
+    name: str
+    kind: str
+    passed: bool | None                   # None: not graded
+    score: float | None
+    weight: float
+    reason: str | None                    # why it failed or was not graded; a judge's reason
+    judge_cost_usd: float | None = None
+    judge_prompt_tokens: int | None = None
+    judge_completion_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """The outcome of a row's checks: the `passed`, `score` and `check_failures` columns."""
+    """The outcome of a row's checks: the `passed`, `score` and `check_failures` columns, and
+    one `Outcome` per check."""
 
     passed: bool | None
     score: float | None
     failures: str | None
+    outcomes: tuple[Outcome, ...] = field(default=(), compare=False)
 
 
 NOT_GRADED = Verdict(None, None, None)
@@ -68,9 +153,11 @@ NOT_GRADED = Verdict(None, None, None)
 
 @dataclass(frozen=True, slots=True)
 class CheckSet:
-    """Every prompt's checks: its `expected` first, then the job-level checks that apply."""
+    """Every prompt's checks: its `expected` first, then the job-level checks that apply; and
+    each prompt's target from a scalar `expected:`."""
 
     by_prompt: Mapping[str, tuple[Check, ...]] = field(default_factory=dict)
+    targets: Mapping[str, str] = field(default_factory=dict)
 
     def for_prompt(self, prompt_id: str) -> tuple[Check, ...]:
         return self.by_prompt.get(prompt_id, ())
@@ -79,47 +166,105 @@ class CheckSet:
         return any(self.by_prompt.values())
 
 
+def context_for(request: Any, checks: CheckSet | None = None) -> dict[str, Any]:
+    """What check values are rendered over: the row's vars and its `target` (from the row, or
+    the prompt's scalar `expected:`); no `target` key when it has none."""
+    context = dict(request.vars)
+    target = getattr(request, "target", None)
+    if target is None and checks is not None:
+        target = checks.targets.get(request.prompt_id)
+    if target is not None:
+        context[TARGET] = target
+    return context
+
+
 def evaluate(checks: Sequence[Check], response_text: str | None, row: Mapping[str, Any], *,
-             graded: Mapping[Check, float] | None = None) -> Verdict:
-    """Grade one row: `row` is `Result.as_row()` (status, latency_s, cost_usd, ...)."""
-    if not checks or row.get("status") == "skipped":
+             graded: Mapping[Check, Judged | float] | None = None,
+             context: Mapping[str, Any] | None = None) -> Verdict:
+    """Grade one row: `row` is `Result.as_row()` (status, latency_s, cost_usd, ...), `context`
+    the row's template vars (`context_for`), `graded` the judges' answers."""
+    if not checks:
         return NOT_GRADED
-    if row.get("status") == "error":
-        why = row.get("error_type") or "error"
-        return Verdict(False, 0.0, f"no response (request failed: {why})")
+    status = row.get("status")
+    if status == "skipped":
+        return Verdict(None, None, None, tuple(
+            Outcome(c.name, c.kind, None, None, c.weight, "not sent") for c in checks))
+    if status == "error":
+        why = f"no response (request failed: {row.get('error_type') or 'error'})"
+        return Verdict(False, 0.0, why, tuple(
+            Outcome(c.name, c.kind, False, 0.0, c.weight, why) for c in checks))
     text = response_text or ""
-    scores: list[float] = []
-    failures: list[str] = []
-    for check in checks:
-        if check.grade is not None:
-            score, why = _safely(check, text, row)
-        elif graded is not None and check in graded:
-            score, why = graded[check], None
+    context = context or {}
+    outcomes = [_one(check, text, row, context, (graded or {}).get(check)) for check in checks]
+    return _combine(outcomes)
+
+
+def _one(check: Check, text: str, row: Mapping[str, Any], context: Mapping[str, Any],
+         judged: Judged | float | None) -> Outcome:
+    bill: dict[str, Any] = {}
+    if check.kind == "llm_judge":
+        if judged is None:
+            score, why = None, "the judge was not asked"
+        elif isinstance(judged, Judged):
+            score, why = judged.score, judged.reason
+            bill = {"judge_cost_usd": judged.cost_usd,
+                    "judge_prompt_tokens": judged.prompt_tokens,
+                    "judge_completion_tokens": judged.completion_tokens}
         else:
-            score, why = 0.0, "not graded"
-        if why is None and score < check.min_score:
-            why = f"score {score:.2f} < {check.min_score:g}"
-        scores.append(score)
-        if why is not None:
-            failures.append(f"{check.label}: {why}")
-    return Verdict(not failures, sum(scores) / len(scores), "; ".join(failures) or None)
+            score, why = float(judged), None
+    else:
+        score, why = _grade(check, text, row, context)
+    if score is None:
+        return Outcome(check.name, check.kind, None, None, check.weight, why, **bill)
+    passed = score >= check.min_score
+    if not passed and (why is None or check.kind == "llm_judge"):
+        low = f"score {score:.2f} < {check.min_score:g}"
+        why = f"{low} ({why})" if why else low
+    return Outcome(check.name, check.kind, passed, score, check.weight, why, **bill)
+
+
+def _grade(check: Check, text: str, row: Mapping[str, Any], context: Mapping[str, Any]) -> Grade:
+    grader = check.grader_for(context)
+    if isinstance(grader, str):
+        return None, grader
+    if check.transform is not None:
+        try:
+            changed, why = check.transform(text)
+        except Exception as exc:  # a hostile response must not crash the run
+            changed, why = None, f"transform failed: {type(exc).__name__}"
+        if changed is None:
+            return 0.0, why
+        text = changed
+    try:
+        return grader(text, row)
+    except Exception as exc:  # a user's python check must not crash the run
+        return 0.0, f"raised {type(exc).__name__}: {short(str(exc))}"
+
+
+def _combine(outcomes: Sequence[Outcome]) -> Verdict:
+    failed = [o for o in outcomes if o.passed is False]
+    ungraded = [o for o in outcomes if o.passed is None]
+    scored = [o for o in outcomes if o.score is not None]
+    weights = sum(o.weight for o in scored)
+    if not scored:
+        score = None
+    elif weights > 0:
+        score = sum((o.score or 0.0) * o.weight for o in scored) / weights
+    else:  # every weight 0: the plain mean
+        score = sum(o.score or 0.0 for o in scored) / len(scored)
+    lines = [f"{o.name}: {o.reason or 'failed'}" for o in failed]
+    lines += [f"{o.name}: not graded ({o.reason or 'unknown'})" for o in ungraded]
+    passed = False if failed else None if ungraded else True
+    return Verdict(passed, score, "; ".join(lines) or None, tuple(outcomes))
 
 
 def response_format_for(checks: Sequence[Check]) -> dict[str, Any] | None:
     """The `response_format` param that requests output in a prompt's JSON schema, or None."""
     for check in checks:
-        if check.kind == "json_schema":
+        if check.kind == "json_schema" and check.send_schema:
             return {"type": "json_schema", "json_schema": {
                 "name": "response", "schema": check.arg, "strict": check.strict}}
     return None
-
-
-def _safely(check: Check, text: str, row: Mapping[str, Any]) -> Grade:
-    assert check.grade is not None
-    try:
-        return check.grade(text, row)
-    except Exception as exc:  # a user's python check must not crash the run
-        return 0.0, f"raised {type(exc).__name__}: {short(str(exc))}"
 
 
 # --- compiling -------------------------------------------------------------------------------
@@ -128,25 +273,121 @@ def compile_check(check: CheckIn, *, path: Path, field_name: str) -> Check:
     """A validated `CheckIn` as a `Check`; imports a python target (JobFileError if it fails)."""
     kind = next(k for k in CHECK_TYPES if getattr(check, k) is not None)
     arg = getattr(check, kind)
-    prompts = frozenset(check.prompts) if check.prompts is not None else None
+    common: dict[str, Any] = {
+        "prompts": frozenset(check.prompts) if check.prompts is not None else None,
+        "weight": check.weight, "named": check.name is not None}
+    if check.transform is not None:
+        compiled = compile_transform(check.transform, lambda target, where: _import_target(
+            target, path=path, field_name=f"{field_name}.transform{where}", takes="text"))
+        if isinstance(compiled, str):
+            raise JobFileError(path, f"{field_name}.transform{compiled.split(':')[0]}",
+                               compiled.partition(": ")[2])
+        common["transform"] = compiled[0]
+    min_score = check.min_score if check.min_score is not None else DEFAULT_MIN_SCORE
     if kind == "python":
         fn = _import_target(arg, path=path, field_name=f"{field_name}.python")
-        return Check(kind, f"python {arg}", arg, python(fn), prompts=prompts,
-                     min_score=check.min_score if check.min_score is not None
-                     else DEFAULT_MIN_SCORE)
-    if kind == "llm_judge":  # graded by the engine through the pool: see engine._judge
-        return Check(kind, f"llm_judge {arg.model}", arg, None, prompts=prompts,
-                     min_score=check.min_score if check.min_score is not None
-                     else DEFAULT_MIN_SCORE)
-    label = kind if kind in ("json_valid", "json_schema") else f"{kind} {shown(arg)}"
-    return Check(kind, label, arg, GRADERS[kind](arg), prompts=prompts,
-                 strict=check.strict if check.strict is not None else True)
+        return Check(kind, check.name or f"python {arg}", arg, python(fn), min_score=min_score,
+                     **common)
+    if kind == "llm_judge":  # graded by the worker through the pool: see worker._judge
+        uses_target = _check_judge(arg, path=path, field_name=f"{field_name}.llm_judge")
+        return Check(kind, check.name or _judge_name(arg), arg, None, min_score=min_score,
+                     uses_target=uses_target, **common)
+    plain = arg.model_dump() if kind == "number_close" else arg
+    values = _value_template(plain, path=path, field_name=f"{field_name}.{kind}")
+    label = check.name or (kind if kind in ("json_valid", "json_schema")
+                           else f"{kind} {shown(_written(plain))}")
+    if values is not None and kind in ESCAPED_KINDS:
+        try:  # the pattern around the inserted values must compile
+            re.compile(values.render(dict.fromkeys(values.names, "x"), escape=True))
+        except (re.error, TemplateError) as exc:
+            raise JobFileError(path, f"{field_name}.{kind}",
+                               f"invalid regular expression: {exc}") from None
+    return Check(kind, label, arg, GRADERS[kind](plain) if values is None else None,
+                 values=values, uses_target=values is not None and TARGET in values.names,
+                 strict=check.strict if check.strict is not None else True,
+                 send_schema=check.response_format is not False, **common)
+
+
+def _written(value: Any) -> Any:
+    """A value as the job file wrote it, for a default name."""
+    if isinstance(value, dict) and "value" in value:
+        tol = [f"{k}={value[k]:g}" for k in ("rel_tol", "abs_tol") if value.get(k)]
+        return f"{value['value']}{' (' + ', '.join(tol) + ')' if tol else ''}"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return value
+
+
+def _value_template(value: Any, *, path: Path, field_name: str) -> ValueTemplate | None:
+    """The value with its strings parsed as templates; None when no string is a template."""
+    names: set[str] = set()
+
+    def walk(item: Any, where: str) -> Any:
+        if isinstance(item, str):
+            if "{" not in item:
+                return item
+            try:
+                template = parse(item)
+            except TemplateSyntaxError as exc:
+                raise JobFileError(path, where, f"template error on line {exc.lineno}: "
+                                   f"{exc.message}") from None
+            names.update(template.names)
+            return template if template.names or template.parts is None else item
+        if isinstance(item, list):
+            return [walk(v, f"{where}[{n}]") for n, v in enumerate(item)]
+        if isinstance(item, dict):
+            return {k: walk(v, f"{where}.{k}") for k, v in item.items()}
+        return item
+
+    if isinstance(value, dict) and "value" not in value:   # a JSON schema is no template
+        return None
+    walked = walk(value, field_name)
+    if not _has_template(walked):
+        return None
+    return ValueTemplate(walked, frozenset(names))
+
+
+def _has_template(value: Any) -> bool:
+    if isinstance(value, Template):
+        return True
+    if isinstance(value, list):
+        return any(_has_template(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_template(v) for v in value.values())
+    return False
+
+
+def _check_judge(spec: JudgeIn, *, path: Path, field_name: str) -> bool:
+    """Parse the judge's templates (a syntax error is a job-file error); whether it reads the
+    row's target (a judge without a rubric or prompt grades against the target)."""
+    uses_target = spec.rubric is None and spec.prompt is None
+    for key in ("rubric", "prompt"):
+        text = getattr(spec, key)
+        if text is None:
+            continue
+        try:
+            uses_target = uses_target or TARGET in parse(text).names
+        except TemplateSyntaxError as exc:
+            raise JobFileError(path, f"{field_name}.{key}", f"template error on line "
+                               f"{exc.lineno}: {exc.message}") from None
+    return uses_target
+
+
+def _judge_name(spec: JudgeIn) -> str:
+    """`llm_judge <model>: <the rubric's start>`, so that judges of one row read apart."""
+    about = spec.rubric or spec.prompt or "matches the target"
+    return f"llm_judge {spec.model}: {short(about, 48)}"
 
 
 def compile_expected(value: Any, *, path: Path, field_name: str) -> tuple[Check, ...]:
-    """A prompt's `expected:` (string, mapping or list of them) as checks."""
+    """A prompt's `expected:` (string, mapping or list of them) as checks; a scalar is the
+    prompt's target, checked with `equals` (see `build_check_set`)."""
     if value is None:
         return ()
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        literal = str(value)
+        return (Check("equals", f"equals {shown(literal)}", literal, GRADERS["equals"](literal),
+                      target=literal),)
     items = value if isinstance(value, list) else [value]
     out = []
     for n, item in enumerate(items):
@@ -181,26 +422,55 @@ def build_check_set(checks: Sequence[CheckIn], expected: Mapping[str, tuple[Chec
                                    f"unknown prompt id {prompt_id!r} (known: {known})")
         compiled.append((where, compile_check(check_in, path=path, field_name=where)))
     by_prompt: dict[str, tuple[Check, ...]] = {}
+    targets: dict[str, str] = {}
     for prompt_id, own in expected.items():
-        schema_from = "expected" if any(c.kind == "json_schema" for c in own) else None
+        schema_from = "expected" if any(c.kind == "json_schema" and c.send_schema
+                                        for c in own) else None
         applied = list(own)
         for where, check in compiled:
             if check.prompts is not None and prompt_id not in check.prompts:
                 continue
-            if check.kind == "json_schema":
+            if check.kind == "json_schema" and check.send_schema:
                 if schema_from is not None:
                     raise JobFileError(path, f"{where}.json_schema", f"prompt {prompt_id!r} "
                                        f"already has a json_schema check (in {schema_from}); "
                                        "only one schema can be sent as response_format "
-                                       "(limit this one with prompts:)")
+                                       "(limit this one with prompts:, or set "
+                                       "response_format: false on it)")
                 schema_from = where
             applied.append(check)
+        target = next((c.target for c in own if c.target is not None), None)
+        if target is not None:
+            targets[prompt_id] = target
+            if any(c.uses_target for c in applied):  # that check decides how it is compared
+                applied = [c for c in applied if c.target is None]
         if applied:
-            by_prompt[prompt_id] = tuple(applied)
-    return CheckSet(by_prompt)
+            by_prompt[prompt_id] = _unique_names(applied, path=path, prompt_id=prompt_id)
+    return CheckSet(by_prompt, targets)
 
 
-def _import_target(target: str, *, path: Path, field_name: str) -> PythonCheck:
+def _unique_names(checks: list[Check], *, path: Path, prompt_id: str) -> tuple[Check, ...]:
+    """The checks with default names made unique (`#2`, `#3`); two checks given one name are a
+    job-file error (their lines would read as one)."""
+    import dataclasses
+
+    seen: dict[str, int] = {}
+    named = [c.name for c in checks if c.named]
+    for name in named:
+        if named.count(name) > 1:
+            raise JobFileError(path, "checks", f"two checks of prompt {prompt_id!r} are named "
+                               f"{name!r}: give each check its own name:")
+    out = []
+    for check in checks:
+        count = seen[check.name] = seen.get(check.name, 0) + 1
+        if count > 1 and not check.named:
+            check = dataclasses.replace(check, name=f"{check.name} #{count}")
+        out.append(check)
+    return tuple(out)
+
+
+def _import_target(target: str, *, path: Path, field_name: str,
+                   takes: str = "check") -> Callable[..., object]:
     """`module:function`, imported from the job file's folder or the Python path."""
     module_name, _, function_name = target.partition(":")
     folder = str(path.resolve().parent)
@@ -218,7 +488,8 @@ def _import_target(target: str, *, path: Path, field_name: str) -> PythonCheck:
         sys.path.remove(folder)
     fn = getattr(module, function_name, None)
     if not callable(fn):
+        hint = ("(define `def {f}(text)` returning the text to check)" if takes == "text" else
+                "(define `def {f}(response_text, row)` returning a bool or a score 0..1)")
         raise JobFileError(path, field_name, f"module {module_name!r} has no function "
-                           f"{function_name!r} (define `def {function_name}(response_text, "
-                           "row)` returning a bool or a score 0..1)")
+                           f"{function_name!r} " + hint.format(f=function_name))
     return fn  # type: ignore[no-any-return]

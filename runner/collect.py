@@ -206,6 +206,9 @@ class Collector:
         self._kept.clear()
         self._kept_bytes = 0
         self.summary = fold
+        from .check_results import write_checks  # issue 12: the per-check long table
+
+        write_checks(self.run_dir, final, write_csv=self.write_csv)
         return final
 
 

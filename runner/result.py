@@ -63,6 +63,9 @@ TYPES: tuple[tuple[str, str], ...] = (
     ("judge_cost_usd", "float64"),
     ("judge_prompt_tokens", "int64"),
     ("judge_completion_tokens", "int64"),
+    # issue 12, checks: one JSON object per check (name, type, passed, score, weight, reason,
+    # judge cost and tokens); checks.parquet is these, one line each
+    ("checks_json", "string"),
 )
 COLUMNS = tuple(name for name, _ in TYPES)
 
@@ -137,6 +140,7 @@ class Result:
     judge_cost_usd: float | None = None     # llm_judge: what grading this row cost
     judge_prompt_tokens: int | None = None
     judge_completion_tokens: int | None = None
+    checks_json: str | None = None          # the per-check outcomes (see check_results)
 
     def as_row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _FIELD_NAMES}

@@ -186,17 +186,56 @@ class OutputIn(Strict):
 
 
 CHECK_TYPES = ("equals", "contains", "icontains", "not_contains", "regex", "json_valid",
-               "json_schema", "max_latency_s", "max_cost_usd", "python", "llm_judge")
+               "json_schema", "max_latency_s", "max_cost_usd", "python", "llm_judge",
+               # issue 12: named checks, values from the row
+               "contains_any", "contains_all", "starts_with", "not_regex", "number_close")
 """The keys that name a check's type; a check gives exactly one of them (see runner/checks.py)."""
 
 
 class JudgeIn(Strict):
-    """An LLM judge: a model grades each response against a rubric with a score 0..1."""
+    """An LLM judge: a model grades each response (against a rubric, or the row's target)."""
 
     model: str = Field(min_length=1)
     provider: str | None = None              # default: the job's provider
-    rubric: str = Field(min_length=1)
+    rubric: str | None = Field(default=None, min_length=1)  # a template; none: target-based
+    prompt: str | None = Field(default=None, min_length=1)  # the whole grading prompt
+    scale: Literal["0-1", "pass_fail", "1-10", "letter"] | None = None
     max_tokens: int = Field(default=300, gt=0)
+
+
+class NumberCloseIn(Strict):
+    """`number_close`: the first number in the response within a tolerance of `value`."""
+
+    value: str | float
+    rel_tol: float = Field(default=0.0, ge=0)
+    abs_tol: float = Field(default=0.0, ge=0)
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+            else value
+
+
+TRANSFORMS = ("strip", "lower", "last_line", "first_line")
+"""The transforms named by a word; `{json_path: ...}` and `{python: module:function}` too."""
+
+
+class TransformIn(Strict):
+    json_path: str | None = None
+    python: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> TransformIn:
+        if (self.json_path is None) == (self.python is None):
+            raise ValueError("give one of json_path or python")
+        if self.python is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*",
+                                                         self.python):
+            raise ValueError(f"python: must be 'module:function' (got {self.python!r})")
+        return self
+
+
+TransformStep = Literal["strip", "lower", "last_line", "first_line"] | TransformIn
 
 
 class CheckIn(Strict):
@@ -213,20 +252,39 @@ class CheckIn(Strict):
     max_cost_usd: float | None = Field(default=None, ge=0)
     python: str | None = None
     llm_judge: JudgeIn | None = None
+    contains_any: list[str] | None = Field(default=None, min_length=1)
+    contains_all: list[str] | None = Field(default=None, min_length=1)
+    starts_with: str | None = None
+    not_regex: str | None = None
+    number_close: NumberCloseIn | None = None
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    weight: float = Field(default=1.0, ge=0)
+    transform: TransformStep | list[TransformStep] | None = None
+    response_format: bool | None = None   # json_schema: send it as response_format (default)
     prompts: list[str] | None = Field(default=None, min_length=1)  # job-level checks only
     strict: bool | None = None                       # json_schema: response_format strict mode
     min_score: float | None = Field(default=None, ge=0, le=1)     # python: passing score
 
-    @field_validator("equals", "contains", "icontains", "not_contains", mode="before")
+    @field_validator("equals", "contains", "icontains", "not_contains", "starts_with",
+                     mode="before")
     @classmethod
     def _number_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int | float) and not isinstance(value, bool) \
             else value
 
-    @field_validator("regex")
+    @field_validator("contains_any", "contains_all", mode="before")
+    @classmethod
+    def _numbers_as_text(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+                    for v in value]
+        return value
+
+    @field_validator("regex", "not_regex")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
+        # a template's pattern is compiled once its values are in (see checks.compile_check)
+        if value is not None and "{{" not in value and "{%" not in value:
             try:
                 re.compile(value)
             except re.error as exc:
@@ -264,6 +322,10 @@ class CheckIn(Strict):
             raise ValueError("strict: only applies to a json_schema check")
         if self.min_score is not None and self.python is None and self.llm_judge is None:
             raise ValueError("min_score: only applies to a python or llm_judge check")
+        if self.response_format is not None and self.json_schema is None:
+            raise ValueError("response_format: only applies to a json_schema check")
+        if self.strict is not None and self.response_format is False:
+            raise ValueError("strict: only applies when the schema is sent (response_format)")
         return self
 
 
@@ -304,7 +366,7 @@ def model_names() -> set[str]:
 def field_names() -> set[str]:
     """Every key any job-file section accepts (for 'did you mean' hints)."""
     names: set[str] = set()
-    for model in (JudgeIn, MaxPriceIn, PriceIn, ParamsIn, LimitsIn, ProviderIn, FaultsIn,
+    for model in (JudgeIn, NumberCloseIn, TransformIn, MaxPriceIn, PriceIn, ParamsIn, LimitsIn, ProviderIn, FaultsIn,
                   SimModelIn, SimulatorIn, ModelIn, MessageIn, PromptIn, OutputIn, CheckIn,
                   JobIn):
         names.update(model.model_fields)

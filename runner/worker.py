@@ -18,16 +18,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import anyio
+from jinja2 import TemplateError
 
 from .budget import Budget, Reservation, known_cost
-from .checks import Check, evaluate
+from .check_results import outcomes_json
+from .checks import Check, Judged, context_for, evaluate
 from .client import Attempt
 from .collect import Collector
 from .config import DEFAULT_MAX_RETRY_WAIT_S, Job, Limits, ModelSpec
 from .errors import ResultsError
 from .formatting import usd
 from .journal import Journal
-from .judge import RESPONSE_FORMAT, judge_messages, parse_score
+from .judge import judge_messages, parse_verdict, scale_of
+from .judge import response_format as judge_format
 from .limits import Gates
 from .plan import Request
 from .pricing import Price, typical_prompt_tokens, worst_case_usd
@@ -267,46 +270,69 @@ def _fold_attempt(result: Result, call: Call, attempt: Attempt, cost: float | No
 
 async def _grade(run: RunState, request: Request, result: Result,
                  checks: tuple[Check, ...]) -> None:
-    """Fill `passed`, `score` and `check_failures` from the prompt's checks."""
-    graded: dict[Check, float] = {}
+    """Fill `passed`, `score`, `check_failures` and `checks_json` from the prompt's checks."""
+    context = context_for(request, run.job.checks)
+    graded: dict[Check, Judged] = {}
     if result.status == OK:
         for check in checks:
             if check.kind == "llm_judge":
-                score = await _judge(run, request, result, check)
-                if score is not None:
-                    graded[check] = score
+                graded[check] = await _judge(run, request, result, check, context)
     row = result.as_row()
-    if any(check.kind == "python" for check in checks):  # user code: keep it off the loop
-        verdict = await anyio.to_thread.run_sync(
-            functools.partial(evaluate, checks, result.response_text, row, graded=graded))
+    grade = functools.partial(evaluate, checks, result.response_text, row, graded=graded,
+                              context=context)
+    if any(check.kind == "python" or check.transform is not None for check in checks):
+        verdict = await anyio.to_thread.run_sync(grade)  # user code: keep it off the loop
     else:
-        verdict = evaluate(checks, result.response_text, row, graded=graded)
+        verdict = grade()
     result.passed, result.score, result.check_failures = \
         verdict.passed, verdict.score, verdict.failures
+    result.checks_json = outcomes_json(verdict.outcomes)
 
 
-async def _judge(run: RunState, request: Request, result: Result, check: Check) -> float | None:
+async def _judge(run: RunState, request: Request, result: Result, check: Check,
+                 context: dict[str, Any]) -> Judged:
     """Ask the check's judge model for a score, through the same retry loop, limits and budget;
-    its cost and tokens go on the judged row. None when the judge could not be asked or
-    answered."""
+    its cost and tokens go on the judged row and its check. A judge that could not be asked or
+    answered leaves the check not graded (score None)."""
     spec = run.job.judges[(check.arg.model, check.arg.provider)]
-    messages = judge_messages(check.arg.rubric, request.messages, result.response_text or "")
+    if check.uses_target and "target" not in context:
+        return Judged(None, "the row has no target to judge against")
+    try:
+        messages = judge_messages(check.arg, context, request.messages,
+                                  result.response_text or "")
+    except TemplateError as exc:
+        return Judged(None, f"the judge's prompt cannot be made for this row: {exc}")
+    scale = scale_of(check.arg)
     asked = Request(index=request.index, request_id=request.request_id, model=spec,
                     prompt_id=request.prompt_id, repeat=request.repeat, vars=request.vars,
-                    messages=messages, params={**spec.params, "response_format": RESPONSE_FORMAT})
+                    messages=messages,
+                    params={**spec.params, "response_format": judge_format(scale)})
+    bill = {"cost": 0.0, "prompt": 0, "completion": 0}
 
     def charge(call: Call, attempt: Attempt, cost: float | None, source: str | None,
                estimate: float | None) -> None:
+        bill["cost"] += cost or 0.0
+        bill["prompt"] += attempt.prompt_tokens or 0
+        bill["completion"] += attempt.completion_tokens or 0
         result.judge_cost_usd = (result.judge_cost_usd or 0.0) + (cost or 0.0)
         result.judge_prompt_tokens = (result.judge_prompt_tokens or 0) + \
             (attempt.prompt_tokens or 0)
         result.judge_completion_tokens = (result.judge_completion_tokens or 0) + \
             (attempt.completion_tokens or 0)
 
-    attempt = await _exchange(run, _call_for(run, asked, run.clock()), charge)
+    call = _call_for(run, asked, run.clock())
+    attempt = await _exchange(run, call, charge)
+    paid = {"cost_usd": bill["cost"] if call.attempts else None,
+            "prompt_tokens": int(bill["prompt"]) if call.attempts else None,
+            "completion_tokens": int(bill["completion"]) if call.attempts else None}
     if attempt is None or not attempt.ok:
-        return None
-    return parse_score(attempt.text)
+        why = call.refusal[1] if call.refusal is not None else \
+            f"the judge failed: {attempt.error_type if attempt else 'not sent'}"
+        return Judged(None, why, **paid)
+    score, reason = parse_verdict(attempt.text, scale)
+    if score is None:
+        return Judged(None, f"the judge's answer could not be read as {scale}", **paid)
+    return Judged(score, reason, **paid)
 
 
 def _close_row(run: RunState, result: Result, t_ready: float, started: datetime) -> None:

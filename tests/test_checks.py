@@ -132,7 +132,10 @@ def test_externally_graded_checks_take_their_score_from_graded() -> None:
     assert evaluate([judge], "x", OK_ROW, graded={judge: 0.9}) == Verdict(True, 0.9, None)
     low = evaluate([judge], "x", OK_ROW, graded={judge: 0.5})
     assert low.passed is False and "score 0.50 < 0.7" in (low.failures or "")
-    assert evaluate([judge], "x", OK_ROW).failures == "llm_judge 'is polite': not graded"
+    # a judge that was never asked (budget, failure) leaves the check, and the row, not graded
+    ungraded = evaluate([judge], "x", OK_ROW)
+    assert (ungraded.passed, ungraded.score) == (None, None)
+    assert ungraded.failures == "llm_judge 'is polite': not graded (the judge was not asked)"
 
 
 @pytest.mark.parametrize(("expected", "labels"), [

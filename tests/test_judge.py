@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import pandas as pd
 import pytest
 
 import runner
@@ -42,7 +43,7 @@ models: [sim/fast-mini]
 prompts: [Explain recursion, Explain closures, Explain monads, Explain tail calls]
 checks:
   - llm_judge: {model: sim/balanced, rubric: "Is the explanation correct and concise?"}
-    min_score: 0.5
+    min_score: 0.3
 params: {max_tokens: 32}
 repeats: 3
 budget_usd: 0.5
@@ -54,10 +55,12 @@ def test_judge_scores_rows_and_charges_them(write_job, results_dir) -> None:  # 
     df = outcome.rows
     assert len(df) == 12 and set(df["status"]) == {"ok"}
     assert df["score"].between(0, 1).all()
-    assert (df["passed"] == (df["score"] >= 0.5)).all()
+    assert (df["passed"] == (df["score"] >= 0.3)).all()
     assert df["passed"].any() and not df["passed"].all()  # the simulated judge spreads scores
     failed = df[~df["passed"].astype(bool)]
-    assert failed["check_failures"].str.contains("llm_judge sim/balanced: score").all()
+    assert failed["check_failures"].str.contains(
+        "llm_judge sim/balanced: Is the explanation correct and concise?: score",
+        regex=False).all()
     assert (df["judge_cost_usd"] > 0).all()
     assert (df["judge_prompt_tokens"] > df["prompt_tokens"]).all()  # it saw the conversation
     assert (df["judge_completion_tokens"] > 0).all()
@@ -99,6 +102,9 @@ async def test_a_judge_without_retries_gives_up_at_once(write_job, results_dir) 
     with anyio.fail_after(30):  # a judge that slept after its last attempt would still be asleep
         outcome = await run_job(load_job(path), out_dir=results_dir)
     row = outcome.rows.iloc[0]
-    assert row["status"] == "ok" and not row["passed"]
-    assert "llm_judge" in row["check_failures"]
+    # the judge never answered: the row is not graded, not failed
+    assert row["status"] == "ok" and row["passed"] is pd.NA and row["score"] is pd.NA or \
+        pd.isna(row["score"])
+    assert "llm_judge sim/balanced: Is it correct?: not graded (the judge failed: " \
+        "rate_limited)" in row["check_failures"]
     assert row["wall_s"] < 100
