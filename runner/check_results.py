@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,26 +90,25 @@ def write_checks(run_dir: Path, requests: Path, *, write_csv: bool) -> Path | No
         return None
     schema = arrow_schema()
     final = run_dir / CHECKS
-    written = 0
-    with replacing(final) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        csv_path = run_dir / CHECKS_CSV
-        with replacing(csv_path) if write_csv else nullcontext() as csv_tmp:
-            csv_writer = pacsv.CSVWriter(csv_tmp, schema) if csv_tmp is not None else None
-            for batch in source.iter_batches(BATCH_ROWS, columns=[*ROW_COLUMNS, "checks_json"]):
-                lines = _lines(batch.to_pylist())
-                if not lines:
-                    continue
-                table = pa.Table.from_pylist(lines, schema=schema)
+    with ExitStack() as stack:
+        writers: list[Any] = []
+        for batch in source.iter_batches(BATCH_ROWS, columns=[*ROW_COLUMNS, "checks_json"]):
+            if not batch.column(len(ROW_COLUMNS)).null_count < batch.num_rows:
+                continue  # no row of the batch was checked: not even read into Python
+            lines = _lines(batch.to_pylist())
+            if not lines:
+                continue
+            if not writers:  # the first checked row opens the files
+                writers.append(stack.enter_context(
+                    pq.ParquetWriter(stack.enter_context(replacing(final)), schema)))
+                if write_csv:
+                    csv_tmp = stack.enter_context(replacing(run_dir / CHECKS_CSV))
+                    writers.append(stack.enter_context(pacsv.CSVWriter(csv_tmp, schema)))
+            table = pa.Table.from_pylist(lines, schema=schema)
+            for writer in writers:
                 writer.write_table(table)
-                if csv_writer is not None:
-                    csv_writer.write_table(table)
-                written += len(lines)
-            if csv_writer is not None:
-                if not written:
-                    csv_writer.write_table(schema.empty_table())
-                csv_writer.close()
-        if not written:
-            writer.write_table(schema.empty_table())
+        if not writers:
+            return None
     return final
 
 

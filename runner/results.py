@@ -40,8 +40,10 @@ def read_results(path: str | Path) -> pd.DataFrame:
 
 
 def summarize(df: pd.DataFrame, by: Sequence[str] = ("model",)) -> pd.DataFrame:
-    """Per-group counts, error rate, latency/TTFT percentiles, throughput, tokens and cost (the
-    numbers of `summary.group_stats`, the same as in summary.csv)."""
+    """Per-group counts, error rate, latency/TTFT percentiles, throughput, tokens and cost, and
+    with checks the pass rate (95% Wilson interval), rows not graded, mean score and judge cost
+    (the numbers of `summary.group_stats`, the same as in summary.csv). Per check:
+    `check_results.summarize_checks(read_checks(path))`."""
     import pandas as pd
 
     from .summary import group_stats
@@ -56,6 +58,10 @@ def summarize(df: pd.DataFrame, by: Sequence[str] = ("model",)) -> pd.DataFrame:
                                "prompt_tokens", "completion_tokens", "cost_usd")}
         passed = (group["passed"].astype(object).where(group["passed"].notna(), None).tolist()
                   if "passed" in group else [])
-        row.update(group_stats(group["status"].astype(str).tolist(), **floats, passed=passed))
+        extra = {name: group[name].to_numpy(dtype="float64", na_value=float("nan"))
+                 for name in ("score", "judge_cost_usd") if name in group}
+        checked = group["checks_json"].notna().tolist() if "checks_json" in group else []
+        row.update(group_stats(group["status"].astype(str).tolist(), **floats, passed=passed,
+                               checked=checked, **extra))
         rows.append(row)
     return pd.DataFrame(rows)

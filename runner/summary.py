@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 NAN = float("nan")
 # the result columns a summary reads
 COLUMNS = ("model", "status", "latency_s", "ttft_s", "tpot_s", "output_tokens_per_s",
-           "prompt_tokens", "completion_tokens", "cost_usd", "passed")
-_FLOATS = COLUMNS[2:-1]  # not "passed"
+           "prompt_tokens", "completion_tokens", "cost_usd", "passed", "score",
+           "judge_cost_usd", "checks_json")
+_FLOATS = COLUMNS[2:9]  # not "passed" and what follows it
+_CHECKS = ("score", "judge_cost_usd")   # issue 12: graded rows' scores, the judge's bill
 
 
 def _floats(values: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
@@ -54,11 +56,15 @@ def _nansum(values: np.ndarray[Any, np.dtype[np.float64]]) -> float:
 
 def group_stats(status: Sequence[str], latency_s: Any, ttft_s: Any, tpot_s: Any,
                 output_tokens_per_s: Any, prompt_tokens: Any, completion_tokens: Any,
-                cost_usd: Any, passed: Sequence[bool | None]) -> dict[str, Any]:
+                cost_usd: Any, passed: Sequence[bool | None], score: Any = (),
+                judge_cost_usd: Any = (), checked: Sequence[bool] = ()) -> dict[str, Any]:
     """One summary line (without its group key) of one group's rows: counts, error rate,
-    latency/TTFT percentiles, throughput, tokens and cost, and the pass rate when checks ran.
+    latency/TTFT percentiles, throughput, tokens and cost, and, when checks ran, the pass rate
+    with its 95% Wilson interval over graded rows, rows not graded and the mean score; with an
+    LLM judge, its cost and the total (requests + judge).
 
-    Numeric columns are sequences of floats with NaN (or None) for a missing value."""
+    Numeric columns are sequences of floats with NaN (or None) for a missing value; `checked`
+    says which rows had checks (a checked row whose `passed` is null was not graded)."""
     states = np.asarray(status, dtype=object)
     ok = states == OK
     sent = states != SKIPPED
@@ -90,7 +96,22 @@ def group_stats(status: Sequence[str], latency_s: Any, ttft_s: Any, tpot_s: Any,
     }
     graded = [p for p in passed if p is not None and not _is_nan(p)]
     if graded:
-        row["pass_rate"] = sum(bool(p) for p in graded) / len(graded)
+        from .check_results import wilson
+
+        wins = sum(bool(p) for p in graded)
+        row["pass_rate"] = wins / len(graded)
+        row["pass_rate_ci_low"], row["pass_rate_ci_high"] = wilson(wins, len(graded))
+        row["graded"] = len(graded)
+    if any(checked):
+        row["not_graded"] = sum(1 for c, p in zip(checked, passed, strict=True)
+                                if c and (p is None or _is_nan(p)))
+    scores = _floats(score)
+    if len(scores) and (~np.isnan(scores)).any():
+        row["mean_score"] = float(np.nanmean(scores))
+    judge = _floats(judge_cost_usd)
+    if len(judge) and (~np.isnan(judge)).any():
+        row["judge_cost_usd"] = _nansum(judge)
+        row["total_cost_usd"] = row["cost_usd"] + row["judge_cost_usd"]
     return row
 
 
@@ -109,7 +130,12 @@ class Fold:
         self._costs: list[float] = []  # every row's, in file order (the run's total)
 
     def add_table(self, table: pa.Table) -> None:
-        columns = {name: _values(table.column(name)) for name in COLUMNS}
+        columns = {name: _values(table.column(name)) for name in COLUMNS[:-1]}
+        checked = table.column("checks_json")
+        # which rows had checks (pyarrow.compute's is_valid would cost its import)
+        columns["checks_json"] = [False] * table.num_rows \
+            if checked.null_count == table.num_rows else \
+            [v is not None for v in checked.to_pylist()]
         models = self._models
         self._costs += _nan(columns["cost_usd"])
         names = columns["model"]
@@ -134,9 +160,11 @@ class Fold:
         """One summary line per model: `{"model": ..., **group_stats(...)}`."""
         out = []
         for model, kept in self._models.items():
-            floats = {name: [NAN if v is None else v for v in kept[name]] for name in _FLOATS}
+            floats = {name: [NAN if v is None else v for v in kept[name]]
+                      for name in (*_FLOATS, *_CHECKS)}
             out.append({"model": model, **group_stats(kept["status"], **floats,
-                                                      passed=kept["passed"])})
+                                                      passed=kept["passed"],
+                                                      checked=kept["checks_json"])})
         return out
 
     def counts(self) -> dict[str, int]:
@@ -153,14 +181,22 @@ class Fold:
         counts = self.counts()
         if not lines:
             return {"requests": 0, "counts": counts}
+        judge = sum(line.get("judge_cost_usd", 0.0) for line in lines)
+        cost = _nansum(_floats(self._costs))
         return {
             "counts": counts,
             "requests": sum(line["n"] for line in lines),
-            "cost_usd": _nansum(_floats(self._costs)),
+            "cost_usd": cost,
+            # what grading cost (LLM judges), and everything the run spent
+            "judge_cost_usd": judge,
+            "total_cost_usd": cost + judge,
             "prompt_tokens": sum(line["prompt_tokens"] for line in lines),
             "completion_tokens": sum(line["completion_tokens"] for line in lines),
             "per_model": {str(line["model"]): {"n": line["n"], "ok": line["ok"],
-                                               "cost_usd": line["cost_usd"]} for line in lines},
+                                               "cost_usd": line["cost_usd"],
+                                               "judge_cost_usd": line.get("judge_cost_usd",
+                                                                          0.0)}
+                          for line in lines},
         }
 
 
@@ -189,10 +225,15 @@ def to_csv(lines: list[dict[str, Any]]) -> bytes:
     columns: list[str] = []
     for line in lines:
         columns += [name for name in line if name not in columns]
+    # a column of whole numbers with a gap is a float column in pandas: 1 is written 1.0
+    gappy = {name for name in columns
+             if any(line.get(name) is None or _is_nan(line.get(name)) for line in lines)}
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
-    writer.writerows([_csv_value(line.get(name)) for name in columns] for line in lines)
+    writer.writerows([_csv_value(float(value) if name in gappy and isinstance(value, int)
+                                 and not isinstance(value, bool) else value)
+                      for name in columns for value in (line.get(name),)] for line in lines)
     return out.getvalue().encode()
 
 

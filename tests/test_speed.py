@@ -140,7 +140,15 @@ def _old_summarize(df: pd.DataFrame) -> pd.DataFrame:
                                          else float("nan")),
         })
         if "passed" in group and group["passed"].notna().any():
-            row["pass_rate"] = float(group["passed"].dropna().astype(bool).mean())
+            graded = group["passed"].dropna().astype(bool)
+            row["pass_rate"] = float(graded.mean())
+            # issue 12: the 95% Wilson interval of the pass rate, over graded rows
+            k, n, z = int(graded.sum()), len(graded), 1.959963984540054
+            centre, half = (k + z * z / 2) / (n + z * z), \
+                z * math.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+            row["pass_rate_ci_low"] = max(0.0, centre - half)
+            row["pass_rate_ci_high"] = min(1.0, centre + half)
+            row["graded"] = n
         rows.append(row)
     return pd.DataFrame(rows)
 
