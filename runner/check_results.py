@@ -120,7 +120,8 @@ def check_table(df: pd.DataFrame) -> pd.DataFrame:
         lines: list[dict[str, Any]] = []
     else:
         picked = df[[*ROW_COLUMNS, "checks_json"]].astype(object)
-        lines = _lines(picked.where(picked.notna(), None).to_dict("records"))
+        records = picked.where(picked.notna(), None).to_dict("records")
+        lines = _lines([{str(k): v for k, v in r.items()} for r in records])
     table = pd.DataFrame(lines, columns=[name for name, _ in TYPES])
     dtypes = {"string": "string", "int32": "Int32", "int64": "Int64", "float64": "float64",
               "bool": "boolean"}

@@ -202,6 +202,8 @@ def evaluate(checks: Sequence[Check], response_text: str | None, row: Mapping[st
 def _one(check: Check, text: str, row: Mapping[str, Any], context: Mapping[str, Any],
          judged: Judged | float | None) -> Outcome:
     bill: dict[str, Any] = {}
+    why: str | None
+    score: float | None
     if check.kind == "llm_judge":
         if judged is None:
             score, why = None, "the judge was not asked"

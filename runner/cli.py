@@ -249,6 +249,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             "job": job.name, "requests": total_requests, "repeats": job.repeats,
             "per_model": {m.label: m.requests for m in result.models},
             "worst_case_usd": {m.label: m.worst_case_usd for m in result.models},
+            "judge_worst_case_usd": {m.label: m.worst_case_usd for m in result.judges},
             "worst_case_total_usd": result.total_usd, "budget_usd": result.budget_usd,
             "budget_covers": result.budget_covers, "notes": list(result.notes),
             "first_requests": [_request_json(r) for r in shown],

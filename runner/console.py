@@ -79,8 +79,10 @@ def print_summary(outcome: Any) -> None:
         table = Table(title=f"{outcome.manifest['job']} — run {outcome.run_id} "
                       f"({outcome.status})")
         graded = "pass_rate" in summary[0]
+        judged = "judge_cost_usd" in summary[0]
         for name in ("model", "n", "ok", "errors", "skipped", "latency p50", "latency p90",
-                     "ttft p50", "tok/s p50", "cost") + (("pass rate",) if graded else ()):
+                     "ttft p50", "tok/s p50", "cost") + (("pass rate",) if graded else ()) \
+                + (("judge cost", "total cost") if judged else ()):
             table.add_column(name, justify="left" if name == "model" else "right")
         for row in summary:
             cells = [escape(str(row["model"])), str(row["n"]), str(row["ok"]),
@@ -89,6 +91,8 @@ def print_summary(outcome: Any) -> None:
                      whole(row["output_tokens_per_s_p50"]), usd(row["cost_usd"])]
             if graded:
                 cells.append(percent(row.get("pass_rate")))
+            if judged:
+                cells += [usd(row.get("judge_cost_usd")), usd(row.get("total_cost_usd"))]
             table.add_row(*cells)
         console.print(table)
     from .health import saturation_warning
@@ -115,8 +119,9 @@ def print_summary(outcome: Any) -> None:
     if budget.get("exceeded"):
         console.print(f"[bold red]BUDGET EXCEEDED:[/] spent {usd(budget['spent_usd'])} of "
                       f"{usd(budget['budget_usd'])} (over by {usd(budget['overspent_usd'])})")
+    checks = ", checks.parquet" if (outcome.run_dir / "checks.parquet").is_file() else ""
     console.print(f"results: {outcome.run_dir}/requests.parquet (also requests.csv, "
-                  "summary.csv, run.json)", soft_wrap=True)
+                  f"summary.csv, run.json{checks})", soft_wrap=True)
 
 
 def _read_summary(path: Path) -> list[dict[str, Any]]:
@@ -167,6 +172,8 @@ def print_plan(job_name: str, estimate: Any, shown: Sequence[Any] = ()) -> None:
         table.add_column(name, justify="left" if name in ("model", "provider") else "right")
     for m in estimate.models:
         table.add_row(m.label, m.provider, str(m.requests), _usd(m.worst_case_usd))
+    for m in estimate.judges:  # LLM judges: one call per judged request
+        table.add_row(m.label, m.provider, f"{m.requests} calls", _usd(m.worst_case_usd))
     table.add_row("total", "", str(total_requests), _usd(estimate.total_usd))
     console = _console()
     console.print(table)

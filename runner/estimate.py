@@ -11,16 +11,18 @@ every combination while `RENDER_LIMIT` lasts, then a sample (and the estimate sa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from .config import Job, Message
 from .plan import Plan, combination, combinations
-from .pricing import estimate_prompt_tokens, max_output_tokens
+from .pricing import Price, estimate_prompt_tokens, max_output_tokens
 from .providers import open_providers
 
 RENDER_LIMIT = 100_000     # renders of Jinja templates one estimate may spend
 SAMPLES_PER_PROMPT = 64    # past it: renders of one prompt whose largest stands for all
+RESPONSE_BYTES_PER_TOKEN = 8  # a graded response in a judge's prompt: bytes per output token
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +47,12 @@ class Estimate:
     models: tuple[ModelEstimate, ...]
     budget_usd: float | None
     notes: tuple[str, ...] = ()   # e.g. a catalogue that could not be read
+    judges: tuple[ModelEstimate, ...] = ()   # LLM judges: one call per judged request
 
     @property
     def total_usd(self) -> float | None:
-        costs = [m.worst_case_usd for m in self.models]
+        """The worst case of every request and every judge call."""
+        costs = [m.worst_case_usd for m in (*self.models, *self.judges)]
         return None if any(c is None for c in costs) else sum(c or 0.0 for c in costs)
 
     @property
@@ -116,12 +120,62 @@ async def estimate(job: Job, *, budget_usd: float | None = None,
                 worst = (price.cost_usd(prompt_tokens, completion_tokens)
                          + (requests - 1) * price.request_usd) if requests else 0.0
         models.append(ModelEstimate(model.label, model.provider, requests, worst))
+    judges = _judges(job, plan, sizes, providers.prices)
     notes = [f"prices unknown: {exc}" for exc in providers.errors.values()]
     sampled = [job.prompts[p].id for p, size in enumerate(sizes) if size.sampled]
     if sampled:
         notes.append(f"prompt sizes of {len(sampled)} prompt(s) with template logic and many "
                      f"var combinations are estimated from their largest sampled rendering "
                      f"({', '.join(sampled[:3])}{', ...' if len(sampled) > 3 else ''})")
+    if judges:
+        notes.append(f"judge calls are priced with each graded response at its max_tokens x "
+                     f"{RESPONSE_BYTES_PER_TOKEN} bytes in the judge's prompt")
     return Estimate(models=tuple(models),
                     budget_usd=budget_usd if budget_usd is not None else job.budget_usd,
-                    notes=tuple(notes))
+                    notes=tuple(notes), judges=judges)
+
+
+def _judges(job: Job, plan: Plan, sizes: list[PromptSize],
+            prices: Mapping[tuple[str, str], Price]) -> tuple[ModelEstimate, ...]:
+    """The worst case of the LLM judges: one call per judged request, whose prompt holds the
+    grading prompt, the conversation and the response (at most the graded model's max_tokens,
+    each token counted as RESPONSE_BYTES_PER_TOKEN bytes: prompt tokens are bounded by bytes),
+    and whose output is the judge's max_tokens. The budget reserves each call's own worst case
+    at run time, from the real response."""
+    from .judge import FACT_PROMPT, RUBRIC_PROMPT, SYSTEM, TARGET_PART
+
+    calls: dict[tuple[str, str], list[int]] = {}   # judge key -> [calls, prompt tokens]
+    unknown: set[tuple[str, str]] = set()
+    for p, prompt in enumerate(job.prompts):
+        size = sizes[p]
+        for check in job.checks.for_prompt(prompt.id):
+            if check.kind != "llm_judge":
+                continue
+            spec = job.judges[(check.arg.model, check.arg.provider)]
+            key = (spec.provider, spec.id)
+            text = (check.arg.prompt or "") + (check.arg.rubric or "") + SYSTEM + \
+                (RUBRIC_PROMPT + TARGET_PART if check.arg.rubric else FACT_PROMPT) + \
+                job.checks.targets.get(prompt.id, "")
+            fixed = estimate_prompt_tokens([Message("system", ""), Message("user", text)])
+            for m, model in enumerate(job.models):
+                price = prices.get((model.provider, model.id))
+                response = max_output_tokens(plan.params(m, p), price) if price else \
+                    plan.params(m, p).get("max_tokens")
+                if response is None:
+                    unknown.add(key)
+                    continue
+                n = size.combinations * job.repeats
+                found = calls.setdefault(key, [0, 0])
+                found[0] += n
+                found[1] += n * (fixed + int(response) * RESPONSE_BYTES_PER_TOKEN) + \
+                    size.prompt_tokens * job.repeats
+    out: list[ModelEstimate] = []
+    for (provider, model_id), (n, prompt_tokens) in sorted(calls.items()):
+        spec = next(s for s in job.judges.values() if (s.provider, s.id) == (provider, model_id))
+        price = prices.get((provider, model_id))
+        worst = None
+        if price is not None and (provider, model_id) not in unknown and n:
+            worst = price.cost_usd(prompt_tokens, n * int(spec.params["max_tokens"])) + \
+                (n - 1) * price.request_usd
+        out.append(ModelEstimate(spec.label, provider, n, worst))
+    return tuple(out)

@@ -72,3 +72,12 @@ def short(value: float) -> str:
     if abs(value) >= 1000 or abs(value) < 0.001:
         return f"{value:.3g}"
     return f"{value:.4g}"
+
+
+def rate_interval(rate: Any, low: Any, high: Any) -> str:
+    """A pass rate with its 95% interval: `72.0% (61.2–80.8)`; `-` when unknown."""
+    if missing(rate):
+        return "-"
+    if missing(low) or missing(high):
+        return percent(rate)
+    return f"{percent(rate)} ({low * 100:.1f}–{high * 100:.1f})"

@@ -1,6 +1,7 @@
 """The HTML report: result rows (one run, or a job's history) in, one self-contained HTML file out.
 
-The page loads nothing: CSS is inline, charts are inline SVG (`charts.py`), there is no script.
+The page loads nothing: CSS is inline, charts are inline SVG (`charts.py`), there is no script
+(the grid of responses, `report_grid.py`, filters with CSS alone).
 It is rendered from the Jinja2 templates in `templates_html/` with autoescape on, so every value
 from the data (model names, prompts, responses, error messages) is escaped by the template
 engine, never by hand. With several runs, the tables and distributions show the latest run and
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import charts, formatting
+from .report_grid import build_grid, caption
 from .results import summarize
 
 if TYPE_CHECKING:
@@ -70,15 +72,46 @@ def _page(df: pd.DataFrame, job: str, runs: list[str]) -> dict[str, Any]:
     models = sorted({str(m) for m in df["model"].dropna()})
     colors = charts.colors_for(models)
     summary = summarize(latest)
+    grid = build_grid(latest)
     return {
         "job": job, "latest_run": runs[-1], "requests": len(latest),
-        "cost": formatting.usd(float(latest["cost_usd"].sum())),
+        "cost": _cost(latest), "checks": _checks_table(latest), "grid": grid,
+        "grid_caption": caption(grid, f"requests.parquet and checks.parquet of run {runs[-1]}")
+        if grid is not None else "",
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "summary": _summary_table(summary), **_distributions(latest, colors),
         **_scatters(latest, summary, colors), "errors": _errors(latest),
         "trends": _trends(df, runs, colors) if len(runs) > 1 else None,
         "failed": _failed_checks(latest),
     }
+
+
+def _cost(latest: pd.DataFrame) -> str:
+    """What the run cost: requests, plus LLM judges when there were any."""
+    requests = float(latest["cost_usd"].sum())
+    judge = float(latest["judge_cost_usd"].sum()) if "judge_cost_usd" in latest else 0.0
+    if not judge:
+        return formatting.usd(requests)
+    return (f"{formatting.usd(requests + judge)} ({formatting.usd(requests)} requests + "
+            f"{formatting.usd(judge)} judge)")
+
+
+def _checks_table(latest: pd.DataFrame) -> Table | None:
+    """Per model x check: graded, not graded, pass rate with its 95% interval, scores."""
+    from .check_results import check_table, summarize_checks
+
+    checks = summarize_checks(check_table(latest))
+    if not len(checks):
+        return None
+    rows = tuple((str(r["model"]), str(r["check"]), formatting.whole(r["graded"]),
+                  formatting.whole(r["not_graded"]),
+                  formatting.rate_interval(r["pass_rate"], r["pass_rate_ci_low"],
+                                           r["pass_rate_ci_high"]),
+                  "-" if formatting.missing(r["weighted_score"])
+                  else f"{r['weighted_score']:.2f}", formatting.usd(r["judge_cost_usd"]))
+                 for r in checks.to_dict("records"))
+    return Table(("model", "check", "graded", "not graded", "pass rate (95% CI)",
+                  "weighted score", "judge cost"), rows, left=frozenset({0, 1}))
 
 
 def _summary_table(summary: pd.DataFrame) -> Table:
@@ -94,10 +127,15 @@ def _summary_table(summary: pd.DataFrame) -> Table:
         ("output_tokens_per_s_p50", "tok/s p50", formatting.whole),
         ("cost_usd", "cost", formatting.usd),
         ("cost_per_1k_requests_usd", "cost / 1k req", formatting.usd),
-        ("pass_rate", "pass rate", formatting.percent),
+        ("pass_rate", "pass rate (95% CI)", None),
+        ("judge_cost_usd", "judge cost", formatting.usd),
+        ("total_cost_usd", "total cost", formatting.usd),
     ]
     shown = [c for c in columns if c[0] in summary.columns]
-    rows = tuple(tuple(show(record.get(key)) for key, _, show in shown)
+    rows = tuple(tuple(formatting.rate_interval(record.get(key),
+                                                record.get("pass_rate_ci_low"),
+                                                record.get("pass_rate_ci_high"))
+                       if show is None else show(record.get(key)) for key, _, show in shown)
                  for record in summary.to_dict("records"))
     return Table(tuple(label for _, label, _ in shown), rows)
 

@@ -98,12 +98,13 @@ def judge_messages(spec: JudgeIn, context: Mapping[str, Any], conversation: Sequ
 
 def response_format(scale: str) -> dict[str, Any]:
     """The structured output the judge is asked for on this scale."""
-    score: dict[str, Any] = {
+    shapes: dict[str, dict[str, Any]] = {
         "0-1": {"type": "number", "minimum": 0, "maximum": 1},
         "1-10": {"type": "integer", "minimum": 1, "maximum": 10},
         "pass_fail": {"type": "string", "enum": ["PASS", "FAIL"]},
         "letter": {"type": "string", "enum": list(LETTERS)},
-    }[scale]
+    }
+    score = shapes[scale]
     key = "grade" if scale in ("pass_fail", "letter") else "score"
     return {"type": "json_schema", "json_schema": {
         "name": "grade", "strict": True,

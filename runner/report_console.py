@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from .compare import format_change, format_value, metric_unit
-from .formatting import percent, seconds, usd, whole
+from .formatting import missing, percent, rate_interval, seconds, usd, whole
 from .results import summarize
 
 if TYPE_CHECKING:
@@ -23,18 +23,26 @@ def print_report(df: pd.DataFrame) -> None:
     latest = df[df["run_id"] == runs[-1]]
     console = _console()
     table = Table(title=escape(f"{df['job'].iloc[0]} — run {runs[-1]}"))
+    summary = summarize(latest)
+    judged = "judge_cost_usd" in summary.columns
     columns = ["model", "n", "ok", "errors", "skipped", "error rate", "latency p50",
-               "latency p90", "ttft p50", "tok/s p50", "cost", "cost / 1k req", "pass rate"]
+               "latency p90", "ttft p50", "tok/s p50", "cost", "cost / 1k req",
+               "pass rate (95% CI)"] + (["judge cost", "total cost"] if judged else [])
     for name in columns:
         table.add_column(name, justify="left" if name == "model" else "right")
-    for row in summarize(latest).to_dict("records"):
-        table.add_row(escape(str(row["model"])), str(row["n"]), str(row["ok"]), str(row["errors"]),
-                      str(row["skipped"]), percent(row["error_rate"]),
-                      seconds(row["latency_p50_s"]), seconds(row["latency_p90_s"]),
-                      seconds(row["ttft_p50_s"]), whole(row["output_tokens_per_s_p50"]),
-                      usd(row["cost_usd"]), usd(row["cost_per_1k_requests_usd"]),
-                      percent(row.get("pass_rate")))
+    for row in summary.to_dict("records"):
+        cells = [escape(str(row["model"])), str(row["n"]), str(row["ok"]), str(row["errors"]),
+                 str(row["skipped"]), percent(row["error_rate"]),
+                 seconds(row["latency_p50_s"]), seconds(row["latency_p90_s"]),
+                 seconds(row["ttft_p50_s"]), whole(row["output_tokens_per_s_p50"]),
+                 usd(row["cost_usd"]), usd(row["cost_per_1k_requests_usd"]),
+                 rate_interval(row.get("pass_rate"), row.get("pass_rate_ci_low"),
+                               row.get("pass_rate_ci_high"))]
+        if judged:
+            cells += [usd(row.get("judge_cost_usd")), usd(row.get("total_cost_usd"))]
+        table.add_row(*cells)
     console.print(table)
+    _print_checks(console, latest)
     if len(runs) > 1:
         history = Table(title=f"{len(runs)} runs, oldest first")
         for name in ("run", "model", "n", "error rate", "latency p50", "cost / 1k req",
@@ -45,6 +53,30 @@ def print_report(df: pd.DataFrame) -> None:
                             percent(row["error_rate"]), seconds(row["latency_p50_s"]),
                             usd(row["cost_per_1k_requests_usd"]), percent(row.get("pass_rate")))
         console.print(history)
+
+
+def _print_checks(console: Any, rows: pd.DataFrame) -> None:
+    """Per model x check: graded, not graded, pass rate with its interval, weighted score."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .check_results import check_table, summarize_checks
+
+    checks = summarize_checks(check_table(rows))
+    if not len(checks):
+        return
+    table = Table(title="Checks (pass rate over graded rows, 95% Wilson interval)")
+    for name in ("model", "check", "graded", "not graded", "pass rate (95% CI)",
+                 "weighted score", "judge cost"):
+        table.add_column(name, justify="left" if name in ("model", "check") else "right")
+    for row in checks.to_dict("records"):
+        table.add_row(escape(str(row["model"])), escape(str(row["check"])), str(row["graded"]),
+                      str(row["not_graded"]),
+                      rate_interval(row["pass_rate"], row["pass_rate_ci_low"],
+                                    row["pass_rate_ci_high"]),
+                      "-" if missing(row["weighted_score"]) else f"{row['weighted_score']:.2f}",
+                      usd(row["judge_cost_usd"]))
+    console.print(table)
 
 
 def print_comparison(table: pd.DataFrame, reasons: list[str], baseline: str,

@@ -366,8 +366,8 @@ def model_names() -> set[str]:
 def field_names() -> set[str]:
     """Every key any job-file section accepts (for 'did you mean' hints)."""
     names: set[str] = set()
-    for model in (JudgeIn, NumberCloseIn, TransformIn, MaxPriceIn, PriceIn, ParamsIn, LimitsIn, ProviderIn, FaultsIn,
+    for model in (JudgeIn, MaxPriceIn, PriceIn, ParamsIn, LimitsIn, ProviderIn, FaultsIn,
                   SimModelIn, SimulatorIn, ModelIn, MessageIn, PromptIn, OutputIn, CheckIn,
-                  JobIn):
+                  JobIn, NumberCloseIn, TransformIn):
         names.update(model.model_fields)
     return names

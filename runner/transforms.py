@@ -65,12 +65,11 @@ def _json_path(path: str) -> TransformFn:
         if why is not None:
             return None, why
         for step in steps:
-            if isinstance(step, int) and isinstance(node, list) and step < len(node):
-                node = node[step]
-            elif isinstance(step, str) and isinstance(node, dict) and step in node:
-                node = node[step]
-            else:
+            found = (isinstance(step, int) and isinstance(node, list) and step < len(node)) \
+                or (isinstance(step, str) and isinstance(node, dict) and step in node)
+            if not found:
                 return None, f"no value at {path}"
+            node = node[step]
         if isinstance(node, str):
             return node, None
         return json.dumps(node, ensure_ascii=False, separators=(",", ":")), None

@@ -322,17 +322,17 @@ async def _judge(run: RunState, request: Request, result: Result, check: Check,
 
     call = _call_for(run, asked, run.clock())
     attempt = await _exchange(run, call, charge)
-    paid = {"cost_usd": bill["cost"] if call.attempts else None,
-            "prompt_tokens": int(bill["prompt"]) if call.attempts else None,
-            "completion_tokens": int(bill["completion"]) if call.attempts else None}
+    sent = call.attempts > 0
+    paid = (bill["cost"] if sent else None, int(bill["prompt"]) if sent else None,
+            int(bill["completion"]) if sent else None)
     if attempt is None or not attempt.ok:
         why = call.refusal[1] if call.refusal is not None else \
             f"the judge failed: {attempt.error_type if attempt else 'not sent'}"
-        return Judged(None, why, **paid)
+        return Judged(None, why, *paid)
     score, reason = parse_verdict(attempt.text, scale)
     if score is None:
-        return Judged(None, f"the judge's answer could not be read as {scale}", **paid)
-    return Judged(score, reason, **paid)
+        return Judged(None, f"the judge's answer could not be read as {scale}", *paid)
+    return Judged(score, reason, *paid)
 
 
 def _close_row(run: RunState, result: Result, t_ready: float, started: datetime) -> None:
