@@ -90,9 +90,9 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
                "error_message", "repeat"]
     extra = [c for c in ("checks_json", "target", *INPUT_COLUMNS) if c in df.columns]
     picked = df[columns + extra].astype(object)
-    out = []
-    for record in picked.where(picked.notna(), None).to_dict("records"):
-        record = {str(k): v for k, v in record.items()}
+    out: list[dict[str, Any]] = []
+    for raw in picked.where(picked.notna(), None).to_dict("records"):
+        record = {str(k): v for k, v in raw.items()}
         record["model"] = str(record["model"])
         record["prompt_id"] = str(record["prompt_id"])
         record["vars_json"] = str(record["vars_json"] or "{}")
