@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "latest run against the one before)")
     compare.add_argument("--max-regression", default="", metavar="METRIC=LIMIT,...",
                          help="latency, ttft, cost (relative: 0.2 = 20%%), error_rate, pass_rate "
-                         "(points: 0.05), or off; metrics not named keep the defaults: "
+                         "(points: 0.05), flips (prompt x row lines per model gone from pass "
+                         "to fail), or off; metrics not named keep the defaults: "
                          f"{defaults_text()}; exit 1 when a limit is passed")
     return parser
 
@@ -469,7 +470,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         baseline, current = runs[-2], runs[-1]
     else:
         baseline, current = latest_run(args.baseline), latest_run(args.current)
-    table = compare(read_results(baseline), read_results(current), thresholds)
+    before, after = read_results(baseline), read_results(current)
+    table = compare(before, after, thresholds)
     found = regressions(table)
     print_comparison(table, found, run_label(baseline), run_label(current))
+    from .compare import flips
+    from .report_console import print_flips
+
+    print_flips(flips(before, after))
     return EXIT_THRESHOLD if found else EXIT_OK

@@ -5,6 +5,12 @@ Latency, TTFT and cost regress by a relative increase (0.2 = 20% slower or deare
 and pass rate by absolute points (0.05 = 5 points more errors, or 5 points fewer passes).
 `Thresholds()` holds the documented defaults (`defaults_text`); TTFT is only checked when asked
 for, since latency already includes it and TTFT alone is the noisiest number on a shared API.
+
+By prompt (`flips`): a prompt x row (prompt id and vars) of a model passed in the baseline when
+every graded repeat passed, failed when any failed; a line that passed in the baseline and fails
+now has flipped to fail (and the reverse: fixed). Lines not graded on either side never flip.
+The `flips` limit (a count per model) is off by default: answers sampled at a temperature flip
+by chance, and pass_rate catches a real drop; `flips=0` makes any flip a regression.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class Thresholds:
     cost: float | None = 0.1          # relative increase of the mean cost per request
     error_rate: float | None = 0.05   # absolute increase (0.05 = 5 points)
     pass_rate: float | None = 0.05    # absolute decrease
+    flips: float | None = None        # prompt x row lines per model gone pass -> fail: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +61,9 @@ METRICS = (
 )
 COLUMNS = ("model", "metric", "baseline", "current", "change", "relative_change", "threshold",
            "regressed")
+FLIPS = "flipped_to_fail"           # the metric of `flips`: a count, compared with no baseline
+FLIP_COLUMNS = ("model", "prompt_id", "vars_json", "baseline", "current", "change",
+                "check_failures")
 
 
 def defaults_text() -> str:
@@ -117,7 +127,54 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame,
                 "regressed": bool(limit is not None and math.isfinite(worse)
                                   and measured > limit + 1e-12),
             })
+    if thresholds.flips is not None:
+        flipped = flips(baseline, current)
+        worse = flipped[flipped["change"] == "regressed"] if len(flipped) else flipped
+        for model in sorted(set(a) & set(b)):
+            count = float((worse["model"] == model).sum()) if len(worse) else 0.0
+            rows.append({"model": model, "metric": FLIPS, "baseline": 0.0, "current": count,
+                         "change": count, "relative_change": math.nan,
+                         "threshold": thresholds.flips,
+                         "regressed": count > thresholds.flips + 1e-12})
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def flips(baseline: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
+    """One line per model x prompt x row (vars) whose pass/fail differs between the runs:
+    `change` is "regressed" (pass -> fail) or "fixed" (fail -> pass); `check_failures` says
+    why it fails now (or failed before). Regressions first."""
+    import pandas as pd
+
+    a, b = _line_states(baseline), _line_states(current)
+    out = []
+    for key in sorted(set(a) & set(b)):
+        (old, old_why), (new, new_why) = a[key], b[key]
+        if old is None or new is None or old == new:
+            continue
+        out.append({"model": key[0], "prompt_id": key[1], "vars_json": key[2],
+                    "baseline": "pass" if old else "fail", "current": "pass" if new else "fail",
+                    "change": "fixed" if new else "regressed",
+                    "check_failures": new_why if not new else old_why})
+    out.sort(key=lambda r: (r["change"] != "regressed", r["model"], r["prompt_id"]))
+    return pd.DataFrame(out, columns=list(FLIP_COLUMNS))
+
+
+def _line_states(df: pd.DataFrame) -> dict[tuple[str, str, str], tuple[bool | None, str]]:
+    """(model, prompt id, vars) -> (passed: all graded repeats passed, any failed, or None when
+    none was graded; the first failure's reasons)."""
+    if not len(df) or "passed" not in df.columns:
+        return {}
+    out: dict[tuple[str, str, str], tuple[bool | None, str]] = {}
+    picked = df[["model", "prompt_id", "vars_json", "passed", "check_failures"]].astype(object)
+    for r in picked.where(picked.notna(), None).to_dict("records"):
+        key = (str(r["model"]), str(r["prompt_id"]), str(r["vars_json"] or "{}"))
+        state, why = out.get(key, (None, ""))
+        if r["passed"] is False:
+            state, why = False, why or str(r["check_failures"] or "failed")
+        elif r["passed"] is True and state is None:
+            state = True
+        out[key] = (state, why)
+    return out
 
 
 def regressions(table: pd.DataFrame) -> list[str]:
@@ -125,6 +182,10 @@ def regressions(table: pd.DataFrame) -> list[str]:
     units = {m.name: m for m in METRICS}
     out = []
     for row in table[table["regressed"]].to_dict("records"):
+        if row["metric"] == FLIPS:
+            out.append(f"{row['model']}: {int(row['current'])} prompt x row line(s) flipped "
+                       f"from pass to fail (limit {row['threshold']:g})")
+            continue
         metric = units[row["metric"]]
         change, limit = format_change(row, metric.name)
         limit = f"limit {'+' if metric.higher_is_worse else '-'}{limit}"
@@ -134,14 +195,16 @@ def regressions(table: pd.DataFrame) -> list[str]:
 
 
 def format_value(value: float, unit: str) -> str:
-    """A metric value for people: 0.412s, $0.000120, 92.5%."""
-    return {"s": formatting.seconds, "usd": formatting.usd,
-            "rate": formatting.percent}[unit](value)
+    """A metric value for people: 0.412s, $0.000120, 92.5%, 3."""
+    return {"s": formatting.seconds, "usd": formatting.usd, "rate": formatting.percent,
+            "count": formatting.whole}[unit](value)
 
 
 def format_change(row: Mapping[Any, Any], metric: str) -> tuple[str, str]:
     """(change, limit) of a comparison row for people: (`+12.3%`, `20%`) for a relative
     metric, (`+5.0 points`, `5.0 points`) for a rate; the limit is `-` when not checked."""
+    if metric == FLIPS:
+        return f"+{int(row['change'])}", f"{row['threshold']:g}"
     relative = next(m.relative for m in METRICS if m.name == metric)
     if relative:
         return (formatting.relative_change(row["relative_change"]),
@@ -150,8 +213,8 @@ def format_change(row: Mapping[Any, Any], metric: str) -> tuple[str, str]:
 
 
 def metric_unit(name: str) -> str:
-    """The unit ("s", "usd", "rate") of a comparison table's metric."""
-    return next(m.unit for m in METRICS if m.name == name)
+    """The unit ("s", "usd", "rate", "count") of a comparison table's metric."""
+    return "count" if name == FLIPS else next(m.unit for m in METRICS if m.name == name)
 
 
 def _per_model(df: pd.DataFrame) -> dict[str, dict[str, Any]]:

@@ -85,6 +85,9 @@ def _outcome(rows: pd.DataFrame) -> tuple[str, str, str, str] | None:
         if "passed" in sent else errored & False
     bad = sent[errored | failed_checks]
     if not len(bad):
+        if "checks_json" in sent and sent["checks_json"].notna().any() \
+                and sent["passed"].isna().all():  # checked, never graded: not a pass either
+            return "skipped", "not graded (a judge was refused or failed)", "", ""
         return None
     kind = "request_error" if not failed_checks[~errored].any() else "checks"
     reasons = [_reason({str(k): v for k, v in row.items()})

@@ -104,6 +104,29 @@ def print_comparison(table: pd.DataFrame, reasons: list[str], baseline: str,
         console.print("no regressions")
 
 
+def print_flips(table: pd.DataFrame, limit: int = 50) -> None:
+    """The prompt x row lines whose pass/fail flipped (`compare.flips`), regressions first."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = _console()
+    if not len(table):
+        console.print("no prompt flipped between pass and fail")
+        return
+    worse = int((table["change"] == "regressed").sum())
+    out = Table(title=f"{worse} prompt x row line(s) went from pass to fail, "
+                f"{len(table) - worse} from fail to pass")
+    for name in ("model", "prompt", "vars", "baseline", "current", "why it fails"):
+        out.add_column(name)
+    for row in table.head(limit).to_dict("records"):
+        out.add_row(escape(str(row["model"])), escape(str(row["prompt_id"])),
+                    escape(str(row["vars_json"])), str(row["baseline"]), str(row["current"]),
+                    escape(str(row["check_failures"] or "")[:200]))
+    console.print(out)
+    if len(table) > limit:
+        console.print(f"... and {len(table) - limit} more")
+
+
 def _console() -> Any:
     from rich.console import Console
 

@@ -167,10 +167,12 @@ def test_ttft_is_not_checked_unless_asked_for() -> None:
 
 def test_the_defaults_are_documented(monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    assert defaults_text() == "latency=0.2,cost=0.1,error_rate=0.05,pass_rate=0.05 (ttft off)"
+    assert defaults_text() == ("latency=0.2,cost=0.1,error_rate=0.05,pass_rate=0.05 "
+                               "(ttft, flips off)")
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
     assert "`latency=0.2,cost=0.1,error_rate=0.05,pass_rate=0.05`" in readme
     assert "TTFT is not checked unless" in readme
+    assert "`flips` is off unless you name it" in readme
     monkeypatch.setenv("COLUMNS", "200")     # help text on one line: no wrapped token
     for command in ("run", "compare"):
         assert main([command, "--help"]) == 0
