@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__: str  # from the installed metadata (see __getattr__)
-__all__ = ["load_job", "run_job", "run", "read_results", "summarize", "__version__"]
+__all__ = ["load_job", "run_job", "run", "read_results", "summarize", "read_checks",
+           "__version__"]
 
 if TYPE_CHECKING:
+    from .check_results import read_checks
     from .config import load_job
     from .engine import RunOutcome, run_job
     from .results import read_results, summarize
@@ -39,6 +41,10 @@ def __getattr__(name: str) -> Any:  # lazy: `import runner` stays cheap
         from . import results
 
         return getattr(results, name)
+    if name == "read_checks":  # the per-check long table (issue 12)
+        from .check_results import read_checks
+
+        return read_checks
     raise AttributeError(name)
 
 

@@ -235,7 +235,30 @@ class TransformIn(Strict):
         return self
 
 
-TransformStep = Literal["strip", "lower", "last_line", "first_line"] | TransformIn
+def transform_steps(value: Any) -> list[str | TransformIn] | None:
+    """A check's `transform:` as a list of steps (a word or a TransformIn); ValueError saying
+    what is wrong."""
+    if value is None:
+        return None
+    steps = value if isinstance(value, list) else [value]
+    if not steps:
+        raise ValueError("give at least one step")
+    out: list[str | TransformIn] = []
+    for n, step in enumerate(steps):
+        at = f"step {n + 1}: " if isinstance(value, list) else ""
+        if isinstance(step, str) and step in TRANSFORMS or isinstance(step, TransformIn):
+            out.append(step)
+        elif isinstance(step, dict):
+            try:
+                out.append(TransformIn.model_validate(step))
+            except ValueError as exc:
+                errors = getattr(exc, "errors", lambda: [])()
+                why = errors[0]["msg"].removeprefix("Value error, ") if errors else str(exc)
+                raise ValueError(f"{at}{why}") from None
+        else:
+            raise ValueError(f"{at}must be one of {', '.join(TRANSFORMS)}, {{json_path: "
+                             f"$.field}} or {{python: module:function}} (got {step!r})")
+    return out
 
 
 class CheckIn(Strict):
@@ -259,7 +282,7 @@ class CheckIn(Strict):
     number_close: NumberCloseIn | None = None
     name: str | None = Field(default=None, min_length=1, max_length=200)
     weight: float = Field(default=1.0, ge=0)
-    transform: TransformStep | list[TransformStep] | None = None
+    transform: Any = None   # a step or a list of steps: see transform_steps
     response_format: bool | None = None   # json_schema: send it as response_format (default)
     prompts: list[str] | None = Field(default=None, min_length=1)  # job-level checks only
     strict: bool | None = None                       # json_schema: response_format strict mode
@@ -279,6 +302,11 @@ class CheckIn(Strict):
             return [str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
                     for v in value]
         return value
+
+    @field_validator("transform")
+    @classmethod
+    def _steps(cls, value: Any) -> Any:
+        return transform_steps(value)
 
     @field_validator("regex", "not_regex")
     @classmethod

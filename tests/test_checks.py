@@ -314,3 +314,171 @@ def test_nightly_job_loads_with_checks_of_several_kinds() -> None:
     response_format = response_format_for(job.checks.for_prompt("extract-json"))
     assert response_format is not None
     assert response_format["json_schema"]["schema"]["required"] == ["person", "city"]
+
+
+# --- issue 12: values from the row, new types, transforms, names, weights, not graded ---------
+
+ROW_CONTEXT = {"city": "Lyon", "target": "Paris", "dotted": "a.b", "paren": "(", "n": "1,000"}
+
+# check, response text, context (None: ROW_CONTEXT), passed (None: not graded), reason substring
+ROW_CASES: list[tuple[dict[str, Any], str, dict[str, Any] | None, bool | None, str]] = [
+    ({"equals": "{{ target }}"}, " Paris\n", None, True, ""),
+    ({"equals": "{{ target }}"}, "Lyon", None, False, "got 'Lyon'"),
+    ({"icontains": "{{ city }}"}, "It is in LYON.", None, True, ""),
+    ({"contains": "{{ city }}, France"}, "Lyon, France", None, True, ""),
+    # a value inserted into a regex matches literally: the '.' of a.b is no wildcard
+    ({"regex": "^{{ dotted }}$"}, "a.b", None, True, ""),
+    ({"regex": "^{{ dotted }}$"}, "axb", None, False, "no match"),
+    ({"regex": "(?i)^{{ target }}\\.?$"}, "paris.", None, True, ""),
+    ({"not_regex": "{{ paren }}"}, "x ( y", None, False, "matched '('"),   # no re.error
+    ({"not_regex": "(?i)sorry"}, "Here it is", None, True, ""),
+    ({"contains_any": ["{{ city }}", "Marseille"]}, "Marseille!", None, True, ""),
+    ({"contains_any": ["{{ city }}", "Marseille"]}, "Nice", None, False, "none found"),
+    ({"contains_all": ["{{ city }}", "{{ target }}"]}, "Lyon and Paris", None, True, ""),
+    ({"contains_all": ["{{ city }}", "{{ target }}"]}, "Lyon only", None, False,
+     "missing 'Paris'"),
+    ({"starts_with": "{{ target }}"}, "\n Paris is the answer", None, True, ""),
+    ({"starts_with": "Yes"}, "No, Yes", None, False, "starts 'No, Yes'"),
+    ({"number_close": {"value": "{{ n }}", "rel_tol": 0.01}}, "about 1,005 units", None, True,
+     ""),
+    ({"number_close": {"value": "{{ n }}", "rel_tol": 0.01}}, "1100", None, False,
+     "got 1100, want 1000"),
+    ({"number_close": {"value": 3.5, "abs_tol": 0.1}}, "Step 1: ... so 3.45", None, True, ""),
+    ({"number_close": {"value": 2}}, "no digits here", None, False, "no number"),
+    # values a row cannot give: not graded, never failed
+    ({"number_close": {"value": "{{ city }}"}}, "42", None, None, "has no number"),
+    ({"equals": "{{ target }}"}, "Paris", {"city": "Lyon"}, None, "the row has no target"),
+    ({"icontains": "{{ country }}"}, "France", None, None, "the row has no 'country'"),
+    # transforms before the check
+    ({"equals": "{{ target }}", "transform": {"json_path": "$.answer.city"}},
+     '```json\n{"answer": {"city": "Paris"}}\n```', None, True, ""),
+    ({"equals": "2", "transform": {"json_path": "$.items[1]"}}, '{"items": [1, 2]}', None, True,
+     ""),
+    ({"equals": '{"a":1}', "transform": {"json_path": "$['x y']"}}, '{"x y": {"a": 1}}', None,
+     True, ""),
+    ({"equals": "Paris", "transform": {"json_path": "$.city"}}, '{"town": "Paris"}', None, False,
+     "no value at $.city"),
+    ({"equals": "Paris", "transform": {"json_path": "$.city"}}, "Paris", None, False,
+     "not valid JSON"),
+    ({"equals": "paris", "transform": ["last_line", "lower"]}, "Thinking...\n\nPARIS\n", None,
+     True, ""),
+    ({"equals": "Thinking...", "transform": "first_line"}, "\nThinking...\nParis", None, True, ""),
+]
+
+
+@pytest.mark.parametrize(("spec", "text", "context", "passed", "reason"), ROW_CASES,
+                         ids=[f"{n}-{next(iter(c[0]))}" for n, c in enumerate(ROW_CASES)])
+def test_check_values_come_from_the_row(spec: dict[str, Any], text: str,
+                                        context: dict[str, Any] | None, passed: bool | None,
+                                        reason: str) -> None:
+    verdict = evaluate([_check(spec)], text, OK_ROW,
+                       context=ROW_CONTEXT if context is None else context)
+    (outcome,) = verdict.outcomes
+    assert (verdict.passed, outcome.passed) == (passed, passed)
+    assert outcome.score == {True: 1.0, False: 0.0, None: None}[passed]
+    assert reason in (outcome.reason or "")
+    if passed is None:
+        assert verdict.failures is not None and "not graded (" in verdict.failures
+
+
+def test_python_transform(tmp_path: Path) -> None:
+    (tmp_path / "user_transforms.py").write_text(
+        "def answer(text):\n    return text.split('ANSWER:')[-1].strip()\n"
+        "def bad(text):\n    return 42\n")
+    check = compile_check(CheckIn.model_validate(
+        {"equals": "{{ target }}", "transform": {"python": "user_transforms:answer"}}),
+        path=tmp_path / "job.yaml", field_name="checks[0]")
+    assert evaluate([check], "work... ANSWER: Paris", OK_ROW, context={"target": "Paris"}).passed
+    bad = compile_check(CheckIn.model_validate(
+        {"equals": "x", "transform": {"python": "user_transforms:bad"}}),
+        path=tmp_path / "job.yaml", field_name="checks[0]")
+    assert "returned int, not text" in (evaluate([bad], "x", OK_ROW).failures or "")
+
+
+def test_weights_names_and_not_graded_combine() -> None:
+    heavy = _check({"contains": "a", "weight": 3, "name": "has a"})
+    light = _check({"contains": "b"})
+    judge = Check("llm_judge", "judge", None, grade=None, min_score=0.5)
+    verdict = evaluate([heavy, light], "a", OK_ROW)
+    assert verdict.passed is False and verdict.score == pytest.approx(0.75)
+    assert verdict.failures == "contains 'b': not found"
+    # a judge that was not asked: the row is not graded, its score from the graded checks
+    ungraded = evaluate([heavy, judge], "a", OK_ROW)
+    assert (ungraded.passed, ungraded.score) == (None, 1.0)
+    # ...but a failed check still fails the row
+    assert evaluate([light, judge], "a", OK_ROW).passed is False
+    assert [o.name for o in ungraded.outcomes] == ["has a", "judge"]
+
+
+def test_scalar_expected_is_the_target_and_a_check_chooses_how(write_job) -> None:  # type: ignore[no-untyped-def]
+    path = write_job("""
+        name: t
+        provider: simulated
+        models: [sim/fast-mini]
+        prompts:
+          - {id: plain, text: "Capital of France?", expected: Paris}
+          - file: rows.csv
+        checks:
+          - {icontains: "{{ target }}", prompts: [q1, q2]}
+          - {not_contains: sorry}
+          - {not_contains: sorry}
+    """, **{"rows.csv": "id,text,expected\nq1,Capital of Peru?,Lima\nq2,Capital of Kenya?,"
+                        "Nairobi\n"})
+    job = runner.load_job(path)
+    assert job.checks.targets == {"plain": "Paris", "q1": "Lima", "q2": "Nairobi"}
+    names = {p: [c.name for c in job.checks.for_prompt(p)] for p in ("plain", "q1")}
+    # plain: no check reads the target, so it is compared with equals; q1: icontains decides
+    assert names == {"plain": ["equals 'Paris'", "not_contains 'sorry'",
+                               "not_contains 'sorry' #2"],
+                     "q1": ["icontains '{{ target }}'", "not_contains 'sorry'",
+                            "not_contains 'sorry' #2"]}
+    from runner.checks import context_for
+    from runner.plan import Plan
+
+    request = next(r for r in Plan(job) if r.prompt_id == "q2")
+    context = context_for(request, job.checks)
+    assert context["target"] == "Nairobi"
+    (icontains, *_) = job.checks.for_prompt("q2")
+    assert evaluate([icontains], "It is nairobi.", OK_ROW, context=context).passed is True
+
+
+def test_a_schema_that_only_validates_is_not_sent() -> None:
+    quiet = _check({"json_schema": SCHEMA, "response_format": False})
+    assert response_format_for([quiet]) is None
+    assert evaluate([quiet], '{"city": 1}', OK_ROW).passed is False
+
+
+BAD_ROW_CHECKS: list[tuple[str, str, str]] = [
+    ("{equals: '{{ target '}", "checks[1].equals", "template error"),
+    ("{regex: '({{ target }}'}", "checks[1].regex", "invalid regular expression"),
+    ("{contains_any: []}", "checks[1].contains_any", "at least 1 item"),
+    ("{number_close: {value: 3, rel_tol: -1}}", "checks[1].number_close.rel_tol",
+     "greater than or equal to 0"),
+    ("{contains: x, transform: {json_path: 'city'}}", "checks[1].transform[0].json_path",
+     "is not a path like $.field"),
+    ("{contains: x, transform: upper}", "checks[1].transform", "must be one of strip, lower"),
+    ("{contains: x, transform: [lower, {python: nope}]}", "checks[1].transform",
+     "step 2: python: must be 'module:function'"),
+    ("{contains: x, response_format: false}", "checks[1]", "response_format: only applies"),
+    ("{contains: x, weight: -1}", "checks[1].weight", "greater than or equal to 0"),
+    ("{llm_judge: {model: sim/balanced, scale: '1-5'}}", "checks[1].llm_judge.scale",
+     "input should be"),
+    ("{llm_judge: {model: sim/balanced, rubric: '{% if %}'}}", "checks[1].llm_judge.rubric",
+     "template error"),
+    ("{contains: x, name: 'same'}\n  - {contains: y, name: 'same'}", "checks",
+     "are named 'same'"),
+]
+
+
+@pytest.mark.parametrize(("check", "field", "problem"), BAD_ROW_CHECKS,
+                         ids=[f"{n}-{c[1]}" for n, c in enumerate(BAD_ROW_CHECKS)])
+def test_bad_row_checks_name_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       check: str, field: str, problem: str) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(textwrap.dedent(HEAD).replace("CHECK", check).replace("EXPECTED", "Paris"))
+    with pytest.raises(JobFileError) as info:
+        runner.load_job(path)
+    assert info.value.field.startswith(field) and problem in info.value.problem.lower() \
+        or problem in info.value.problem, (info.value.field, info.value.problem)
+    assert main(["validate", str(path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
