@@ -129,9 +129,9 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame,
             })
     if thresholds.flips is not None:
         flipped = flips(baseline, current)
-        worse = flipped[flipped["change"] == "regressed"] if len(flipped) else flipped
+        gone_bad = flipped[flipped["change"] == "regressed"] if len(flipped) else flipped
         for model in sorted(set(a) & set(b)):
-            count = float((worse["model"] == model).sum()) if len(worse) else 0.0
+            count = float((gone_bad["model"] == model).sum()) if len(gone_bad) else 0.0
             rows.append({"model": model, "metric": FLIPS, "baseline": 0.0, "current": count,
                          "change": count, "relative_change": math.nan,
                          "threshold": thresholds.flips,

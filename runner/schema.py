@@ -252,7 +252,7 @@ def transform_steps(value: Any) -> list[str | TransformIn] | None:
             try:
                 out.append(TransformIn.model_validate(step))
             except ValueError as exc:
-                errors = getattr(exc, "errors", lambda: [])()
+                errors: list[Any] = getattr(exc, "errors", lambda: [])()
                 why = errors[0]["msg"].removeprefix("Value error, ") if errors else str(exc)
                 raise ValueError(f"{at}{why}") from None
         else:
