@@ -69,11 +69,14 @@ def _lines(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def arrow_schema() -> pa.Schema:
+    """The long table's schema, with the pandas metadata of nullable columns."""
     import pyarrow as pa
+
+    from .rundir import with_pandas_metadata
 
     kinds = {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64(),
              "float64": pa.float64(), "bool": pa.bool_()}
-    return pa.schema([(name, kinds[kind]) for name, kind in TYPES])
+    return with_pandas_metadata(pa.schema([(name, kinds[kind]) for name, kind in TYPES]), TYPES)
 
 
 def write_checks(run_dir: Path, requests: Path, *, write_csv: bool) -> Path | None:

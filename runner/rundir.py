@@ -272,15 +272,22 @@ PANDAS_VERSION = "3.1.1"  # the pandas whose metadata format `_PANDAS_KINDS` fol
 def file_schema() -> pa.Schema:
     """The result schema plus pandas metadata, so `pd.read_parquet` gives nullable Int64/boolean
     columns (unknown token counts stay <NA> instead of turning the column into floats)."""
+
+    return with_pandas_metadata(arrow_schema(), TYPES)
+
+
+def with_pandas_metadata(schema: pa.Schema, types: tuple[tuple[str, str], ...]) -> pa.Schema:
+    """`schema` with the pandas metadata of `types` ((column, kind) as in `result.TYPES`), so
+    `pd.read_parquet` gives nullable Int64/boolean columns (also for checks.parquet)."""
     import pyarrow as pa
 
     columns = [{"name": name, "field_name": name, "pandas_type": _PANDAS_KINDS[kind][0],
                 "numpy_type": _PANDAS_KINDS[kind][1], "metadata": _PANDAS_KINDS[kind][2]}
-               for name, kind in TYPES]
+               for name, kind in types]
     meta = {"index_columns": [], "column_indexes": [], "columns": columns, "attributes": {},
             "creator": {"library": "pyarrow", "version": pa.__version__},
             "pandas_version": PANDAS_VERSION}
-    return arrow_schema().with_metadata({b"pandas": json.dumps(meta).encode()})
+    return schema.with_metadata({b"pandas": json.dumps(meta).encode()})
 
 
 def read_rows(path: Path, columns: list[str] | None = None, *,
