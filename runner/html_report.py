@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import charts, formatting
-from .report_grid import build_grid, caption
+from .report_grid import MAX_GRID_LINES, build_grid, caption
 from .results import summarize
 
 if TYPE_CHECKING:
@@ -49,12 +49,14 @@ def write_html(df: pd.DataFrame, path: str | Path, title: str | None = None) -> 
     return path
 
 
-def render_html(df: pd.DataFrame, title: str | None = None) -> str:
-    """The report as one HTML string."""
+def render_html(df: pd.DataFrame, title: str | None = None, *,
+                grid_lines: int = MAX_GRID_LINES) -> str:
+    """The report as one HTML string (the grid of responses shows at most `grid_lines`)."""
     runs = [str(r) for r in dict.fromkeys(df["run_id"])] if len(df) else []
     job = str(df["job"].iloc[0]) if len(df) else "results"
     title = title or (f"{job}: run {runs[-1]}" if len(runs) == 1 else f"{job}: {len(runs)} runs")
-    return _template().render(title=title, page=_page(df, job, runs) if len(df) else None)
+    return _template().render(title=title,
+                              page=_page(df, job, runs, grid_lines) if len(df) else None)
 
 
 @functools.cache
@@ -67,12 +69,12 @@ def _template() -> jinja2.Template:
     return env.get_template("report.html.j2")
 
 
-def _page(df: pd.DataFrame, job: str, runs: list[str]) -> dict[str, Any]:
+def _page(df: pd.DataFrame, job: str, runs: list[str], grid_lines: int) -> dict[str, Any]:
     latest = df[df["run_id"] == runs[-1]]
     models = sorted({str(m) for m in df["model"].dropna()})
     colors = charts.colors_for(models)
     summary = summarize(latest)
-    grid = build_grid(latest)
+    grid = build_grid(latest, grid_lines)
     return {
         "job": job, "latest_run": runs[-1], "requests": len(latest),
         "cost": _cost(latest), "checks": _checks_table(latest), "grid": grid,

@@ -90,7 +90,9 @@ def test_report_is_self_contained_with_a_plot_each(history: pd.DataFrame,
                   "Pass rate vs cost", "Errors and skipped requests per model", "Latency p50",
                   "Cost per request", "Pass rate"):
         assert f">{title}" in page, title
-    assert _sections(page)[:4] == ["Per model", "Distributions", "Cost and quality", "Errors"]
+    assert _sections(page)[:5] == ["Per model", "Per check", "Distributions",
+                                   "Cost and quality", "Errors"]
+    assert '<h2 id="responses">Responses by prompt and row</h2>' in page
     assert "Trends across 2 runs" in _sections(page)
     assert any(s.startswith("Failed checks (") for s in _sections(page))
 
