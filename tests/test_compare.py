@@ -14,7 +14,14 @@ import pytest
 
 import runner
 from runner.cli import main
-from runner.compare import Thresholds, compare, defaults_text, parse_thresholds, regressions
+from runner.compare import (
+    Thresholds,
+    compare,
+    defaults_text,
+    flips,
+    parse_thresholds,
+    regressions,
+)
 
 from .conftest import ROOT
 from .runs import bench_job, write_and_run
@@ -188,3 +195,54 @@ def test_cli_compare_bad_input_exits_2(two_runs: tuple[Path, Path], tmp_path: Pa
     assert "holds 1 run(s)" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "nope"), str(two_runs[1])]) == 2
     assert "nope: no such results folder" in capsys.readouterr().err
+
+
+# --- issue 12: which prompts flipped -----------------------------------------------------------
+
+def _graded(model: str, lines: dict[tuple[str, str], list[bool | None]]) -> pd.DataFrame:
+    """Rows of one model: (prompt id, vars json) -> the passed of each repeat."""
+    records = [{"model": model, "prompt_id": p, "vars_json": v, "status": "ok",
+                "passed": passed, "check_failures": None if passed is not False
+                else f"{p} is wrong", "latency_s": 1.0, "ttft_s": 1.0, "tpot_s": math.nan,
+                "output_tokens_per_s": math.nan, "prompt_tokens": 1, "completion_tokens": 1,
+                "cost_usd": 0.001}
+               for (p, v), repeats in lines.items() for passed in repeats]
+    df = pd.DataFrame(records)
+    df["model"] = df["model"].astype("category")
+    df["passed"] = df["passed"].astype("boolean")
+    return df
+
+
+def test_flips_list_prompt_rows_whose_pass_fail_changed() -> None:
+    before = _graded("m", {("a", "{}"): [True, True], ("b", '{"x": 1}'): [True],
+                           ("b", '{"x": 2}'): [False], ("c", "{}"): [None],
+                           ("d", "{}"): [True]})
+    after = _graded("m", {("a", "{}"): [True, False],            # one repeat failed: fails
+                          ("b", '{"x": 1}'): [True], ("b", '{"x": 2}'): [True],   # fixed
+                          ("c", "{}"): [False],                  # was not graded: no flip
+                          ("d", "{}"): [None]})                  # not graded now: no flip
+    table = flips(before, after)
+    assert table[["prompt_id", "vars_json", "baseline", "current", "change"]].values.tolist() \
+        == [["a", "{}", "pass", "fail", "regressed"], ["b", '{"x": 2}', "fail", "pass", "fixed"]]
+    assert table.iloc[0]["check_failures"] == "a is wrong"
+    # the limit: off by default, flips=0 makes one flip a regression
+    assert regressions(compare(before, after, Thresholds(pass_rate=None))) == []
+    found = regressions(compare(before, after, Thresholds(pass_rate=None, flips=0)))
+    assert found == ["m: 1 prompt x row line(s) flipped from pass to fail (limit 0)"]
+    assert regressions(compare(before, after, Thresholds(pass_rate=None, flips=1))) == []
+    assert parse_thresholds("flips=0").flips == 0
+
+
+def test_cli_compare_lists_flips_and_gates_on_them(two_runs: tuple[Path, Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    table = flips(*(runner.read_results(p) for p in two_runs))
+    worse = table[table["change"] == "regressed"]
+    assert len(worse) and set(worse["model"]) == {"sim/balanced"}   # slower and flakier
+    off = "latency=off,ttft=off,cost=off,error_rate=off,pass_rate=off"
+    assert main(["compare", str(two_runs[0]), str(two_runs[1]), "--max-regression", off]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{len(worse)} prompt x row line(s) went from pass to fail" in out
+    assert main(["compare", str(two_runs[0]), str(two_runs[1]), "--max-regression",
+                 off + ",flips=0"]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"sim/balanced: {len(worse)} prompt x row line(s) flipped from pass to fail" in out
