@@ -10,7 +10,8 @@ import runner
 
 def test_public_api_is_what_all_says() -> None:
     assert sorted(runner.__all__) == sorted(
-        ["load_job", "run_job", "run", "read_results", "summarize", "__version__"])
+        ["load_job", "run_job", "run", "read_results", "summarize", "read_checks",
+         "__version__"])
     for name in runner.__all__:
         assert getattr(runner, name) is not None, name
 
