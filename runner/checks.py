@@ -237,6 +237,9 @@ def _grade(check: Check, text: str, row: Mapping[str, Any], context: Mapping[str
         if changed is None:
             return 0.0, why
         text = changed
+    if check.kind == "python":  # a user's check also sees the row's vars and target
+        row = {**row, "vars": {k: v for k, v in context.items() if k != TARGET},
+               "target": context.get(TARGET)}
     try:
         return grader(text, row)
     except Exception as exc:  # a user's python check must not crash the run

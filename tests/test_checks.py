@@ -482,3 +482,13 @@ def test_bad_row_checks_name_the_field(tmp_path: Path, capsys: pytest.CaptureFix
         or problem in info.value.problem, (info.value.field, info.value.problem)
     assert main(["validate", str(path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_python_check_sees_the_rows_vars_and_target(tmp_path: Path) -> None:
+    (tmp_path / "user_checks_c.py").write_text(
+        "def same(text, row):\n"
+        "    return text.strip() == row['target'] and row['vars'] == {'city': 'Lyon'}\n")
+    check = compile_check(CheckIn(python="user_checks_c:same"), path=tmp_path / "job.yaml",
+                          field_name="checks[0]")
+    assert evaluate([check], "Paris", OK_ROW,
+                    context={"city": "Lyon", "target": "Paris"}).passed is True
