@@ -73,7 +73,18 @@ LATE = [
      "models: [sim/fast-mini]\nprompts: [hi]\nmax_cost_per_request_usd: 0.1\n"
      "pricing:\n  sim/fast-mini: {usd_per_mtok_prompt: 1, usd_per_mtok_completion: 2}\n", {}),
 ]
-CASES = [(case[0], case[1], case[2]) for case in BAD] + LATE
+# issue 12, checks: refused at load, so by both
+CHECKS = [
+    ("check-template-regex", "name: t\nprovider: simulated\nmodels: [sim/fast-mini]\n"
+     "prompts: [hi]\nchecks:\n  - {regex: '({{ target }}'}\n", {}),
+    ("check-names-twice", "name: t\nprovider: simulated\nmodels: [sim/fast-mini]\n"
+     "prompts: [hi]\nchecks:\n  - {contains: a, name: x}\n  - {contains: b, name: x}\n", {}),
+    ("check-json-path", "name: t\nprovider: simulated\nmodels: [sim/fast-mini]\n"
+     "prompts: [hi]\nchecks:\n  - {equals: a, transform: {json_path: city}}\n", {}),
+    ("judge-template", "name: t\nprovider: simulated\nmodels: [sim/fast-mini]\n"
+     "prompts: [hi]\nchecks:\n  - llm_judge: {model: sim/balanced, prompt: '{{ x'}\n", {}),
+]
+CASES = [(case[0], case[1], case[2]) for case in BAD] + LATE + CHECKS
 
 
 def cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str]:
