@@ -13,13 +13,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "runner"
 
 # the stages that print, parse argv or lay out a report
 PRESENTATION = {"cli", "console", "report_console", "html_report", "charts", "junit",
-                "quality_gate", "compare", "catalogue_listing"}
+                "quality_gate", "compare", "catalogue_listing", "report_grid"}
 # the run and its results: they talk to providers, write and read results, never present them
 RUN = ("engine", "worker", "client", "providers", "collect", "catalogue", "journal", "results",
-       "rundir", "resume", "manifest")
+       "rundir", "resume", "manifest", "check_results")
 # pure: values in, values out; no network, no files, no event loop
 PURE = ("plan", "pricing", "budget", "templates", "result", "offers", "formatting", "graders",
-        "judge")
+        "judge", "grading", "transforms")
 IO = {"client", "engine", "worker", "collect", "catalogue", "providers", "rundir", "journal",
       "manifest", "resume", "results", "estimate", "simulator", "aiohttp", "anyio", "openai",
       "socket", "subprocess", "urllib.request", "httpx", *PRESENTATION}
