@@ -184,5 +184,6 @@ def _stats(group: pd.DataFrame) -> dict[str, Any]:
         "mean_score": float(scores.mean()) if len(scores) else math.nan,
         "weighted_score": float((scores * weights).sum() / weights.sum())
         if len(scores) and float(weights.sum()) > 0 else math.nan,
-        "judge_cost_usd": float(group["judge_cost_usd"].fillna(0.0).sum()),
+        "judge_cost_usd": float(group["judge_cost_usd"].fillna(0.0).sum())
+        if group["judge_cost_usd"].notna().any() else math.nan,   # no judge: no judge cost
     }
