@@ -45,9 +45,14 @@ def outcomes_json(outcomes: Sequence[Outcome]) -> str | None:
     """The `checks_json` cell of a row: its outcomes as a JSON list (None: no checks)."""
     if not outcomes:
         return None
-    return json.dumps([{name: getattr(o, _KEYS.get(name, name)) for name, _ in TYPES[5:]}
-                       for o in outcomes], ensure_ascii=False, allow_nan=False,
-                      separators=(",", ":"))
+    return json.dumps([{name: _finite(getattr(o, _KEYS.get(name, name)))
+                        for name, _ in TYPES[5:]} for o in outcomes],
+                      ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: such a number (a hostile bill) is stored as null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _lines(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

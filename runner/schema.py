@@ -207,8 +207,8 @@ class NumberCloseIn(Strict):
     """`number_close`: the first number in the response within a tolerance of `value`."""
 
     value: str | float
-    rel_tol: float = Field(default=0.0, ge=0)
-    abs_tol: float = Field(default=0.0, ge=0)
+    rel_tol: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    abs_tol: float = Field(default=0.0, ge=0, allow_inf_nan=False)
 
     @field_validator("value", mode="before")
     @classmethod
@@ -281,7 +281,7 @@ class CheckIn(Strict):
     not_regex: str | None = None
     number_close: NumberCloseIn | None = None
     name: str | None = Field(default=None, min_length=1, max_length=200)
-    weight: float = Field(default=1.0, ge=0)
+    weight: float = Field(default=1.0, ge=0, allow_inf_nan=False)
     transform: Any = None   # a step or a list of steps: see transform_steps
     response_format: bool | None = None   # json_schema: send it as response_format (default)
     prompts: list[str] | None = Field(default=None, min_length=1)  # job-level checks only

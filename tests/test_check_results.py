@@ -94,3 +94,14 @@ def test_a_job_without_checks_writes_no_checks_file(write_job, results_dir: Path
     """), results_dir)
     assert not (run_dir / CHECKS).exists() and not (run_dir / CHECKS_CSV).exists()
     assert runner.read_checks(run_dir).empty
+
+
+def test_outcomes_with_odd_numbers_are_stored_as_json() -> None:
+    import json as json_
+
+    from runner.check_results import outcomes_json
+    from runner.checks import Outcome
+
+    cell = outcomes_json([Outcome("judge", "llm_judge", True, 1.0, 1.0, "ok",
+                                  judge_cost_usd=float("inf"))])
+    assert cell is not None and json_.loads(cell)[0]["judge_cost_usd"] is None

@@ -461,6 +461,7 @@ BAD_ROW_CHECKS: list[tuple[str, str, str]] = [
      "step 2: python: must be 'module:function'"),
     ("{contains: x, response_format: false}", "checks[1]", "response_format: only applies"),
     ("{contains: x, weight: -1}", "checks[1].weight", "greater than or equal to 0"),
+    ("{contains: x, weight: .inf}", "checks[1].weight", "finite number"),
     ("{llm_judge: {model: sim/balanced, scale: '1-5'}}", "checks[1].llm_judge.scale",
      "input should be"),
     ("{llm_judge: {model: sim/balanced, rubric: '{% if %}'}}", "checks[1].llm_judge.rubric",
