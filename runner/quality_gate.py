@@ -41,8 +41,14 @@ def broken(run_dir: Path, gate: Gate) -> tuple[list[str], list[str]]:
     if gate.fail_under is not None:
         graded = current["passed"].dropna()
         if graded.empty:
-            reasons.append("--fail-under: no row was graded (no checks applied)")
+            reasons.append("--fail-under: no row was graded (no checks applied, or every "
+                           "check was left not graded: see checks.parquet)")
         else:
+            if "checks_json" in current:  # not graded rows are left out of the rate: say so
+                ungraded = int((current["checks_json"].notna() & current["passed"].isna()).sum())
+                if ungraded:
+                    notes.append(f"{ungraded} checked row(s) were not graded (a judge refused "
+                                 "or failed) and are not in the pass rate")
             rate = float(graded.astype(bool).mean())
             if rate < gate.fail_under:
                 reasons.append(f"pass rate {rate:.1%} is under --fail-under "
