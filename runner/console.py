@@ -193,8 +193,8 @@ def _print_request(console: Any, request: Any) -> None:
     console.print(f"\n[bold]#{request.index}[/] {escape(request.model.label)}  prompt "
                   f"{escape(request.prompt_id)}  repeat {request.repeat}"
                   + (f"  vars: {escape(shown_vars)}" if shown_vars else ""), soft_wrap=True)
-    for message in request.messages:
-        console.print(f"  [dim]{message.role}:[/] {escape(message.content)}", soft_wrap=True)
+    for message in (*request.messages, *request.turns[1:]):  # a conversation's later turns
+        console.print(f"  [dim]{message.role}:[/] {escape(str(message.content))}", soft_wrap=True)
 
 
 def _usd(value: float | None) -> str:

@@ -63,6 +63,8 @@ TYPES: tuple[tuple[str, str], ...] = (
     ("judge_cost_usd", "float64"),
     ("judge_prompt_tokens", "int64"),
     ("judge_completion_tokens", "int64"),
+    # conversations (turns:): per turn latency, ttft, tokens, cost, finish reason, reply (JSON)
+    ("turns_json", "string"),
 )
 COLUMNS = tuple(name for name, _ in TYPES)
 
@@ -137,6 +139,7 @@ class Result:
     judge_cost_usd: float | None = None     # llm_judge: what grading this row cost
     judge_prompt_tokens: int | None = None
     judge_completion_tokens: int | None = None
+    turns_json: str | None = None           # a conversation's turns (conversation.py)
 
     def as_row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _FIELD_NAMES}

@@ -80,9 +80,9 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
      "rows.jsonl: row 2.id: duplicate prompt id 'a' (also at prompts[0])"),
     ("text-and-messages", HEAD + "prompts:\n  - text: x\n    messages: [{role: user, "
      "content: y}]\n", {}, "job.yaml",
-     "prompts[0]: give exactly one of text, messages or file (got text, messages)"),
+     "prompts[0]: give exactly one of text, messages, turns or file (got text, messages)"),
     ("neither-text-nor-messages", HEAD + "prompts: [{id: q, system: s}]\n", {}, "job.yaml",
-     "prompts[0]: give exactly one of text, messages or file"),
+     "prompts[0]: give exactly one of text, messages, turns or file"),
     ("text-wrong-type", HEAD + "prompts: [a, b, {text: 5}]\n", {}, "job.yaml",
      "prompts[2].text: input should be a valid string"),
     ("bad-role", HEAD + "prompts: [{messages: [{role: bot, content: x}]}]\n", {}, "job.yaml",
