@@ -230,6 +230,11 @@ def recorded(content: Content) -> str | list[dict[str, Any]]:
     return out
 
 
+def recorded_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
+    """Messages as a result file or a printout keeps them (`recorded` contents)."""
+    return [{"role": m.role, "content": recorded(m.content)} for m in messages]
+
+
 def text_bytes(content: Content) -> int:
     """UTF-8 bytes of the content's text (the parts' texts for parts)."""
     if isinstance(content, str):
