@@ -126,6 +126,13 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
      "models: list should have at least 1 item"),
     ("empty-prompts", HEAD + "prompts: []\n", {}, "job.yaml",
      "prompts: list should have at least 1 item"),
+    # conversations and content parts (tests/test_conversations.py, tests/test_content.py)
+    ("blank-turn", HEAD + "prompts: [{turns: [hi, ' ']}]\n", {}, "job.yaml",
+     "prompts[0].turns: turn 2 is empty"),
+    ("missing-image", HEAD + "prompts: [{messages: [{role: user, content: [hi, {image: a.png}]}]}]"
+     "\n", {}, "job.yaml", "prompts[0].messages[0].content[1].image: no such image file"),
+    ("not-an-image", HEAD + "prompts: [{messages: [{role: user, content: [{image: a.png}]}]}]\n",
+     {"a.png": "text"}, "job.yaml", "is not a PNG, JPEG, GIF or WebP image"),
 ]
 BAD_IDS = [case[0] for case in BAD]
 RUN_TOO = {"missing-job-file", "unknown-top-key", "model-provider", "sandbox-escape",

@@ -24,7 +24,8 @@ from runner.pricing import estimate_prompt_tokens
 from runner.prompts import Message
 from runner.simulator.text import count_prompt_tokens
 
-from .loopback import Loopback, Reply as LoopbackReply, completion, job_yaml
+from .loopback import Loopback, completion, job_yaml
+from .loopback import Reply as LoopbackReply
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "jobs" / "examples" / "multiturn.yaml"
