@@ -265,3 +265,17 @@ def test_sigkill_mid_conversation_then_resume_sends_it_again_from_turn_one(
     assert len(json.loads(df.iloc[0]["turns_json"])) == 3
     arrivals = _arrivals(log)
     assert len(arrivals) == 2 + 3 and len(set(arrivals)) == 1        # from turn 1 again
+
+
+def test_a_judge_grades_the_last_reply_and_sees_the_whole_conversation(
+        write_job: Any, results_dir: Path) -> None:
+    judged = CHAT.replace("limits:", "checks:\n  - llm_judge: {model: m, rubric: \"Is it kind?\"}\n"
+                          "limits:")
+    with Loopback(_answers) as server:
+        outcome = runner.run(write_job(job_yaml(server.base_url, judged)), out_dir=results_dir)
+    asked = [b for b in server.bodies if b["messages"][0]["content"].startswith("You are a strict")]
+    assert len(asked) == 2 and len(server.bodies) == 2 * 3 + 2
+    shown = asked[0]["messages"][1]["content"]
+    assert "[assistant] reply 1 to 2 messages" in shown and "[user] Say it backwards." in shown
+    assert shown.endswith("Response to grade:\nreply 3 to 6 messages")
+    assert outcome.rows["judge_cost_usd"].notna().all()
