@@ -14,14 +14,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from .content import Reply, text_bytes
+from .content import Reply
+from .pricing import MESSAGE_OVERHEAD_TOKENS
 from .prompts import Message
 from .result import ERROR, INTERRUPTED, OK, Result
 
-# the overhead `pricing.estimate_prompt_tokens` counts for each message of a prompt
-_MESSAGE_OVERHEAD_TOKENS = 8
+if TYPE_CHECKING:
+    from .plan import Request
 
 
 class TurnCall(Protocol):
@@ -38,9 +39,9 @@ def first_turn(messages: tuple[Message, ...], turns: int) -> tuple[Message, ...]
     return messages[:len(messages) - turns + 1] if turns else messages
 
 
-async def converse(request: Any, result: Result, first: TurnCall,
-                   make_call: Callable[[Any], TurnCall],
-                   exchange: Callable[[TurnCall, Result], Awaitable[None]]) -> Any:
+async def converse(request: Request, result: Result, first: TurnCall,
+                   make_call: Callable[[Request], TurnCall],
+                   exchange: Callable[[TurnCall, Result], Awaitable[None]]) -> Request:
     """Send the conversation of `request` turn by turn into `result`; return the request as
     graded (its messages: the whole conversation up to the last user turn).
 
@@ -59,7 +60,7 @@ async def converse(request: Any, result: Result, first: TurnCall,
             if k:
                 history += [Message("assistant", Reply(rows[-1].response_text or "")), user]
                 call = make_call(dataclasses.replace(request, messages=tuple(history), turns=()))
-            row = _scratch(result, request)
+            row = _scratch(result)
             row.estimated_cost_usd = call.worst_usd
             pending = call
             await exchange(call, row)
@@ -69,9 +70,9 @@ async def converse(request: Any, result: Result, first: TurnCall,
                 rows.append(row)
                 _fold_turns(result, rows, len(turns))
             if call.refusal is not None:
-                if k:  # turn 1 refused: the worker skips the row as any other
+                if k:  # a later turn refused: an error row that names it
                     _refused(result, rows, k, len(turns), call.refusal)
-                return request
+                return request  # turn 1 refused: the worker skips the row as any other
             if row.status != OK:
                 return request
         return dataclasses.replace(request, messages=tuple(history))
@@ -83,7 +84,7 @@ async def converse(request: Any, result: Result, first: TurnCall,
                 "interrupt"
 
 
-def _scratch(result: Result, request: Any) -> Result:
+def _scratch(result: Result) -> Result:
     """An empty row for one turn (the worker folds the turn's attempts into it)."""
     return Result(run_id=result.run_id, job=result.job, request_id=result.request_id,
                   index=result.index, model=result.model, model_id=result.model_id,
@@ -167,9 +168,4 @@ def worst_prompt_tokens_extra(turns: int, max_output_tokens: int) -> int:
     """The prompt tokens a conversation's earlier replies add at worst, with the per-message
     overhead of every message sent more than once (as `pricing.estimate_prompt_tokens`
     counts them)."""
-    return replies_sent(turns) * (max_output_tokens + _MESSAGE_OVERHEAD_TOKENS)
-
-
-def transcript_bytes(messages: Sequence[Message]) -> int:
-    """UTF-8 bytes of the text of some messages."""
-    return sum(text_bytes(m.content) for m in messages)
+    return replies_sent(turns) * (max_output_tokens + MESSAGE_OVERHEAD_TOKENS)
