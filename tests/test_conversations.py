@@ -279,3 +279,14 @@ def test_a_judge_grades_the_last_reply_and_sees_the_whole_conversation(
     assert "[assistant] reply 1 to 2 messages" in shown and "[user] Say it backwards." in shown
     assert shown.endswith("Response to grade:\nreply 3 to 6 messages")
     assert outcome.rows["judge_cost_usd"].notna().all()
+
+
+def test_a_reply_echoing_the_key_goes_back_redacted(write_job: Any, results_dir: Path) -> None:
+    secret = os.environ["LOOPBACK_KEY"]
+    with Loopback(lambda b, n: completion(b["model"], cost_usd=0.0,
+                                          text=f"your key is {secret}")) as server:
+        outcome = runner.run(write_job(job_yaml(server.base_url, CHAT)), out_dir=results_dir)
+    later = [m["content"] for b in server.bodies for m in b["messages"]
+             if m["role"] == "assistant"]
+    assert later and not any(secret in text for text in later)
+    assert secret not in outcome.rows["turns_json"].str.cat()
