@@ -5,13 +5,16 @@ files and in cost estimates.
 A local image (a path relative to the job file) is read once at load, checked (it must exist, be
 at most `MAX_IMAGE_BYTES`, and be a PNG, JPEG, GIF or WebP by its first bytes) and kept as a
 base64 data URL, the form OpenAI-compatible APIs take; an `http(s)://` or `data:` URL is sent as
-written. What a result file or a printout records of an image is its source, size and SHA-256,
+written. A source can be a template over the vars (`image: "{{ picture }}"`): the image of every
+var value is loaded once at load to check it, and again when the plan renders a request (a few
+are kept). What a result file or a printout records of an image is its source, size and SHA-256,
 never the base64.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jinja2 import TemplateSyntaxError
+from jinja2 import TemplateError, TemplateSyntaxError
 
 from . import schema
 from .errors import JobFileError
@@ -35,6 +38,7 @@ _MEDIA_TYPES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jp
                 (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"))
 _DATA_URL = re.compile(r"data:(image/[a-z0-9.+-]+);base64,([A-Za-z0-9+/=\s]*)", re.I)
 _TEMPLATE_MARKS = ("{{", "{%", "{#")
+MAX_IMAGES_CHECKED = 10_000          # values of one var whose images are loaded at load
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,9 @@ class ImagePart:
     size_bytes: int | None = None  # of the image itself (None: a remote URL)
     sha256: str | None = None
     detail: str | None = None
+    # a source that is a template over the vars: rendered, then loaded, by the plan
+    template: Template | None = field(default=None, compare=False, repr=False)
+    origin: tuple[Path, str] | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"[image {self.source}" + (f" sha256:{self.sha256[:16]}" if self.sha256
@@ -102,7 +109,12 @@ def build_parts(path: Path, where: str, parts: Sequence[str | schema.PartIn],
                 part.image_url.url if part.image_url is not None else ""
             detail = part.detail or (part.image_url.detail if part.image_url else None)
             field_name = f"{at}.image" if part.image is not None else f"{at}.image_url.url"
-            out.append(load_image(path, field_name, source, detail))
+            if any(mark in source for mark in _TEMPLATE_MARKS):  # loaded once rendered
+                template = _text(path, field_name, source).template
+                out.append(ImagePart(source, "", detail=detail, template=template,
+                                     origin=(path, field_name)))
+            else:
+                out.append(load_image(path, field_name, source, detail))
     return Parts(out)
 
 
@@ -117,9 +129,8 @@ def _text(path: Path, where: str, text: str) -> TextPart:
 def load_image(path: Path, where: str, source: str, detail: str | None = None) -> ImagePart:
     """An image part of a job file: a URL as written, or a local file (relative to the job
     file) read into a data URL; a missing, too big or unknown file is a JobFileError."""
-    if any(mark in source for mark in _TEMPLATE_MARKS):
-        raise JobFileError(path, where, "an image source is not a template: give a path or a "
-                           "URL (one prompt per image)")
+    if not source.strip():
+        raise JobFileError(path, where, "an empty image source: give a path or a URL")
     if source.startswith(("http://", "https://")):
         return ImagePart(source, source, detail=detail)
     if source[:5].lower() == "data:":
@@ -185,7 +196,42 @@ def content_template(path: Path, where: str, content: Content, available: Mappin
     texts = [(n, p.text) for n, p in enumerate(content) if isinstance(p, TextPart)]
     for n, text in texts:
         check_template(path, f"{where}[{n}]", text, available, seen)
-    return check_template(path, where, "\n".join(text for _, text in texts), available, seen)
+    for part in content:
+        if isinstance(part, ImagePart) and part.template is not None:
+            _check_images(part, check_template(path, (part.origin or (path, where))[1],
+                                               part.source, available, seen), available)
+    sources = [p.source for p in content if isinstance(p, ImagePart) and p.template]
+    return check_template(path, where, "\n".join([text for _, text in texts] + sources),
+                          available, seen)
+
+
+def _check_images(part: ImagePart, template: Template, available: Mapping[str, Any]) -> None:
+    """Load the image of every value of the vars a templated source reads (each var's values
+    in turn, the others at their first), so that a missing one stops the load, not the run."""
+    lists = {name: available[name] if isinstance(available[name], list | tuple)
+             else [available[name]] for name in template.names}
+    first = {name: values[0] for name, values in lists.items() if values}
+    for name, values in lists.items():
+        for value in values[:MAX_IMAGES_CHECKED]:
+            variables = {**first, name: value}
+            try:
+                _render_image(part, variables)
+            except TemplateError as exc:
+                path, where = part.origin or (Path(), "image")
+                raise JobFileError(path, where, f"template cannot be rendered with "
+                                   f"{variables}: {exc}") from None
+
+
+def _render_image(part: ImagePart, variables: Mapping[str, Any]) -> ImagePart:
+    """The image a templated source names for these vars, loaded (and kept, a few at once)."""
+    assert part.template is not None and part.origin is not None
+    path, where = part.origin
+    return _load_cached(path, where, part.template.render(variables), part.detail)
+
+
+@functools.lru_cache(maxsize=8)   # a dataset's rows often share an image; memory stays bounded
+def _load_cached(path: Path, where: str, source: str, detail: str | None) -> ImagePart:
+    return load_image(path, where, source, detail)
 
 
 def render_content(content: Content, template: Template, variables: Mapping[str, Any]) -> Content:
@@ -194,7 +240,8 @@ def render_content(content: Content, template: Template, variables: Mapping[str,
     if isinstance(content, str):
         return template.render(variables)
     return Parts(TextPart((p.template or parse(p.text)).render(variables))
-                 if isinstance(p, TextPart) else p for p in content)
+                 if isinstance(p, TextPart) else _render_image(p, variables)
+                 if p.template is not None else p for p in content)
 
 
 def wire(content: Content) -> str | list[dict[str, Any]]:

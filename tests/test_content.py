@@ -149,16 +149,20 @@ async def test_the_simulator_refuses_malformed_parts(part: Any, problem: str) ->
 # --- refused at load (and so by `runner validate`) --------------------------------------------
 
 def _image_job(source: str, role: str = "user") -> str:
+    quoted = source if source.startswith("'") else json.dumps(source)
     return ("name: t\nprovider: simulated\nmodels: [sim/fast-mini]\nprompts:\n"
             f"  - messages:\n      - role: {role}\n        content:\n"
-            f"          - Look.\n          - image: {json.dumps(source)}\n")
+            f"          - Look.\n          - image: {quoted}\n")
 
 
 @pytest.mark.parametrize(("source", "setup", "problem"), [
     ("pics/none.png", None, "prompts[0].messages[0].content[1].image: no such image file"),
     ("pics/big.png", "big", "image of 20,971,521 bytes, more than the 20,971,520"),
     ("pics/notes.png", "text", "is not a PNG, JPEG, GIF or WebP image"),
-    ("pics/{{ name }}.png", None, "an image source is not a template"),
+    ("pics/{{ name }}.png", None, "undefined variable 'name'"),
+    ("'{{ name }}'\n    vars: {name: [pics/a.png, pics/none.png]}", "a.png",
+     "content[1].image: no such image file"),
+    ("' '", None, "content[1].image: an empty image source"),
     ("data:image/png;base64,@@@", None, "not a base64 image data URL"),
 ])
 def test_a_bad_image_is_one_line_naming_the_field(
@@ -171,6 +175,8 @@ def test_a_bad_image_is_one_line_naming_the_field(
             f.truncate(MAX_IMAGE_BYTES + 1)
     elif setup == "text":
         (path.parent / source).write_text("not a picture")
+    elif setup == "a.png":
+        (path.parent / "pics" / "a.png").write_bytes(PNG)
     for command in (["validate", str(path)],
                     ["run", "--quiet", "--out", str(path.parent / "out"), str(path)]):
         assert main(command) == 2
@@ -209,3 +215,39 @@ def test_a_malformed_part_is_one_line(write_job: Any, capsys: pytest.CaptureFixt
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and problem in err and "prompts[0].messages[0]" in err
+
+
+TEMPLATED = """
+models: [m]
+prompts:
+  - id: pick
+    messages:
+      - role: user
+        content:
+          - "Which animal?"
+          - image: "pics/{{ animal }}.png"
+          - {type: image_url, image_url: {url: "{{ url }}"}}
+    vars:
+      animal: [square, other]
+      url: ["https://example.com/a.jpg"]
+params: {max_tokens: 10, stream: false}
+"""
+
+
+def test_an_image_source_can_be_a_template_over_the_vars(
+        write_job: Any, results_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _with_png(write_job, job_yaml("http://127.0.0.1:9/v1", TEMPLATED))
+    other = PNG.replace(b"\xff\x00\x00", b"\x00\xff\x00")  # not a valid PNG stream: fine here
+    (path.parent / "pics" / "other.png").write_bytes(other)
+    with Loopback(lambda body, n: completion(body["model"], cost_usd=0.0)) as server:
+        path.write_text(path.read_text().replace("http://127.0.0.1:9/v1", server.base_url))
+        outcome = runner.run(path, out_dir=results_dir)
+    assert set(outcome.rows["status"]) == {"ok"}
+    sent = {b["messages"][0]["content"][1]["image_url"]["url"] for b in server.bodies}
+    assert sent == {DATA_URL, "data:image/png;base64," + base64.b64encode(other).decode()}
+    assert {b["messages"][0]["content"][2]["image_url"]["url"] for b in server.bodies} == \
+        {"https://example.com/a.jpg"}
+    assert main(["plan", "--json", "--show", "2", str(path)]) == 0
+    shown = json.loads(capsys.readouterr().out)["first_requests"]
+    assert [r["messages"][0]["content"][1]["source"] for r in shown] == \
+        ["pics/square.png", "pics/other.png"]
