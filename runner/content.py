@@ -6,8 +6,8 @@ A local image (a path relative to the job file) is read once at load, checked (i
 at most `MAX_IMAGE_BYTES`, and be a PNG, JPEG, GIF or WebP by its first bytes) and kept as a
 base64 data URL, the form OpenAI-compatible APIs take; an `http(s)://` or `data:` URL is sent as
 written. A source can be a template over the vars (`image: "{{ picture }}"`): the image of every
-var value is loaded once at load to check it, and again when the plan renders a request (a few
-are kept). What a result file or a printout records of an image is its source, size and SHA-256,
+var value is checked at load (it exists, its size, its first bytes) and read when the plan
+renders a request (the last few read are kept). What a result file or a printout records of an image is its source, size and SHA-256,
 never the base64.
 """
 
@@ -143,17 +143,8 @@ def load_image(path: Path, where: str, source: str, detail: str | None = None) -
         return ImagePart(f"data:{match.group(1)} ({len(raw)} bytes)", source,
                          match.group(1).lower(), len(raw), hashlib.sha256(raw).hexdigest(),
                          detail)
-    file = (path.parent / source) if not Path(source).is_absolute() else Path(source)
-    if not file.is_file():
-        raise JobFileError(path, where, f"no such image file {str(file)!r} (paths are "
-                           "relative to the job file)")
-    size = file.stat().st_size
-    _check_size(path, where, size)
-    try:
-        raw = file.read_bytes()
-    except OSError as exc:
-        raise JobFileError(path, where, f"cannot read {str(file)!r} "
-                           f"({exc.strerror or exc})") from None
+    file = _image_file(path, where, source)
+    raw = _read(path, where, file)
     _check_size(path, where, len(raw))
     media_type = sniff_media_type(raw)
     if media_type is None:
@@ -161,6 +152,36 @@ def load_image(path: Path, where: str, source: str, detail: str | None = None) -
     url = f"data:{media_type};base64,{base64.b64encode(raw).decode('ascii')}"
     return ImagePart(source, url, media_type, len(raw), hashlib.sha256(raw).hexdigest(),
                      detail)
+
+
+def check_image(path: Path, where: str, source: str) -> None:
+    """What `load_image` would refuse, refused without reading a whole local file."""
+    if source.strip() and source[:5].lower() != "data:" \
+            and not source.startswith(("http://", "https://")):
+        _image_file(path, where, source)
+    else:
+        load_image(path, where, source)
+
+
+def _image_file(path: Path, where: str, source: str) -> Path:
+    """The local image file a source names, checked by its size and its first bytes."""
+    file = (path.parent / source) if not Path(source).is_absolute() else Path(source)
+    if not file.is_file():
+        raise JobFileError(path, where, f"no such image file {str(file)!r} (paths are "
+                           "relative to the job file)")
+    _check_size(path, where, file.stat().st_size)
+    if sniff_media_type(_read(path, where, file, 16)) is None:
+        raise JobFileError(path, where, f"{str(file)!r} is not a PNG, JPEG, GIF or WebP image")
+    return file
+
+
+def _read(path: Path, where: str, file: Path, size: int = -1) -> bytes:
+    try:
+        with file.open("rb") as f:
+            return f.read(size)
+    except OSError as exc:
+        raise JobFileError(path, where, f"cannot read {str(file)!r} "
+                           f"({exc.strerror or exc})") from None
 
 
 def _b64(text: str) -> bytes | None:
@@ -206,7 +227,7 @@ def content_template(path: Path, where: str, content: Content, available: Mappin
 
 
 def _check_images(part: ImagePart, template: Template, available: Mapping[str, Any]) -> None:
-    """Load the image of every value of the vars a templated source reads (each var's values
+    """Check the image of every value of the vars a templated source reads (each var's values
     in turn, the others at their first), so that a missing one stops the load, not the run."""
     lists = {name: available[name] if isinstance(available[name], list | tuple)
              else [available[name]] for name in template.names}
@@ -214,10 +235,10 @@ def _check_images(part: ImagePart, template: Template, available: Mapping[str, A
     for name, values in lists.items():
         for value in values[:MAX_IMAGES_CHECKED]:
             variables = {**first, name: value}
+            path, where = part.origin or (Path(), "image")
             try:
-                _render_image(part, variables)
+                check_image(path, where, template.render(variables))
             except TemplateError as exc:
-                path, where = part.origin or (Path(), "image")
                 raise JobFileError(path, where, f"template cannot be rendered with "
                                    f"{variables}: {exc}") from None
 
