@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -290,3 +291,45 @@ def test_a_reply_echoing_the_key_goes_back_redacted(write_job: Any, results_dir:
              if m["role"] == "assistant"]
     assert later and not any(secret in text for text in later)
     assert secret not in outcome.rows["turns_json"].str.cat()
+
+
+def test_a_conversation_cut_by_ctrl_c_is_an_interrupted_row_that_resume_sends_again(
+        write_job: Any, results_dir: Path, slow_simulator: tuple[str, Path]) -> None:
+    url, log = slow_simulator
+    path = write_job(f"""
+        name: cut
+        providers:
+          sim: {{base_url: "{url}", openrouter: true}}
+        provider: sim
+        models: [sim/fast-mini]
+        prompts:
+          - turns: [one, two, three]
+        params: {{max_tokens: 8}}
+    """)
+    proc = _run(str(path), "--out", str(results_dir), "--grace-s", "60")
+    try:
+        deadline = time.monotonic() + 60
+        while len(_arrivals(log)) < 2:   # turn 2 is on its way
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr is not None and "stopping" in proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)  # the second: in-flight requests are cut off
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    sent = len(_arrivals(log))
+    run_dir = next((results_dir / "cut").iterdir())
+    row = pd.read_parquet(run_dir / "requests.parquet").iloc[0]
+    assert (row["status"], row["error_type"]) == ("error", "interrupted")
+    assert row["attempts"] == sent                        # every turn's attempt, the cut one too
+    assert len(json.loads(row["turns_json"])) == sent - 1  # the turns that were answered
+    resumed = _run(str(path), "--out", str(results_dir), "--resume")
+    _, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    df = pd.read_parquet(run_dir / "requests.parquet")
+    assert len(df) == 1 and df.iloc[0]["status"] == "ok"
+    assert len(_arrivals(log)) == sent + 3                # again from turn 1
