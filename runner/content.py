@@ -7,8 +7,8 @@ at most `MAX_IMAGE_BYTES`, and be a PNG, JPEG, GIF or WebP by its first bytes) a
 base64 data URL, the form OpenAI-compatible APIs take; an `http(s)://` or `data:` URL is sent as
 written. A source can be a template over the vars (`image: "{{ picture }}"`): the image of every
 var value is checked at load (it exists, its size, its first bytes) and read when the plan
-renders a request (the last few read are kept). What a result file or a printout records of an image is its source, size and SHA-256,
-never the base64.
+renders a request (the last few read are kept). What a result file or a printout records of an
+image is its source, size and SHA-256, never the base64.
 """
 
 from __future__ import annotations
