@@ -333,3 +333,18 @@ def test_a_conversation_cut_by_ctrl_c_is_an_interrupted_row_that_resume_sends_ag
     df = pd.read_parquet(run_dir / "requests.parquet")
     assert len(df) == 1 and df.iloc[0]["status"] == "ok"
     assert len(_arrivals(log)) == sent + 3                # again from turn 1
+
+
+def test_resume_refuses_a_prompt_turned_into_a_conversation(
+        write_job: Any, results_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same texts as messages or as turns are different plans: a resume says so."""
+    messages = ("name: same\nprovider: simulated\nmodels: [sim/fast-mini]\n"
+                "params: {max_tokens: 8}\nprompts:\n  - id: p\n"
+                "    messages: [{role: user, content: one}, {role: user, content: two}]\n")
+    path = write_job(messages)
+    assert main(["run", "--quiet", "--out", str(results_dir), str(path)]) == 0
+    path.write_text(messages.replace(
+        "messages: [{role: user, content: one}, {role: user, content: two}]", "turns: [one, two]"))
+    capsys.readouterr()
+    assert main(["run", "--quiet", "--resume", "--out", str(results_dir), str(path)]) != 0
+    assert "the plan changed" in capsys.readouterr().err
