@@ -38,7 +38,7 @@ _MEDIA_TYPES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jp
                 (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"))
 _DATA_URL = re.compile(r"data:(image/[a-z0-9.+-]+);base64,([A-Za-z0-9+/=\s]*)", re.I)
 _TEMPLATE_MARKS = ("{{", "{%", "{#")
-MAX_IMAGES_CHECKED = 10_000          # values of one var whose images are loaded at load
+MAX_IMAGES_CHECKED = 10_000          # values of one var whose images are checked at load
 
 
 @dataclass(frozen=True, slots=True)
