@@ -132,10 +132,13 @@ def test_a_turn_the_budget_refuses_ends_the_conversation_with_an_error_row(
     assert [(t["turn"], t["status"]) for t in turns] == [(1, "ok"), (2, "skipped")]
 
 
+@pytest.mark.parametrize("second", ["What is my name?", "What is {{ name | upper }}?"],
+                         ids=["plain", "jinja"])
 def test_plan_worst_case_counts_every_turn_with_worst_case_replies(
-        write_job: Any, capsys: pytest.CaptureFixture[str]) -> None:
+        write_job: Any, capsys: pytest.CaptureFixture[str], second: str) -> None:
     body = CHAT.replace("models: [m]", "models: [m]\npricing: {m: {usd_per_mtok_prompt: 1, "
-                        "usd_per_mtok_completion: 2}}")
+                        "usd_per_mtok_completion: 2}}").replace("What is my name?",
+                                                                 json.dumps(second))
     path = write_job(job_yaml("http://127.0.0.1:9/v1", body))
     assert main(["plan", "--json", str(path)]) == 0
     worst = json.loads(capsys.readouterr().out)["worst_case_usd"]["m"]
