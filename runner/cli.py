@@ -263,11 +263,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _request_json(request: Any) -> dict[str, Any]:
+    from .content import recorded_messages
+
     return {"index": request.index, "request_id": request.request_id,
             "model": request.model.label, "provider": request.model.provider,
             "prompt_id": request.prompt_id, "repeat": request.repeat,
             "vars": dict(request.vars), "params": dict(request.params),
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages]}
+            "messages": recorded_messages(request.messages),
+            **({"turns": recorded_messages(request.turns)} if request.turns else {})}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from .config import (
     DEFAULT_MAX_STREAM_EVENTS,
     Provider,
 )
+from .content import wire
 from .errors import ProviderError
 from .plan import Request
 from .redact import Redactor, header_secrets, provider_secrets
@@ -359,7 +360,7 @@ def build_body(provider: Provider, request: Request, stream: bool) -> bytes:
     params.pop("stream", None)
     body: dict[str, Any] = {
         "model": request.model.id,
-        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "messages": [{"role": m.role, "content": wire(m.content)} for m in request.messages],
         **params,
         "stream": stream,
     }

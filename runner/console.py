@@ -201,7 +201,10 @@ def _print_request(console: Any, request: Any) -> None:
                   f"{escape(request.prompt_id)}  repeat {request.repeat}"
                   + (f"  vars: {escape(shown_vars)}" if shown_vars else ""), soft_wrap=True)
     for message in request.messages:
-        console.print(f"  [dim]{message.role}:[/] {escape(message.content)}", soft_wrap=True)
+        console.print(f"  [dim]{message.role}:[/] {escape(str(message.content))}", soft_wrap=True)
+    for k, message in enumerate(request.turns[1:], 2):  # a conversation's later user turns
+        console.print(f"  [dim]turn {k}, after the reply:[/] {escape(str(message.content))}",
+                      soft_wrap=True)
 
 
 def _usd(value: float | None) -> str:

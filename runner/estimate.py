@@ -16,6 +16,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from .config import Job, Message
+from .content import images_only
+from .conversation import turn_weights, worst_prompt_tokens_extra
 from .plan import Plan, combination, combinations
 from .pricing import Price, estimate_prompt_tokens, max_output_tokens
 from .providers import open_providers
@@ -32,6 +34,7 @@ class PromptSize:
     combinations: int
     prompt_tokens: int
     sampled: bool = False    # from the largest of some renderings, not from every one
+    turns: int = 1           # exchanges per request (a conversation's user turns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +78,16 @@ def prompt_sizes(plan: Plan) -> list[PromptSize]:
     sizes = []
     for p, prompt in enumerate(plan.job.prompts):
         count = combinations(prompt)
-        overhead = estimate_prompt_tokens([Message(m.role, "") for m in prompt.messages])
+        # a conversation sends each message with every later turn (conversation.py)
+        weights = turn_weights(prompt.messages, prompt.turns)
+        overhead = sum(w * (estimate_prompt_tokens([Message(m.role, images_only(m.content))]) - 3)
+                       for w, m in zip(weights, prompt.messages, strict=True)) \
+            + 3 * max(1, prompt.turns)
         templates = plan.templates(p)
-        known = [t.bytes_total(prompt.vars, count) for t in templates]
+        known = [None if b is None else b * w for b, w in
+                 zip((t.bytes_total(prompt.vars, count) for t in templates), weights, strict=True)]
         total = sum(b for b in known if b is not None)
-        jinja = [t for t, b in zip(templates, known, strict=True) if b is None]
+        jinja = [(t, w) for t, b, w in zip(templates, known, weights, strict=True) if b is None]
         sampled = False
         if jinja:
             if count <= renders_left:
@@ -88,10 +96,11 @@ def prompt_sizes(plan: Plan) -> list[PromptSize]:
             else:
                 picks = range(0, count, max(1, count // SAMPLES_PER_PROMPT))
                 sampled = len(picks) < count
-            rendered = [sum(len(t.render(combination(prompt, c)).encode()) for t in jinja)
-                        for c in picks]
+            rendered = [sum(w * len(t.render(combination(prompt, c)).encode())
+                            for t, w in jinja) for c in picks]
             total += sum(rendered) if not sampled else max(rendered) * count
-        sizes.append(PromptSize(count, total + overhead * count, sampled))
+        sizes.append(PromptSize(count, total + overhead * count, sampled,
+                                max(1, prompt.turns)))
     return sizes
 
 
@@ -112,13 +121,18 @@ async def estimate(job: Job, *, budget_usd: float | None = None,
         if price is not None:
             outputs = [max_output_tokens(plan.params(m, p), price) for p in range(len(sizes))]
             if all(out is not None for out in outputs):
-                prompt_tokens = job.repeats * sum(size.prompt_tokens for size in sizes)
+                # a conversation's turns each send the worst-case replies before them
+                prompt_tokens = job.repeats * sum(
+                    size.prompt_tokens + size.combinations
+                    * worst_prompt_tokens_extra(size.turns, out or 0)
+                    for size, out in zip(sizes, outputs, strict=True))
                 completion_tokens = job.repeats * sum(
-                    size.combinations * (out or 0) for size, out in zip(sizes, outputs,
-                                                                         strict=True))
-                # Price.cost_usd of the sums: the fee once per request, not once
+                    size.combinations * size.turns * (out or 0)
+                    for size, out in zip(sizes, outputs, strict=True))
+                sends = job.repeats * sum(size.combinations * size.turns for size in sizes)
+                # Price.cost_usd of the sums: the fee once per exchange, not once
                 worst = (price.cost_usd(prompt_tokens, completion_tokens)
-                         + (requests - 1) * price.request_usd) if requests else 0.0
+                         + (sends - 1) * price.request_usd) if requests else 0.0
         models.append(ModelEstimate(model.label, model.provider, requests, worst))
     judges = _judges(job, plan, sizes, providers.prices)
     notes = [f"prices unknown: {exc}" for exc in providers.errors.values()]

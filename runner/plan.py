@@ -19,6 +19,8 @@ from jinja2 import TemplateError
 
 from .checks import response_format_for
 from .config import Job, Message, ModelSpec, Prompt
+from .content import render_content
+from .conversation import first_turn
 from .errors import JobFileError
 from .templates import Template, parse
 
@@ -33,6 +35,7 @@ class Request:
     vars: Mapping[str, Any]
     messages: tuple[Message, ...]   # rendered
     params: Mapping[str, Any]       # the model's params, plus a json_schema check's format
+    turns: tuple[Message, ...] = ()  # a conversation's user turns, rendered (conversation.py)
 
 
 class Plan(Sequence[Request]):
@@ -75,7 +78,7 @@ class Plan(Sequence[Request]):
         variables = combination(prompt, unit - self._prefix[p])
         model = self.job.models[m]
         try:
-            messages = tuple(Message(msg.role, template.render(variables))
+            messages = tuple(Message(msg.role, render_content(msg.content, template, variables))
                              for msg, template in zip(prompt.messages, self.templates(p),
                                                       strict=True))
         except TemplateError as exc:  # only some var values can trip the sandbox or a filter
@@ -86,7 +89,8 @@ class Plan(Sequence[Request]):
                        request_id=request_id(model, prompt.id, variables, messages, repeat,
                                              params),
                        model=model, prompt_id=prompt.id, repeat=repeat, vars=variables,
-                       messages=messages, params=params)
+                       messages=first_turn(messages, prompt.turns), params=params,
+                       turns=messages[len(messages) - prompt.turns:] if prompt.turns else ())
 
     def templates(self, p: int) -> tuple[Template, ...]:
         """The message templates of prompt p (parsed at load; parsed here for a hand-made Job)."""
@@ -95,7 +99,8 @@ class Plan(Sequence[Request]):
             return prompt.templates
         found = self._templates.get(p)
         if found is None:
-            found = self._templates[p] = tuple(parse(m.content) for m in prompt.messages)
+            found = self._templates[p] = tuple(parse(str(m.content))
+                                               for m in prompt.messages)
         return found
 
     def params(self, m: int, p: int) -> Mapping[str, Any]:

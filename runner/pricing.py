@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from .content import IMAGE_TYPICAL_TOKENS, IMAGE_WORST_TOKENS, Reply, image_count, text_bytes
+
 
 @dataclass(frozen=True, slots=True)
 class Price:
@@ -79,19 +81,25 @@ def catalogue_prices(entries: Sequence[Mapping[str, Any]]) -> dict[str, Price]:
 MESSAGE_OVERHEAD_TOKENS = 8
 
 
-def estimate_prompt_tokens(messages: Sequence[Any]) -> int:
+def estimate_prompt_tokens(messages: Sequence[Any], reply_tokens: int | None = None) -> int:
     """An upper bound on prompt tokens: the UTF-8 byte count plus a per-message overhead.
 
     Byte-level BPE tokenizers (GPT, Llama, Qwen, Mistral...) never make more tokens than bytes,
     so this overestimates (typically ~4x for English) but never under-reserves a budget; no
-    tokenizer is downloaded at run time.
+    tokenizer is downloaded at run time. An image counts `content.IMAGE_WORST_TOKENS`; a
+    conversation's earlier reply (`content.Reply`) at most `reply_tokens`, the output tokens
+    it could have had.
     """
-    return sum(len(m.content.encode("utf-8")) + MESSAGE_OVERHEAD_TOKENS for m in messages) + 3
+    return sum((min(text_bytes(m.content), reply_tokens)
+                if reply_tokens is not None and isinstance(m.content, Reply)
+                else text_bytes(m.content)) + image_count(m.content) * IMAGE_WORST_TOKENS
+               + MESSAGE_OVERHEAD_TOKENS for m in messages) + 3
 
 
 def typical_prompt_tokens(messages: Sequence[Any]) -> int:
     """A typical prompt token count (~4 bytes a token), for tokens-per-minute pacing."""
-    return sum(len(m.content.encode("utf-8")) // 4 + 4 for m in messages) + 3
+    return sum(text_bytes(m.content) // 4 + image_count(m.content) * IMAGE_TYPICAL_TOKENS + 4
+               for m in messages) + 3
 
 
 def max_output_tokens(params: Mapping[str, Any], price: Price) -> int | None:
@@ -105,7 +113,7 @@ def worst_case_usd(request: Any, price: Price) -> float | None:
     output = max_output_tokens(request.params, price)
     if output is None:
         return None
-    return price.cost_usd(estimate_prompt_tokens(request.messages), output)
+    return price.cost_usd(estimate_prompt_tokens(request.messages, output), output)
 
 
 # OpenRouter's variant suffixes: routing or features of a listed model, never listed themselves

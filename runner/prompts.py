@@ -17,16 +17,17 @@ from jinja2 import TemplateError
 
 from . import schema
 from .checks import Check, compile_expected
+from .content import Content, build_parts, content_template
 from .errors import JobFileError
 from .prompt_files import read_prompt_file
 from .sources import Problems
-from .templates import Template, check_template
+from .templates import Template
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
     role: str
-    content: str                  # a Jinja2 template until the plan renders it
+    content: Content              # a Jinja2 template (or parts) until the plan renders it
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class Prompt:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     checks: tuple[Check, ...] = ()        # from `expected`, compiled
     templates: tuple[Template, ...] = field(default=(), compare=False, repr=False)  # messages'
+    turns: int = 0                        # a conversation: its last `turns` messages are turns
 
 
 def resolve_prompts(path: Path, job: schema.JobIn, problems: Problems,
@@ -97,8 +99,12 @@ def _prompt(path: Path, where: str, item: schema.PromptIn, job: schema.JobIn,
             load: _Load) -> Prompt:
     sourced: list[tuple[Message, str]] = []   # each message with the field it came from
     if item.messages is not None:
-        sourced += [(Message(m.role, m.content), f"{where}.messages[{n}].content")
+        sourced += [(Message(m.role, _content(path, f"{where}.messages[{n}].content", m.content,
+                                              m.role)), f"{where}.messages[{n}].content")
                     for n, m in enumerate(item.messages)]
+    elif item.turns is not None:  # a conversation (conversation.py): its user turns
+        sourced += [(Message("user", _content(path, f"{where}.turns[{n}]", turn, "user")),
+                     f"{where}.turns[{n}]") for n, turn in enumerate(item.turns)]
     else:
         sourced.append((Message("user", item.text or ""), f"{where}.text"))
     system = item.system if item.system is not None else job.system
@@ -110,7 +116,8 @@ def _prompt(path: Path, where: str, item: schema.PromptIn, job: schema.JobIn,
     used: dict[str, tuple[Any, ...]] = {}
     templates = []
     for message, field_name in sourced:
-        template = check_template(path, field_name, message.content, available, load.templates)
+        template = content_template(path, field_name, message.content, available,
+                                    load.templates)
         templates.append(template)
         for var in template.names:
             if var not in used:
@@ -119,11 +126,16 @@ def _prompt(path: Path, where: str, item: schema.PromptIn, job: schema.JobIn,
     _try_renders(path, [(t, f) for t, (_, f) in zip(templates, sourced, strict=True)
                         if t.parts is None], used, load)
     prompt_id = item.id or "p-" + hashlib.sha256(
-        "\x1f".join(m.content for m in messages).encode()).hexdigest()[:10]
+        "\x1f".join(str(m.content) for m in messages).encode()).hexdigest()[:10]
     return Prompt(id=prompt_id, messages=tuple(messages), vars=dict(sorted(used.items())),
                   expected=item.expected, metadata=dict(item.metadata),
                   checks=compile_expected(item.expected, path=path, field_name=f"{where}.expected"),
-                  templates=tuple(templates))
+                  templates=tuple(templates), turns=len(item.turns or ()))
+
+
+def _content(path: Path, where: str, content: str | list[str | schema.PartIn],
+             role: str) -> Content:
+    return content if isinstance(content, str) else build_parts(path, where, content, role)
 
 
 def _values(path: Path, var_field: str, value: Any) -> tuple[Any, ...]:

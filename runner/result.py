@@ -66,6 +66,8 @@ TYPES: tuple[tuple[str, str], ...] = (
     # issue 12, checks: one JSON object per check (name, type, passed, score, weight, reason,
     # judge cost and tokens); checks.parquet is these, one line each
     ("checks_json", "string"),
+    # conversations (turns:): per turn latency, ttft, tokens, cost, finish reason, reply (JSON)
+    ("turns_json", "string"),
 )
 COLUMNS = tuple(name for name, _ in TYPES)
 
@@ -141,6 +143,7 @@ class Result:
     judge_prompt_tokens: int | None = None
     judge_completion_tokens: int | None = None
     checks_json: str | None = None          # the per-check outcomes (see check_results)
+    turns_json: str | None = None           # a conversation's turns (conversation.py)
 
     def as_row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _FIELD_NAMES}

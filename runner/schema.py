@@ -152,9 +152,49 @@ class ModelIn(Strict):
     max_price_usd_per_mtok: MaxPriceIn | None = None
 
 
+class ImageUrlIn(Strict):
+    """OpenAI's `image_url` object: a URL (http(s) or data:) or a path relative to the job."""
+
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class PartIn(Strict):
+    """One part of a message's content (runner/content.py): `text:`, or an image given as
+    `image: path-or-url` or in OpenAI's shape `{type: image_url, image_url: {url: ...}}`."""
+
+    type: Literal["text", "image_url"] | None = None
+    text: str | None = None
+    image: str | None = Field(default=None, min_length=1)
+    image_url: ImageUrlIn | None = None
+    detail: Literal["auto", "low", "high"] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PartIn:
+        given = [k for k in ("text", "image", "image_url") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of text, image or image_url"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        if self.type is not None and (self.type == "text") != (self.text is not None):
+            raise ValueError(f"type {self.type!r} does not match its {given[0]}:")
+        if self.detail is not None and self.text is not None:
+            raise ValueError("detail: only applies to an image")
+        return self
+
+
+CONTENT = str | list[str | PartIn]
+
+
 class MessageIn(Strict):
     role: Literal["system", "user", "assistant", "developer"]
-    content: str
+    content: str | list[str | PartIn]
+
+    @field_validator("content")
+    @classmethod
+    def _some_parts(cls, value: CONTENT) -> CONTENT:
+        if isinstance(value, list) and not value:
+            raise ValueError("empty list: give at least one part (a text or an image)")
+        return value
 
 
 class PromptIn(Strict):
@@ -166,13 +206,26 @@ class PromptIn(Strict):
     expected: Any = None
     metadata: dict[str, Any] = {}
     file: str | None = None
+    turns: list[CONTENT] | None = None      # a conversation: user turns (conversation.py)
+
+    @field_validator("turns", mode="before")
+    @classmethod
+    def _no_empty_turn(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("empty list: give at least one user turn")
+            for n, turn in enumerate(value, 1):
+                if turn is None or turn == [] or (isinstance(turn, str) and not turn.strip()):
+                    raise ValueError(f"turn {n} is empty: each turn is the text (a template) "
+                                     "or the parts of one user message")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> PromptIn:
-        given = [k for k in ("text", "messages", "file") if getattr(self, k) is not None]
+        given = [k for k in ("text", "messages", "file", "turns") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one of text, messages or file"
+                "give exactly one of text, messages, turns or file"
                 + (f" (got {', '.join(given)})" if given else "")
             )
         if self.file is not None and (self.id or self.system or self.vars or self.expected):
@@ -396,6 +449,6 @@ def field_names() -> set[str]:
     names: set[str] = set()
     for model in (JudgeIn, MaxPriceIn, PriceIn, ParamsIn, LimitsIn, ProviderIn, FaultsIn,
                   SimModelIn, SimulatorIn, ModelIn, MessageIn, PromptIn, OutputIn, CheckIn,
-                  JobIn, NumberCloseIn, TransformIn):
+                  JobIn, NumberCloseIn, TransformIn, PartIn, ImageUrlIn):
         names.update(model.model_fields)
     return names

@@ -135,15 +135,20 @@ def _kept(exc: ValidationError) -> Iterator[tuple[Any, tuple[int | str, ...]]]:
     inside: set[tuple[Any, ...]] = set()   # union sites where a mapping branch has errors
     for err in errors:
         loc = tuple(err["loc"])
-        if err["type"] != "model_type" and any(_model_tag(p, models) for p in loc):
-            first = next(k for k, p in enumerate(loc) if _model_tag(p, models))
-            inside.add(loc[:first])
+        if err["type"] != "model_type":
+            inside.update(loc[:k] for k, p in enumerate(loc) if _model_tag(p, models))
+        # ...or where a list branch got past its type check (`str | list[str | Part]`)
+        inside.update(loc[:k] for k, p in enumerate(loc[:-1])
+                      if isinstance(p, str) and p.startswith("list["))
     for err in errors:
         loc = tuple(err["loc"])
         tags = [k for k, p in enumerate(loc) if _union_tag(p, models)]
         if tags and loc[:tags[0]] in inside and not (
                 err["type"] != "model_type" and _model_tag(loc[tags[0]], models)):
             continue   # the scalar branch of a union whose mapping branch says more
+        if loc and isinstance(loc[-1], str) and not _model_tag(loc[-1], models) \
+                and _union_tag(loc[-1], models) and loc[:-1] in inside:
+            continue   # a branch's type mismatch where another branch says more
         yield err, tuple(p for p in loc if not _union_tag(p, models))
 
 

@@ -26,6 +26,7 @@ from .checks import Check, Judged, context_for, evaluate
 from .client import Attempt
 from .collect import Collector
 from .config import DEFAULT_MAX_RETRY_WAIT_S, Job, Limits, ModelSpec
+from .conversation import converse
 from .errors import ResultsError
 from .formatting import usd
 from .journal import Journal
@@ -121,7 +122,11 @@ async def handle(run: RunState, request: Request) -> None:
     call = _call_for(run, request, t_ready)
     result.estimated_cost_usd = call.worst_usd
     try:
-        await _exchange(run, call, functools.partial(_fold_attempt, result))
+        if request.turns:  # a conversation: one exchange per user turn (conversation.py)
+            request = await converse(request, result, call, functools.partial(_turn_call, run),
+                                     functools.partial(_send_turn, run))
+        else:
+            await _exchange(run, call, functools.partial(_fold_attempt, result))
         if call.refusal is not None:
             _skip(result, *call.refusal)
         checks = run.job.checks.for_prompt(request.prompt_id)
@@ -139,6 +144,16 @@ async def handle(run: RunState, request: Request) -> None:
     _close_row(run, result, t_ready, call.started)
     if run.collector.pending >= run.collector.flush_rows:
         await flush(run)
+
+
+def _turn_call(run: RunState, request: Request) -> Call:
+    """The call of a conversation's later turn: its own limits pass and budget reservation."""
+    return _call_for(run, request, run.clock())
+
+
+async def _send_turn(run: RunState, call: Call, row: Result) -> None:
+    """One turn of a conversation through the one retry loop, folded into its own row."""
+    await _exchange(run, call, functools.partial(_fold_attempt, row))
 
 
 def _limits_of(run: RunState, model: ModelSpec) -> Limits:

@@ -80,9 +80,9 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
      "rows.jsonl: row 2.id: duplicate prompt id 'a' (also at prompts[0])"),
     ("text-and-messages", HEAD + "prompts:\n  - text: x\n    messages: [{role: user, "
      "content: y}]\n", {}, "job.yaml",
-     "prompts[0]: give exactly one of text, messages or file (got text, messages)"),
+     "prompts[0]: give exactly one of text, messages, turns or file (got text, messages)"),
     ("neither-text-nor-messages", HEAD + "prompts: [{id: q, system: s}]\n", {}, "job.yaml",
-     "prompts[0]: give exactly one of text, messages or file"),
+     "prompts[0]: give exactly one of text, messages, turns or file"),
     ("text-wrong-type", HEAD + "prompts: [a, b, {text: 5}]\n", {}, "job.yaml",
      "prompts[2].text: input should be a valid string"),
     ("bad-role", HEAD + "prompts: [{messages: [{role: bot, content: x}]}]\n", {}, "job.yaml",
@@ -126,6 +126,13 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
      "models: list should have at least 1 item"),
     ("empty-prompts", HEAD + "prompts: []\n", {}, "job.yaml",
      "prompts: list should have at least 1 item"),
+    # conversations and content parts (tests/test_conversations.py, tests/test_content.py)
+    ("blank-turn", HEAD + "prompts: [{turns: [hi, ' ']}]\n", {}, "job.yaml",
+     "prompts[0].turns: turn 2 is empty"),
+    ("missing-image", HEAD + "prompts: [{messages: [{role: user, content: [hi, {image: a.png}]}]}]"
+     "\n", {}, "job.yaml", "prompts[0].messages[0].content[1].image: no such image file"),
+    ("not-an-image", HEAD + "prompts: [{messages: [{role: user, content: [{image: a.png}]}]}]\n",
+     {"a.png": "text"}, "job.yaml", "is not a PNG, JPEG, GIF or WebP image"),
 ]
 BAD_IDS = [case[0] for case in BAD]
 RUN_TOO = {"missing-job-file", "unknown-top-key", "model-provider", "sandbox-escape",

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from runner.simulator.images import content_problem
 from runner.simulator.models import SimModel
 from runner.simulator.structured import JsonFormat
 from runner.simulator.text import count_prompt_tokens
@@ -70,6 +71,9 @@ def parse_order(
         return Rejection(400, "messages: must be a non-empty list")
     if not all(isinstance(m, dict) for m in messages):
         return Rejection(400, "messages: every message must be an object")
+    problem = content_problem(messages)
+    if problem is not None:
+        return Rejection(400, problem)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         return Rejection(400, "stream: must be true or false")

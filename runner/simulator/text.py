@@ -4,6 +4,7 @@
 One token is one word followed by a space. Prompt tokens are counted as
 `max(1, (chars + 2) // 4) + 4 * len(messages)`, where `chars` is the total length of every text
 content (string contents and the `text` of content parts); roughly 4 characters per token.
+Each image part adds its tokens as `images.image_tokens` counts them.
 
 With a JSON `response_format` the content is a JSON document instead (see `structured`), drawn
 from the same RNG after the reasoning, and one token is one whitespace-ended piece of it. A JSON
@@ -24,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from runner.simulator.images import image_tokens
 from runner.simulator.structured import JsonFormat, document, pack, pieces
 
 MIN_COMPLETION_TOKENS = 8
@@ -72,7 +74,7 @@ class Completion:
 
 def count_prompt_tokens(messages: Sequence[dict[str, Any]]) -> int:
     """Approximate prompt tokens: a quarter of the text characters plus 4 per message."""
-    chars = 0
+    chars = images = 0
     for message in messages:
         content = message.get("content")
         if isinstance(content, str):
@@ -81,7 +83,9 @@ def count_prompt_tokens(messages: Sequence[dict[str, Any]]) -> int:
             for part in content:
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
                     chars += len(part["text"])
-    return max(1, (chars + 2) // 4) + 4 * len(messages)
+                elif isinstance(part, dict) and part.get("type") == "image_url":
+                    images += image_tokens(part)
+    return max(1, (chars + 2) // 4) + 4 * len(messages) + images
 
 
 def stable_rng(*parts: object) -> random.Random:
