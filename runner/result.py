@@ -63,6 +63,13 @@ TYPES: tuple[tuple[str, str], ...] = (
     ("judge_cost_usd", "float64"),
     ("judge_prompt_tokens", "int64"),
     ("judge_completion_tokens", "int64"),
+    # batch mode and the response cache (issue 15): `runner/batch.py`, `runner/cache.py`
+    ("batch_id", "string"),
+    ("batch_wall_s", "float64"),
+    ("cache_hit", "bool"),
+    ("cached_latency_s", "float64"),
+    ("cached_ttft_s", "float64"),
+    ("cached_cost_usd", "float64"),
 )
 COLUMNS = tuple(name for name, _ in TYPES)
 
@@ -137,6 +144,12 @@ class Result:
     judge_cost_usd: float | None = None     # llm_judge: what grading this row cost
     judge_prompt_tokens: int | None = None
     judge_completion_tokens: int | None = None
+    batch_id: str | None = None             # the provider batch that answered it
+    batch_wall_s: float | None = None       # that batch's submission to its results
+    cache_hit: bool | None = None           # None: the cache was off
+    cached_latency_s: float | None = None   # a cache hit: the original answer's timings
+    cached_ttft_s: float | None = None
+    cached_cost_usd: float | None = None    # ...and what it cost then (cost_usd is 0)
 
     def as_row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _FIELD_NAMES}

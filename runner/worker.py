@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import anyio
 
 from .budget import Budget, Reservation, known_cost
+from .cache import ResponseCache
 from .checks import Check, evaluate
 from .client import Attempt
 from .collect import Collector
@@ -78,6 +79,8 @@ class RunState:
     interrupted: bool = False
     journal: Journal | None = None                  # reservations made durable before sending
     model_limits: dict[str, Limits] = field(default_factory=dict)  # label -> merged, once
+    batched: frozenset[str] = frozenset()   # providers whose requests go as batches (batch.py)
+    cache: ResponseCache | None = None      # the response cache, when it is on (cache.py)
 
 
 @dataclass(slots=True)
@@ -118,7 +121,11 @@ async def handle(run: RunState, request: Request) -> None:
     call = _call_for(run, request, t_ready)
     result.estimated_cost_usd = call.worst_usd
     try:
-        await _exchange(run, call, functools.partial(_fold_attempt, result))
+        endpoint = run.providers.endpoints[request.model.provider]
+        if run.cache is None or not await run.cache.answer(endpoint, request, result):
+            await _exchange(run, call, functools.partial(_fold_attempt, result))
+            if run.cache is not None:  # a later identical request is answered from it
+                await run.cache.keep(endpoint, request, result)
         if call.refusal is not None:
             _skip(result, *call.refusal)
         checks = run.job.checks.for_prompt(request.prompt_id)
@@ -310,7 +317,8 @@ async def _judge(run: RunState, request: Request, result: Result, check: Check) 
 
 
 def _close_row(run: RunState, result: Result, t_ready: float, started: datetime) -> None:
-    result.wall_s = run.clock() - t_ready - (result.queue_s or 0.0)
+    result.wall_s = None if result.cache_hit else \
+        run.clock() - t_ready - (result.queue_s or 0.0)
     result.started_at = started
     result.ended_at = started + timedelta(seconds=result.wall_s or 0.0)
     _record(run, result)

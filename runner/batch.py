@@ -1,0 +1,541 @@
+"""Batch mode: the planned requests of batched providers in, their rows out, through each
+provider's OpenAI-compatible batch API (`POST /files`, `POST /batches`, polling, output files).
+
+Never paying twice comes first. Before a batch is submitted its worst case (at the batch price)
+is reserved through the run's one budget (`worker._reserve`) and an `intent` line naming its
+requests is fsynced to `batches.jsonl`; the batch id follows in a `submitted` line as soon as
+the provider gives it, before anything else happens. A later `--resume` (after Ctrl-C, kill -9 or
+a lost machine) re-attaches to every batch without a `done` line, takes over its reservation
+(`Budget.adopt`), and never submits its requests again; an intent whose batch id was lost (a
+kill between the provider's answer and our fsync) is found again by the metadata every batch
+carries. Rows are flushed before the `done` line, and the reservation settles (to the sum of the
+rows' costs) after it.
+
+The calls go through `Endpoint.call`, not the openai SDK's `files`/`batches`: the SDK reads a
+file's content whole with no size bound and raises its own error types, where ours bounds every
+read, redacts every string and fails in one line (`ProviderError`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import orjson
+
+from .batch_files import CHAT_URL, Chunk, Read, chunks, input_line, read_output
+from .budget import Reservation, known_cost
+from .client import Endpoint
+from .config import DEFAULT_MAX_RESPONSE_BYTES, Job, Provider, no_batch_api
+from .errors import ConfigError, ProviderError
+from .formatting import usd
+from .plan import Request
+from .pricing import DOCUMENTED_BATCH_DISCOUNTS, batch_price, worst_case_usd
+from .responses import Attempt, label
+from .result import Result
+from .rows import attempt_cost, fold, new_result
+from .rundir import BATCHES, disk_error
+from .worker import RunState, _budget_refusal, _grade, _record, _reserve, _settle, _skip, flush
+
+log = logging.getLogger("runner")
+
+# OpenAI's documented limits of one input file (other providers': batch_options)
+DEFAULT_MAX_REQUESTS = 50_000
+DEFAULT_MAX_BYTES = 200 * 1024 * 1024
+DEFAULT_POLL_S = 5.0
+DEFAULT_POLL_MAX_S = 60.0
+DEFAULT_MAX_WAIT_S = 25 * 3600.0      # the 24 h completion window, and some slack
+CALL_TIMEOUT_S = 120.0
+BATCH_OBJECT_BYTES = 1024 * 1024      # a batch object (or a page of them) is small
+OUTPUT_BYTES_PER_REQUEST = 256 * 1024  # an output file may hold this much per request...
+OUTPUT_MAX_BYTES = 1 << 30             # ...up to this
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+STATUSES = TERMINAL | {"validating", "in_progress", "finalizing", "cancelling"}
+# why a request of a batch that ended this way has no answer line
+UNANSWERED = {"completed": "batch_missing", "failed": "batch_failed", "expired": "batch_expired",
+              "cancelled": "batch_cancelled"}
+
+
+def batched_providers(job: Job, batch_all: bool = False) -> set[str]:
+    """The providers whose requests go through their batch API (`--batch`: every one the job's
+    models use); one line naming the provider when one has no batch API."""
+    names = {m.provider for m in job.models if m.batch or batch_all}
+    for name in sorted(names):
+        if no_batch_api(job.providers[name]):
+            raise ConfigError(f"--batch: provider {name!r} is OpenRouter, which has no batch "
+                              "API: run without --batch, or send those models to a provider "
+                              "that has one")
+    streamed = sorted({m.label for m in job.models if m.provider in names
+                       and m.params.get("stream") is True})
+    if streamed:
+        log.warning("batch mode: stream: true is ignored for %s (a batch answers whole: "
+                    "ttft_s and latency_s are null, batch_wall_s says how long it took)",
+                    ", ".join(streamed))
+    return names
+
+
+def discount(provider: Provider) -> float:
+    """The provider's batch discount: the job's, else the documented one, else none."""
+    if provider.batch_options.discount is not None:
+        return provider.batch_options.discount
+    if provider.simulated:
+        return 0.5
+    host = (provider.base_url or "").split("://", 1)[-1].split("/", 1)[0]
+    return DOCUMENTED_BATCH_DISCOUNTS.get(host, 0.0)
+
+
+# -- the durable record of batches --------------------------------------------------------------
+
+@dataclass(slots=True)
+class Entry:
+    """One batch as `batches.jsonl` tells it."""
+
+    key: str
+    provider: str
+    request_ids: list[str]
+    usd: float
+    serial: int
+    session: int
+    at: float                       # when it was submitted (unix)
+    batch_id: str | None = None
+    done: bool = False
+
+
+class BatchStore:
+    """`batches.jsonl` in the run directory: lines appended and fsynced one by one."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / BATCHES
+
+    def read(self) -> dict[str, Entry]:
+        """Every batch of the run by key (a line cut by a crash is skipped)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise disk_error(exc, self.path) from None
+        entries: dict[str, Entry] = {}
+        for line in data.split(b"\n")[:-1]:
+            try:
+                item = orjson.loads(line)
+                key = item["key"]
+                if item["event"] == "intent":
+                    entries[key] = Entry(key, str(item["provider"]),
+                                         [str(i) for i in item["request_ids"]],
+                                         float(item["usd"]), int(item["serial"]),
+                                         int(item["session"]), float(item["at"]))
+                elif item["event"] == "submitted" and key in entries:
+                    entries[key].batch_id = str(item["batch_id"])
+                elif item["event"] == "done" and key in entries:
+                    entries[key].done = True
+            except (orjson.JSONDecodeError, LookupError, TypeError, ValueError):
+                continue
+        return entries
+
+    def append(self, **item: Any) -> None:
+        """Write one line and fsync it before returning."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, orjson.dumps(item) + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise disk_error(exc, self.path) from None
+
+
+# -- the driver ---------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Flight:
+    """A batch this process follows."""
+
+    key: str
+    provider: str
+    requests: list[Request]
+    estimates: dict[str, float]
+    reservation: Reservation | None
+    at: float
+    batch_id: str | None = None
+    status: str = "submitting"
+    completed: int = 0
+
+
+@dataclass(slots=True)
+class Board:
+    """What the progress line shows about the run's batches."""
+
+    flights: dict[str, Flight] = field(default_factory=dict)
+
+    def line(self) -> str:
+        done = sum(1 for f in self.flights.values() if f.status in TERMINAL)
+        answered = sum(f.completed for f in self.flights.values())
+        total = sum(len(f.requests) for f in self.flights.values())
+        return (f"batches: {len(self.flights) - done} in flight, {done} ended; "
+                f"{answered}/{total} requests answered")
+
+
+async def drive(run: RunState, plan: Iterable[Request], providers: set[str]) -> None:
+    """Send the batched providers' requests of `plan` (those not done before) as batches,
+    re-attaching to those a killed or interrupted process left in flight, and record a row
+    for each request once its batch ends. Returns early, leaving batches in flight for a
+    resume, once the run is stopping."""
+    store = BatchStore(run.collector.run_dir)
+    board = Board()
+    entries = await anyio.to_thread.run_sync(store.read)
+    session = run.journal.session if run.journal is not None else 1
+    by_id = {r.request_id: r for r in plan if r.model.provider in providers}
+    claimed: set[str] = set()
+    async with anyio.create_task_group() as tg:
+        for entry in entries.values():
+            if entry.done or entry.provider not in providers:
+                continue
+            endpoint = run.providers.endpoints[entry.provider]
+            if entry.batch_id is None:
+                entry.batch_id = await _find_lost(endpoint, run.run_id, entry.key)
+                if entry.batch_id is None:
+                    continue  # never submitted: its requests are sent again below
+                await anyio.to_thread.run_sync(functools.partial(
+                    store.append, event="submitted", key=entry.key, batch_id=entry.batch_id))
+            requests = [by_id[i] for i in entry.request_ids if i in by_id]
+            claimed.update(entry.request_ids)
+            reservation = run.budget.adopt(entry.usd, entry.serial, entry.session) \
+                if entry.session != session else None
+            flight = Flight(entry.key, entry.provider, requests,
+                            _estimates(run, requests), reservation, entry.at, entry.batch_id,
+                            status="re-attached")
+            board.flights[flight.key] = flight
+            tg.start_soon(_follow, run, store, board, flight)
+        todo = [r for r in by_id.values()
+                if r.request_id not in run.skip and r.request_id not in claimed]
+        for name in sorted(providers):
+            if run.stopping:
+                break
+            await _submit_all(run, store, board, tg, run.job.providers[name],
+                              [r for r in todo if r.model.provider == name])
+        _show(run, board)
+
+
+def _estimates(run: RunState, requests: list[Request]) -> dict[str, float]:
+    """Each request's worst case at the batch price, as corrected by overruns so far (0 when
+    unknown: without a budget nothing depends on it)."""
+    out: dict[str, float] = {}
+    for request in requests:
+        model = request.model
+        price = run.providers.prices.get((model.provider, model.id))
+        worst = worst_case_usd(request, batch_price(price, discount(
+            run.job.providers[model.provider]))) if price is not None else None
+        out[request.request_id] = run.budget.estimate(model.label, worst or 0.0)
+    return out
+
+
+async def _submit_all(run: RunState, store: BatchStore, board: Board, tg: Any,
+                      provider: Provider, requests: list[Request]) -> None:
+    """Split the provider's requests into batches and submit them one by one."""
+    options = provider.batch_options
+    estimates = _estimates(run, requests)
+    cap = run.job.max_cost_per_request_usd
+    sendable: list[Request] = []
+    for request in requests:
+        if cap is not None and estimates[request.request_id] > cap:
+            _skip_row(run, request, "cost_cap", f"worst-case cost "
+                      f"{usd(estimates[request.request_id])} exceeds max_cost_per_request_usd "
+                      f"{usd(cap)} (lower max_tokens or raise the cap)")
+        else:
+            sendable.append(request)
+    parts, too_large = chunks(provider, sendable,
+                              max_requests=options.max_requests or DEFAULT_MAX_REQUESTS,
+                              max_bytes=options.max_bytes or DEFAULT_MAX_BYTES)
+    for request in too_large:
+        _skip_row(run, request, "payload_too_large", "its batch line is larger than "
+                  "batch_options.max_bytes: raise it or shorten the prompt")
+    for chunk in parts:
+        if run.stopping:
+            return  # not submitted: a resume sends them
+        fitted, total = _fit(run, provider, chunk, estimates)
+        if fitted is None:
+            continue
+        chunk = fitted
+        reservation = await _reserve(run, total)
+        if reservation is None:
+            for request in chunk.requests:
+                _skip_row(run, request, *_budget_refusal(run, estimates[request.request_id]))
+            continue
+        flight = Flight(chunk.key, provider.name, list(chunk.requests),
+                        {r.request_id: estimates[r.request_id] for r in chunk.requests},
+                        reservation, time.time())
+        board.flights[flight.key] = flight
+        session = run.journal.session if run.journal is not None else 1
+        await anyio.to_thread.run_sync(functools.partial(
+            store.append, event="intent", key=chunk.key, provider=provider.name,
+            request_ids=[r.request_id for r in chunk.requests], usd=total,
+            serial=reservation.serial, session=session, at=flight.at))
+        try:
+            flight.batch_id = await _create(run.providers.endpoints[provider.name], run.run_id,
+                                            chunk)
+        except ProviderError as exc:
+            # maybe created, maybe not: the intent stays open (a resume looks for it by its
+            # metadata) and its worst case stays spent; the rows say what happened
+            flight.status = "failed"
+            _settle(run, reservation, None)
+            for request in chunk.requests:
+                _error_row(run, request, flight, "batch_submit", str(exc))
+            await flush(run)
+            continue
+        await anyio.to_thread.run_sync(functools.partial(
+            store.append, event="submitted", key=chunk.key, batch_id=flight.batch_id))
+        flight.status = "validating"
+        _show(run, board)
+        tg.start_soon(_follow, run, store, board, flight)
+
+
+def _fit(run: RunState, provider: Provider, chunk: Chunk, estimates: dict[str, float]
+         ) -> tuple[Chunk | None, float]:
+    """The chunk cut to what the budget can ever fit (the rest become skipped rows), and its
+    worst case."""
+    total = 0.0
+    kept: list[Request] = []
+    for request in chunk.requests:
+        estimate = estimates[request.request_id]
+        if run.budget.could_fit(total + estimate):
+            kept.append(request)
+            total += estimate
+        else:
+            _skip_row(run, request, *_budget_refusal(run, estimate))
+    if not kept:
+        return None, 0.0
+    if len(kept) == len(chunk.requests):
+        return chunk, total
+    data = b"".join(input_line(provider, r) for r in kept)
+    return Chunk(f"{chunk.key}-{len(kept)}", tuple(kept), data), total
+
+
+async def _create(endpoint: Endpoint, run_id: str, chunk: Chunk) -> str:
+    """Upload the chunk's input file and create its batch; the batch id."""
+    form = aiohttp.MultipartWriter("form-data")
+    form.append("batch").set_content_disposition("form-data", name="purpose")
+    form.append(chunk.data, {"Content-Type": "application/jsonl"}).set_content_disposition(
+        "form-data", name="file", filename=f"{chunk.key}.jsonl")
+    file_obj = await _json(endpoint, "POST", "files", form=form,
+                           timeout_s=CALL_TIMEOUT_S + len(chunk.data) / 1e6)
+    file_id = label(file_obj.get("id"))
+    if not file_id:
+        raise ProviderError(f"POST files: no file id in the answer ({_keys(file_obj)})")
+    batch = await _json(endpoint, "POST", "batches", json_body={
+        "input_file_id": file_id, "endpoint": CHAT_URL, "completion_window": "24h",
+        "metadata": {"runner_run": run_id, "runner_chunk": chunk.key}})
+    batch_id = label(batch.get("id"))
+    if not batch_id:
+        raise ProviderError(f"POST batches: no batch id in the answer ({_keys(batch)})")
+    return endpoint.redact.clip(batch_id, 200)
+
+
+async def _find_lost(endpoint: Endpoint, run_id: str, key: str) -> str | None:
+    """The id of the batch created for `key` whose id never reached our file (one page of the
+    provider's latest batches, by the metadata we gave it); None when there is none."""
+    try:
+        page = await _json(endpoint, "GET", "batches?limit=100")
+    except ProviderError as exc:
+        log.warning("batch %s: cannot list the provider's batches (%s); its requests are sent "
+                    "again", key, exc)
+        return None
+    data = page.get("data")
+    for item in data if type(data) is list else ():
+        meta = item.get("metadata") if type(item) is dict else None
+        if type(meta) is dict and meta.get("runner_run") == run_id \
+                and meta.get("runner_chunk") == key:
+            return label(item.get("id"))
+    return None
+
+
+async def _json(endpoint: Endpoint, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    """A JSON object from the batch routes; `ProviderError` (one redacted line) otherwise."""
+    timeout_s = kwargs.pop("timeout_s", CALL_TIMEOUT_S)
+    status, raw = await endpoint.call(method, path, max_bytes=BATCH_OBJECT_BYTES,
+                                      timeout_s=timeout_s, **kwargs)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    if status != 200 or type(body) is not dict:
+        from .responses import error_details
+
+        message, _ = error_details(raw)
+        raise ProviderError(endpoint.redact.clip(
+            f"{method} {path.split('?')[0]}: HTTP {status}: {message or 'no JSON object'}", 500))
+    return body
+
+
+def _keys(obj: dict[str, Any]) -> str:
+    return ", ".join(sorted(str(k) for k in obj)[:10]) or "empty"
+
+
+async def _follow(run: RunState, store: BatchStore, board: Board, flight: Flight) -> None:
+    """Poll the batch until it ends, then record its rows, mark it done and settle."""
+    endpoint = run.providers.endpoints[flight.provider]
+    options = run.job.providers[flight.provider].batch_options
+    wait_s = options.poll_s or DEFAULT_POLL_S
+    max_wait_s = options.max_wait_s or DEFAULT_MAX_WAIT_S
+    assert flight.batch_id is not None
+    obj: dict[str, Any] = {}
+    while True:
+        if run.stopping:
+            return  # left in flight: a resume re-attaches
+        try:
+            obj = await _json(endpoint, "GET", f"batches/{flight.batch_id}")
+        except ProviderError as exc:
+            log.warning("batch %s: %s (asking again)", flight.batch_id, exc)
+            obj = {}
+        status = obj.get("status")
+        if status in STATUSES:
+            flight.status = str(status)
+            counts = obj.get("request_counts")
+            done = counts.get("completed") if type(counts) is dict else None
+            if type(done) is int and 0 <= done <= len(flight.requests):
+                flight.completed = done
+            _show(run, board)
+        if flight.status in TERMINAL:
+            break
+        if time.time() - flight.at > max_wait_s:
+            log.warning("batch %s: not ended after %g s (batch_options.max_wait_s): "
+                        "cancelling it", flight.batch_id, max_wait_s)
+            try:
+                await _json(endpoint, "POST", f"batches/{flight.batch_id}/cancel", json_body={})
+            except ProviderError as exc:
+                log.warning("batch %s: %s", flight.batch_id, exc)
+            flight.status = "cancelled"
+            break
+        await anyio.sleep(wait_s)
+        wait_s = min(wait_s * 1.5, options.poll_max_s or DEFAULT_POLL_MAX_S)
+    read = await _outputs(run, endpoint, flight, obj)
+    await _record_rows(run, store, flight, read)
+    _show(run, board)
+
+
+async def _outputs(run: RunState, endpoint: Endpoint, flight: Flight,
+                   obj: dict[str, Any]) -> Read:
+    """The batch's output and error files, read (bounded) into one attempt per request."""
+    read = Read({}, [])
+    ids = {r.request_id for r in flight.requests}
+    max_bytes = min(OUTPUT_MAX_BYTES, OUTPUT_BYTES_PER_REQUEST * len(ids) + (1 << 20))
+    for key in ("output_file_id", "error_file_id"):
+        file_id = label(obj.get(key))
+        if not file_id:
+            continue
+        try:
+            status, raw = await endpoint.call("GET", f"files/{file_id}/content",
+                                              max_bytes=max_bytes, timeout_s=CALL_TIMEOUT_S * 5)
+        except ProviderError as exc:
+            read.warnings.append(f"{key}: {exc}")
+            continue
+        if status != 200:
+            read.warnings.append(f"{key}: HTTP {status}")
+            continue
+        read_output(raw, ids, max_line_bytes=run.limits.max_response_bytes
+                    or DEFAULT_MAX_RESPONSE_BYTES, into=read)
+    for warning in read.warnings:
+        log.warning("batch %s: %s", flight.batch_id, endpoint.redact.clip(warning, 500))
+    if read.ignored > len(read.warnings):
+        log.warning("batch %s: %d more odd lines ignored", flight.batch_id,
+                    read.ignored - len(read.warnings))
+    for attempt in read.attempts.values():
+        endpoint.seal(attempt)
+    return read
+
+
+async def _record_rows(run: RunState, store: BatchStore, flight: Flight, read: Read) -> None:
+    """One row per request of the batch; flushed, then the `done` line, then the settlement."""
+    price_of = run.providers.prices
+    ended = time.time()
+    total = 0.0
+    for request in flight.requests:
+        if request.request_id in run.skip:
+            continue  # done before (a resume re-attached to a batch already recorded in part)
+        attempt = read.attempts.get(request.request_id)
+        if attempt is None:
+            kind = UNANSWERED.get(flight.status, "batch_missing")
+            attempt = Attempt(http_error=True).fail(
+                kind, f"no answer line for it in batch {flight.batch_id} ({flight.status})")
+        model = request.model
+        price = price_of.get((model.provider, model.id))
+        bprice = batch_price(price, discount(run.job.providers[model.provider])) \
+            if price is not None else None
+        cost, source = attempt_cost(attempt, bprice)
+        if known_cost(cost) is None:
+            cost, source = None, None
+        estimate = flight.estimates.get(request.request_id, 0.0)
+        total += cost if cost is not None else estimate
+        result = new_result(run.run_id, run.job.name, request)
+        result.stream = False
+        result.estimated_cost_usd = estimate
+        result.attempts = 1
+        fold(result, attempt, cost, source, estimate)
+        result.batch_id = flight.batch_id
+        result.batch_wall_s = max(0.0, ended - flight.at)
+        result.started_at = datetime.fromtimestamp(flight.at, UTC)
+        result.ended_at = datetime.fromtimestamp(ended, UTC)
+        checks = run.job.checks.for_prompt(request.prompt_id)
+        if checks:
+            await _grade(run, request, result, checks)
+        _record(run, result)
+    await flush(run)
+    await anyio.to_thread.run_sync(functools.partial(
+        store.append, event="done", key=flight.key, status=flight.status))
+    if flight.reservation is not None:
+        _settle(run, flight.reservation, total if math.isfinite(total) else None)
+
+
+def _skip_row(run: RunState, request: Request, error_type: str, message: str) -> None:
+    result = new_result(run.run_id, run.job.name, request)
+    result.stream = False
+    _skip(result, error_type, message)
+    _record(run, result)
+
+
+def _error_row(run: RunState, request: Request, flight: Flight, error_type: str,
+               message: str) -> None:
+    result: Result = new_result(run.run_id, run.job.name, request)
+    result.stream = False
+    result.error_type, result.error_message = error_type, message
+    result.batch_id = flight.batch_id
+    _record(run, result)
+
+
+def _show(run: RunState, board: Board) -> None:
+    """Tell the progress display about the batches (when it can show them)."""
+    show = getattr(run.progress, "batches", None)
+    if show is not None and board.flights:
+        show(board.line())
+
+
+async def cancel_batches(run_dir: Path, endpoints: dict[str, Endpoint]) -> list[str]:
+    """Cancel every batch of the run without a `done` line; one line per batch."""
+    lines = []
+    for entry in BatchStore(run_dir).read().values():
+        if entry.done or entry.batch_id is None:
+            continue
+        endpoint = endpoints.get(entry.provider)
+        if endpoint is None:
+            lines.append(f"{entry.batch_id}: provider {entry.provider!r} is not in the job")
+            continue
+        try:
+            obj = await _json(endpoint, "POST", f"batches/{entry.batch_id}/cancel",
+                              json_body={})
+            lines.append(f"{entry.batch_id}: {label(obj.get('status')) or 'cancel asked'}")
+        except ProviderError as exc:
+            lines.append(f"{entry.batch_id}: {exc}")
+    return lines
