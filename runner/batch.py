@@ -522,16 +522,22 @@ def _show(run: RunState, board: Board) -> None:
         show(board.line())
 
 
-async def cancel_batches(run_dir: Path, endpoints: dict[str, Endpoint]) -> list[str]:
-    """Cancel every batch of the run without a `done` line; one line per batch."""
+async def cancel_batches(run_dir: Path, run_id: str,
+                         endpoints: dict[str, Endpoint]) -> list[str]:
+    """Cancel every batch of the run without a `done` line (those whose id was lost too, found
+    by their metadata); one line per batch."""
     lines = []
     for entry in BatchStore(run_dir).read().values():
-        if entry.done or entry.batch_id is None:
-            continue
         endpoint = endpoints.get(entry.provider)
-        if endpoint is None:
-            lines.append(f"{entry.batch_id}: provider {entry.provider!r} is not in the job")
+        if entry.done:
             continue
+        if endpoint is None:
+            lines.append(f"{entry.key}: provider {entry.provider!r} is not in the job")
+            continue
+        if entry.batch_id is None:
+            entry.batch_id = await _find_lost(endpoint, run_id, entry.key)
+            if entry.batch_id is None:
+                continue
         try:
             obj = await _json(endpoint, "POST", f"batches/{entry.batch_id}/cancel",
                               json_body={})

@@ -366,7 +366,8 @@ def _cmd_batches(args: argparse.Namespace) -> int:
     async def go() -> list[str]:
         async with AsyncExitStack() as stack:
             providers = await open_providers(stack, job, connections=4)
-            return await cancel_batches(args.run_dir, providers.endpoints)
+            return await cancel_batches(args.run_dir, str(manifest.get("run_id")),
+                                        providers.endpoints)
 
     lines = anyio.run(go)
     for line in lines:
