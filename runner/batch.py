@@ -59,6 +59,8 @@ CALL_TIMEOUT_S = 120.0
 BATCH_OBJECT_BYTES = 1024 * 1024      # a batch object (or a page of them) is small
 OUTPUT_BYTES_PER_REQUEST = 256 * 1024  # an output file may hold this much per request...
 OUTPUT_MAX_BYTES = 1 << 30             # ...up to this
+LIST_PAGES = 50                       # of the provider's batch list, looking for a lost id
+CLOCK_SLACK_S = 300.0                 # our clock against the provider's created_at
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 STATUSES = TERMINAL | {"validating", "in_progress", "finalizing", "cancelling"}
 # why a request of a batch that ended this way has no answer line
@@ -206,9 +208,14 @@ async def drive(run: RunState, plan: Iterable[Request], providers: set[str]) -> 
                 continue
             endpoint = run.providers.endpoints[entry.provider]
             if entry.batch_id is None:
-                entry.batch_id = await _find_lost(endpoint, run.run_id, entry.key)
-                if entry.batch_id is None:
-                    continue  # never submitted: its requests are sent again below
+                entry.batch_id, certain = await _find_lost(endpoint, run.run_id, entry)
+                if entry.batch_id is None:  # never created: its requests are sent again below
+                    if certain and entry.session != session:  # ...and it cost nothing
+                        _settle(run, run.budget.adopt(entry.usd, entry.serial, entry.session),
+                                0.0)
+                        await anyio.to_thread.run_sync(functools.partial(
+                            store.append, event="done", key=entry.key, status="never created"))
+                    continue
                 await anyio.to_thread.run_sync(functools.partial(
                     store.append, event="submitted", key=entry.key, batch_id=entry.batch_id))
             requests = [by_id[i] for i in entry.request_ids if i in by_id]
@@ -344,22 +351,36 @@ async def _create(endpoint: Endpoint, run_id: str, chunk: Chunk) -> str:
     return endpoint.redact.clip(batch_id, 200)
 
 
-async def _find_lost(endpoint: Endpoint, run_id: str, key: str) -> str | None:
-    """The id of the batch created for `key` whose id never reached our file (one page of the
-    provider's latest batches, by the metadata we gave it); None when there is none."""
-    try:
-        page = await _json(endpoint, "GET", "batches?limit=100")
-    except ProviderError as exc:
-        log.warning("batch %s: cannot list the provider's batches (%s); its requests are sent "
-                    "again", key, exc)
-        return None
-    data = page.get("data")
-    for item in data if type(data) is list else ():
-        meta = item.get("metadata") if type(item) is dict else None
-        if type(meta) is dict and meta.get("runner_run") == run_id \
-                and meta.get("runner_chunk") == key:
-            return label(item.get("id"))
-    return None
+async def _find_lost(endpoint: Endpoint, run_id: str, entry: Entry) -> tuple[str | None, bool]:
+    """The id of the batch created for `entry` whose id never reached our file, found by the
+    metadata we gave it in the provider's list of batches (newest first, page by page, back to
+    the ones created before the entry); and whether a None is certain (the list was read back
+    that far: nothing was created, nothing will be billed)."""
+    after = ""
+    for _ in range(LIST_PAGES):
+        try:
+            page = await _json(endpoint, "GET", f"batches?limit=100{after}")
+        except ProviderError as exc:
+            log.warning("batch %s: cannot list the provider's batches (%s); its requests are "
+                        "sent again", entry.key, exc)
+            return None, False
+        data = page.get("data")
+        items = [item for item in data if type(item) is dict] if type(data) is list else []
+        for item in items:
+            meta = item.get("metadata")
+            if type(meta) is dict and meta.get("runner_run") == run_id \
+                    and meta.get("runner_chunk") == entry.key:
+                return label(item.get("id")), True
+        created = [float(item["created_at"]) for item in items
+                   if type(item.get("created_at")) in (int, float)]
+        if page.get("has_more") is not True:
+            return None, True  # read to the end of the list
+        if created and min(created) < entry.at - CLOCK_SLACK_S:
+            return None, True  # read back to batches older than the entry
+        if not items:
+            return None, False
+        after = f"&after={label(items[-1].get('id')) or ''}"
+    return None, False
 
 
 async def _json(endpoint: Endpoint, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -463,8 +484,6 @@ async def _record_rows(run: RunState, store: BatchStore, flight: Flight, read: R
     ended = time.time()
     total = 0.0
     for request in flight.requests:
-        if request.request_id in run.skip:
-            continue  # done before (a resume re-attached to a batch already recorded in part)
         attempt = read.attempts.get(request.request_id)
         if attempt is None:
             kind = UNANSWERED.get(flight.status, "batch_missing")
@@ -479,6 +498,8 @@ async def _record_rows(run: RunState, store: BatchStore, flight: Flight, read: R
             cost, source = None, None
         estimate = flight.estimates.get(request.request_id, 0.0)
         total += cost if cost is not None else estimate
+        if request.request_id in run.skip:
+            continue  # its row was written before a kill cut this batch's `done` line
         result = new_result(run.run_id, run.job.name, request)
         result.stream = False
         result.estimated_cost_usd = estimate
@@ -522,6 +543,12 @@ def _show(run: RunState, board: Board) -> None:
         show(board.line())
 
 
+def batch_summary(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's batches for run.json: id, provider, requests, and whether they ended."""
+    return [{"batch_id": e.batch_id, "provider": e.provider, "requests": len(e.request_ids),
+             "done": e.done} for e in BatchStore(run_dir).read().values()]
+
+
 async def cancel_batches(run_dir: Path, run_id: str,
                          endpoints: dict[str, Endpoint]) -> list[str]:
     """Cancel every batch of the run without a `done` line (those whose id was lost too, found
@@ -535,7 +562,7 @@ async def cancel_batches(run_dir: Path, run_id: str,
             lines.append(f"{entry.key}: provider {entry.provider!r} is not in the job")
             continue
         if entry.batch_id is None:
-            entry.batch_id = await _find_lost(endpoint, run_id, entry.key)
+            entry.batch_id, _ = await _find_lost(endpoint, run_id, entry)
             if entry.batch_id is None:
                 continue
         try:

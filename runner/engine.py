@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .batch import batched_providers, drive
+from .batch import batch_summary, batched_providers, drive
 from .budget import Budget
 from .cache import open_cache
 from .collect import PREPARE_ROWS, Collector
@@ -222,6 +222,9 @@ async def _end(run: RunState, manifest: Manifest, health: Health, status: str,
              "stopped": run.stop_reason, "client": health.report()}
     if run.cache is not None:  # the gates refuse a run that used it (quality_gate)
         facts["cache"] = run.cache.stats()
+    if run.batched:
+        with contextlib.suppress(ResultsError):  # batches.jsonl is the record; this a copy
+            facts["batches"] = batch_summary(run.collector.run_dir)
     if failure is not None:
         facts["error"] = str(failure)
     try:

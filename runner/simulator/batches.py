@@ -167,12 +167,20 @@ class BatchService:
         return web.json_response(self._obj(batch))
 
     async def listing(self, request: web.Request, dialect: Dialect) -> web.Response:
-        """GET /batches: the latest 100, newest first."""
-        batches = sorted(self._batches.values(), key=lambda b: b.created_at, reverse=True)
-        for batch in batches[:100]:
+        """GET /batches?limit=&after=: newest first, a page at a time."""
+        batches = list(reversed(self._batches.values()))  # newest first
+        after = request.query.get("after")
+        if after is not None:
+            ids = [b.id for b in batches]
+            batches = batches[ids.index(after) + 1:] if after in ids else []
+        try:
+            limit = max(1, min(100, int(request.query.get("limit", "20"))))
+        except ValueError:
+            return error_response(400, "limit: must be a number")
+        for batch in batches[:limit]:
             self._advance(batch)
-        return web.json_response({"object": "list", "has_more": len(batches) > 100,
-                                  "data": [self._obj(b) for b in batches[:100]]})
+        return web.json_response({"object": "list", "has_more": len(batches) > limit,
+                                  "data": [self._obj(b) for b in batches[:limit]]})
 
     async def cancel(self, request: web.Request, dialect: Dialect) -> web.Response:
         """POST /batches/{id}/cancel: unanswered lines are never answered (nor billed)."""
