@@ -77,7 +77,9 @@ def request_key(endpoint: Endpoint, request: Request) -> str:
     from .client import build_body
 
     body = build_body(endpoint.provider, request, bool(request.params.get("stream", True)))
-    digest = hashlib.sha256(f"{endpoint.base_url}chat/completions\n".encode())
+    # the embedded simulator listens on a new port each run: it is named, not addressed
+    where = "simulated" if endpoint.provider.simulated else endpoint.base_url
+    digest = hashlib.sha256(f"{where}chat/completions\n".encode())
     digest.update(body)
     digest.update(f"\nrepeat {request.repeat}".encode())
     return digest.hexdigest()

@@ -370,3 +370,32 @@ def test_batch_on_openrouter_is_one_line_and_streaming_is_said_to_be_ignored(
     assert "stream: true is ignored for sim/fast-mini" in err
     df = runner.read_results(results_dir / "s")
     assert df["batch_id"].notna().all() and df["ttft_s"].isna().all()
+
+
+def test_input_files_are_split_by_the_providers_limits(write_job: Callable[..., Path]) -> None:
+    from runner.batch_files import chunks, input_line
+
+    job = runner.load_job(write_job("""
+        name: split
+        provider: simulated
+        models: [sim/fast-mini]
+        prompts: [short, "a much longer prompt {{ n }}"]
+        vars: {n: [1, 2, 3]}
+        params: {max_tokens: 8}
+        repeats: 5
+    """))
+    requests = list(Plan(job))
+    provider = job.providers["simulated"]
+    sizes = [len(input_line(provider, r)) for r in requests]
+    parts, too_large = chunks(provider, requests, max_requests=4, max_bytes=10**9)
+    assert [len(p.requests) for p in parts] == [4, 4, 4, 4, 4]
+    parts, too_large = chunks(provider, requests, max_requests=100, max_bytes=3 * max(sizes))
+    assert all(len(p.data) <= 3 * max(sizes) for p in parts) and len(parts) >= 7
+    assert [r for p in parts for r in p.requests] == requests and not too_large
+    for part in parts:  # each file: one JSON line per request, custom_id = request id
+        lines = [orjson.loads(line) for line in part.data.splitlines()]
+        assert [line["custom_id"] for line in lines] == [r.request_id for r in part.requests]
+        assert {line["url"] for line in lines} == {"/v1/chat/completions"}
+        assert not any(line["body"]["stream"] for line in lines)
+    parts, too_large = chunks(provider, requests, max_requests=100, max_bytes=min(sizes))
+    assert too_large and all(len(p.data) <= min(sizes) for p in parts)

@@ -82,6 +82,20 @@ def test_a_second_quickstart_with_cache_sends_no_request_and_says_so(
     assert (merged["response_text_2"] == merged["response_text"]).all()
 
 
+def test_the_shipped_quickstart_is_answered_from_the_cache_the_second_time(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As shipped (its simulator embedded, on a new port each run)."""
+    out = tmp_path / "results"
+    argv = ["run", str(ROOT / "jobs" / "quickstart.yaml"), "--cache", "--quiet", "--out",
+            str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "no request was sent" in capsys.readouterr().out
+    second = runner.read_results(sorted((out / "quickstart").iterdir())[-1])
+    assert second["cache_hit"].all() and second["latency_s"].isna().all()
+
+
 def test_the_cache_is_off_unless_asked(tmp_path: Path, simulator: tuple[Simulator, Path],
                                        _cache_dir: Path) -> None:
     sim, log = simulator
