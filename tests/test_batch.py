@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 import runner
-from runner.batch_files import read_output
+from runner.batch.files import read_output
 from runner.cli import main
 from runner.plan import Plan
 from runner.simulator import read_bill
@@ -373,7 +373,7 @@ def test_batch_on_openrouter_is_one_line_and_streaming_is_said_to_be_ignored(
 
 
 def test_input_files_are_split_by_the_providers_limits(write_job: Callable[..., Path]) -> None:
-    from runner.batch_files import chunks, input_line
+    from runner.batch.files import chunks, input_line
 
     job = runner.load_job(write_job("""
         name: split

@@ -1,5 +1,4 @@
-"""Batch mode: the planned requests of batched providers in, their rows out, through each
-provider's OpenAI-compatible batch API (`POST /files`, `POST /batches`, polling, output files).
+"""Batch mode's driver: the planned requests of batched providers in, their rows out.
 
 Never paying twice comes first. Before a batch is submitted its worst case (at the batch price)
 is reserved through the run's one budget (`worker._reserve`) and an `intent` line naming its
@@ -10,10 +9,6 @@ a lost machine) re-attaches to every batch without a `done` line, takes over its
 kill between the provider's answer and our fsync) is found again by the metadata every batch
 carries. Rows are flushed before the `done` line, and the reservation settles (to the sum of the
 rows' costs) after it.
-
-The calls go through `Endpoint.call`, not the openai SDK's `files`/`batches`: the SDK reads a
-file's content whole with no size bound and raises its own error types, where ours bounds every
-read, redacts every string and fails in one line (`ProviderError`).
 """
 
 from __future__ import annotations
@@ -21,31 +16,28 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anyio
-import orjson
 
-from .batch_files import CHAT_URL, Chunk, Read, chunks, input_line, read_output
-from .budget import Reservation, known_cost
-from .client import Endpoint
-from .config import DEFAULT_MAX_RESPONSE_BYTES, Job, Provider, no_batch_api
-from .errors import ConfigError, ProviderError
-from .formatting import usd
-from .plan import Request
-from .pricing import DOCUMENTED_BATCH_DISCOUNTS, batch_price, worst_case_usd
-from .responses import Attempt, label
-from .result import Result
-from .rows import attempt_cost, fold, new_result
-from .rundir import BATCHES, disk_error
-from .worker import RunState, _budget_refusal, _grade, _record, _reserve, _settle, _skip, flush
+from ..budget import Reservation, known_cost
+from ..client import Endpoint
+from ..config import DEFAULT_MAX_RESPONSE_BYTES, Job, Provider, no_batch_api
+from ..errors import ConfigError, ProviderError
+from ..formatting import usd
+from ..plan import Request
+from ..pricing import DOCUMENTED_BATCH_DISCOUNTS, batch_price, worst_case_usd
+from ..responses import Attempt
+from ..result import Result
+from ..rows import attempt_cost, fold, new_result
+from ..worker import RunState, _budget_refusal, _grade, _record, _reserve, _settle, _skip, flush
+from .api import CALL_TIMEOUT_S, STATUSES, call_json, create, find_lost, safe_id
+from .files import Chunk, Read, chunks, input_line, read_output
+from .store import BatchStore
 
 log = logging.getLogger("runner")
 
@@ -55,14 +47,9 @@ DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 DEFAULT_POLL_S = 5.0
 DEFAULT_POLL_MAX_S = 60.0
 DEFAULT_MAX_WAIT_S = 25 * 3600.0      # the 24 h completion window, and some slack
-CALL_TIMEOUT_S = 120.0
-BATCH_OBJECT_BYTES = 1024 * 1024      # a batch object (or a page of them) is small
 OUTPUT_BYTES_PER_REQUEST = 256 * 1024  # an output file may hold this much per request...
 OUTPUT_MAX_BYTES = 1 << 30             # ...up to this
-LIST_PAGES = 50                       # of the provider's batch list, looking for a lost id
-CLOCK_SLACK_S = 300.0                 # our clock against the provider's created_at
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-STATUSES = TERMINAL | {"validating", "in_progress", "finalizing", "cancelling"}
 # why a request of a batch that ended this way has no answer line
 UNANSWERED = {"completed": "batch_missing", "failed": "batch_failed", "expired": "batch_expired",
               "cancelled": "batch_cancelled"}
@@ -94,70 +81,6 @@ def discount(provider: Provider) -> float:
         return 0.5
     host = (provider.base_url or "").split("://", 1)[-1].split("/", 1)[0]
     return DOCUMENTED_BATCH_DISCOUNTS.get(host, 0.0)
-
-
-# -- the durable record of batches --------------------------------------------------------------
-
-@dataclass(slots=True)
-class Entry:
-    """One batch as `batches.jsonl` tells it."""
-
-    key: str
-    provider: str
-    request_ids: list[str]
-    usd: float
-    serial: int
-    session: int
-    at: float                       # when it was submitted (unix)
-    batch_id: str | None = None
-    done: bool = False
-
-
-class BatchStore:
-    """`batches.jsonl` in the run directory: lines appended and fsynced one by one."""
-
-    __slots__ = ("path",)
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / BATCHES
-
-    def read(self) -> dict[str, Entry]:
-        """Every batch of the run by key (a line cut by a crash is skipped)."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise disk_error(exc, self.path) from None
-        entries: dict[str, Entry] = {}
-        for line in data.split(b"\n")[:-1]:
-            try:
-                item = orjson.loads(line)
-                key = item["key"]
-                if item["event"] == "intent":
-                    entries[key] = Entry(key, str(item["provider"]),
-                                         [str(i) for i in item["request_ids"]],
-                                         float(item["usd"]), int(item["serial"]),
-                                         int(item["session"]), float(item["at"]))
-                elif item["event"] == "submitted" and key in entries:
-                    entries[key].batch_id = str(item["batch_id"])
-                elif item["event"] == "done" and key in entries:
-                    entries[key].done = True
-            except (orjson.JSONDecodeError, LookupError, TypeError, ValueError):
-                continue
-        return entries
-
-    def append(self, **item: Any) -> None:
-        """Write one line and fsync it before returning."""
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, orjson.dumps(item) + b"\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise disk_error(exc, self.path) from None
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -208,7 +131,7 @@ async def drive(run: RunState, plan: Iterable[Request], providers: set[str]) -> 
                 continue
             endpoint = run.providers.endpoints[entry.provider]
             if entry.batch_id is None:
-                entry.batch_id, certain = await _find_lost(endpoint, run.run_id, entry)
+                entry.batch_id, certain = await find_lost(endpoint, run.run_id, entry)
                 if entry.batch_id is None:  # never created: its requests are sent again below
                     if certain and entry.session != session:  # ...and it cost nothing
                         _settle(run, run.budget.adopt(entry.usd, entry.serial, entry.session),
@@ -292,7 +215,7 @@ async def _submit_all(run: RunState, store: BatchStore, board: Board, tg: Any,
             request_ids=[r.request_id for r in chunk.requests], usd=total,
             serial=reservation.serial, session=session, at=flight.at))
         try:
-            flight.batch_id = await _create(run.providers.endpoints[provider.name], run.run_id,
+            flight.batch_id = await create(run.providers.endpoints[provider.name], run.run_id,
                                             chunk)
         except ProviderError as exc:
             # maybe created, maybe not: the intent stays open (a resume looks for it by its
@@ -331,80 +254,6 @@ def _fit(run: RunState, provider: Provider, chunk: Chunk, estimates: dict[str, f
     return Chunk(f"{chunk.key}-{len(kept)}", tuple(kept), data), total
 
 
-async def _create(endpoint: Endpoint, run_id: str, chunk: Chunk) -> str:
-    """Upload the chunk's input file and create its batch; the batch id."""
-    form = aiohttp.MultipartWriter("form-data")
-    form.append("batch").set_content_disposition("form-data", name="purpose")
-    form.append(chunk.data, {"Content-Type": "application/jsonl"}).set_content_disposition(
-        "form-data", name="file", filename=f"{chunk.key}.jsonl")
-    file_obj = await _json(endpoint, "POST", "files", form=form,
-                           timeout_s=CALL_TIMEOUT_S + len(chunk.data) / 1e6)
-    file_id = label(file_obj.get("id"))
-    if not file_id:
-        raise ProviderError(f"POST files: no file id in the answer ({_keys(file_obj)})")
-    batch = await _json(endpoint, "POST", "batches", json_body={
-        "input_file_id": file_id, "endpoint": CHAT_URL, "completion_window": "24h",
-        "metadata": {"runner_run": run_id, "runner_chunk": chunk.key}})
-    batch_id = label(batch.get("id"))
-    if not batch_id:
-        raise ProviderError(f"POST batches: no batch id in the answer ({_keys(batch)})")
-    return endpoint.redact.clip(batch_id, 200)
-
-
-async def _find_lost(endpoint: Endpoint, run_id: str, entry: Entry) -> tuple[str | None, bool]:
-    """The id of the batch created for `entry` whose id never reached our file, found by the
-    metadata we gave it in the provider's list of batches (newest first, page by page, back to
-    the ones created before the entry); and whether a None is certain (the list was read back
-    that far: nothing was created, nothing will be billed)."""
-    after = ""
-    for _ in range(LIST_PAGES):
-        try:
-            page = await _json(endpoint, "GET", f"batches?limit=100{after}")
-        except ProviderError as exc:
-            log.warning("batch %s: cannot list the provider's batches (%s); its requests are "
-                        "sent again", entry.key, exc)
-            return None, False
-        data = page.get("data")
-        items = [item for item in data if type(item) is dict] if type(data) is list else []
-        for item in items:
-            meta = item.get("metadata")
-            if type(meta) is dict and meta.get("runner_run") == run_id \
-                    and meta.get("runner_chunk") == entry.key:
-                return label(item.get("id")), True
-        created = [float(item["created_at"]) for item in items
-                   if type(item.get("created_at")) in (int, float)]
-        if page.get("has_more") is not True:
-            return None, True  # read to the end of the list
-        if created and min(created) < entry.at - CLOCK_SLACK_S:
-            return None, True  # read back to batches older than the entry
-        if not items:
-            return None, False
-        after = f"&after={label(items[-1].get('id')) or ''}"
-    return None, False
-
-
-async def _json(endpoint: Endpoint, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-    """A JSON object from the batch routes; `ProviderError` (one redacted line) otherwise."""
-    timeout_s = kwargs.pop("timeout_s", CALL_TIMEOUT_S)
-    status, raw = await endpoint.call(method, path, max_bytes=BATCH_OBJECT_BYTES,
-                                      timeout_s=timeout_s, **kwargs)
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        body = None
-    if status != 200 or type(body) is not dict:
-        from .responses import error_details
-
-        message, _ = error_details(raw)
-        raise ProviderError(endpoint.redact.clip(
-            f"{method} {path.split('?')[0]}: HTTP {status}: {message or 'no JSON object'}", 500))
-    return body
-
-
-def _keys(obj: dict[str, Any]) -> str:
-    return ", ".join(sorted(str(k) for k in obj)[:10]) or "empty"
-
-
 async def _follow(run: RunState, store: BatchStore, board: Board, flight: Flight) -> None:
     """Poll the batch until it ends, then record its rows, mark it done and settle."""
     endpoint = run.providers.endpoints[flight.provider]
@@ -417,7 +266,7 @@ async def _follow(run: RunState, store: BatchStore, board: Board, flight: Flight
         if run.stopping:
             return  # left in flight: a resume re-attaches
         try:
-            obj = await _json(endpoint, "GET", f"batches/{flight.batch_id}")
+            obj = await call_json(endpoint, "GET", f"batches/{flight.batch_id}")
         except ProviderError as exc:
             log.warning("batch %s: %s (asking again)", flight.batch_id, exc)
             obj = {}
@@ -435,7 +284,7 @@ async def _follow(run: RunState, store: BatchStore, board: Board, flight: Flight
             log.warning("batch %s: not ended after %g s (batch_options.max_wait_s): "
                         "cancelling it", flight.batch_id, max_wait_s)
             try:
-                await _json(endpoint, "POST", f"batches/{flight.batch_id}/cancel", json_body={})
+                await call_json(endpoint, "POST", f"batches/{flight.batch_id}/cancel", json_body={})
             except ProviderError as exc:
                 log.warning("batch %s: %s", flight.batch_id, exc)
             flight.status = "cancelled"
@@ -454,7 +303,7 @@ async def _outputs(run: RunState, endpoint: Endpoint, flight: Flight,
     ids = {r.request_id for r in flight.requests}
     max_bytes = min(OUTPUT_MAX_BYTES, OUTPUT_BYTES_PER_REQUEST * len(ids) + (1 << 20))
     for key in ("output_file_id", "error_file_id"):
-        file_id = label(obj.get(key))
+        file_id = safe_id(obj.get(key))
         if not file_id:
             continue
         try:
@@ -543,32 +392,3 @@ def _show(run: RunState, board: Board) -> None:
         show(board.line())
 
 
-def batch_summary(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's batches for run.json: id, provider, requests, and whether they ended."""
-    return [{"batch_id": e.batch_id, "provider": e.provider, "requests": len(e.request_ids),
-             "done": e.done} for e in BatchStore(run_dir).read().values()]
-
-
-async def cancel_batches(run_dir: Path, run_id: str,
-                         endpoints: dict[str, Endpoint]) -> list[str]:
-    """Cancel every batch of the run without a `done` line (those whose id was lost too, found
-    by their metadata); one line per batch."""
-    lines = []
-    for entry in BatchStore(run_dir).read().values():
-        endpoint = endpoints.get(entry.provider)
-        if entry.done:
-            continue
-        if endpoint is None:
-            lines.append(f"{entry.key}: provider {entry.provider!r} is not in the job")
-            continue
-        if entry.batch_id is None:
-            entry.batch_id, _ = await _find_lost(endpoint, run_id, entry)
-            if entry.batch_id is None:
-                continue
-        try:
-            obj = await _json(endpoint, "POST", f"batches/{entry.batch_id}/cancel",
-                              json_body={})
-            lines.append(f"{entry.batch_id}: {label(obj.get('status')) or 'cancel asked'}")
-        except ProviderError as exc:
-            lines.append(f"{entry.batch_id}: {exc}")
-    return lines

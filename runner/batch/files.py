@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import orjson
 
-from .client import build_body, classify_status
-from .config import Provider
-from .plan import Request
-from .responses import (
+from ..client import build_body, classify_status
+from ..config import Provider
+from ..plan import Request
+from ..responses import (
     Attempt,
     Malformed,
     error_fields,
