@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .batch import batch_summary, batched_providers, drive
+from .batch import batch_summary, batched_providers, drive, open_batch_providers
 from .budget import Budget
 from .cache import open_cache
 from .collect import PREPARE_ROWS, Collector
@@ -108,6 +108,7 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
             run_dir = find_run_dir(root, job.name, str(resume))
             locks.enter_context(RunLock(run_dir))
             previous = load_previous(run_dir, job, force=force)
+            batched |= open_batch_providers(run_dir) & set(job.providers)
         async with AsyncExitStack() as stack:
             providers = await open_providers(stack, job, connections=limits.concurrency or 1,
                                              clock=clock, refresh_prices=refresh_prices,

@@ -399,3 +399,35 @@ def test_input_files_are_split_by_the_providers_limits(write_job: Callable[..., 
         assert not any(line["body"]["stream"] for line in lines)
     parts, too_large = chunks(provider, requests, max_requests=100, max_bytes=min(sizes))
     assert too_large and all(len(p.data) <= min(sizes) for p in parts)
+
+
+def test_a_resume_without_batch_still_follows_the_batches_in_flight(
+        write_job: Callable[..., Path], results_dir: Path, tmp_path: Path) -> None:
+    batch_log, chat_log = tmp_path / "submissions.jsonl", tmp_path / "chat.jsonl"
+    with _simulate("--batch-delay-s", "2", "--batch-log", str(batch_log),
+                   "--request-log", str(chat_log)) as url:
+        path = write_job(f"""
+            name: flag
+            providers:
+              sim: {{base_url: "{url}", openrouter: false,
+                     batch_options: {{poll_s: 0.1, discount: 0.5}}}}
+            provider: sim
+            models: [sim/fast-mini]
+            prompts: [a, b]
+            params: {{max_tokens: 8}}
+            repeats: 5
+        """)
+        first = _runner("run", str(path), "--batch", "--out", str(results_dir), "--quiet")
+        job_dir = results_dir / "flag"
+        _wait_for(lambda: any(b"submitted" in p.read_bytes()
+                              for p in job_dir.glob("*/batches.jsonl"))
+                  or first.poll() is not None)
+        first.kill()
+        first.communicate()
+        resumed = _runner("run", str(path), "--out", str(results_dir), "--resume", "--quiet")
+        _, err = resumed.communicate(timeout=60)
+        assert resumed.returncode == 0, err
+    assert len(_batches(batch_log)) == 1
+    assert not chat_log.exists() or not chat_log.read_text().strip()  # none sent by chat
+    df = pd.read_parquet(next(job_dir.iterdir()) / "requests.parquet")
+    assert len(df) == 10 and set(df["status"]) == {"ok"} and df["batch_id"].notna().all()

@@ -10,6 +10,7 @@ provider's OpenAI-compatible batch API (half price, answers within 24 hours).
 
 from .api import cancel_batches
 from .driver import batched_providers, drive
-from .store import batch_summary
+from .store import batch_summary, open_batch_providers
 
-__all__ = ["batch_summary", "batched_providers", "cancel_batches", "drive"]
+__all__ = ["batch_summary", "batched_providers", "cancel_batches", "drive",
+           "open_batch_providers"]

@@ -82,3 +82,9 @@ def batch_summary(run_dir: Path) -> list[dict[str, Any]]:
     """The run's batches for run.json: id, provider, requests, and whether they ended."""
     return [{"batch_id": e.batch_id, "provider": e.provider, "requests": len(e.request_ids),
              "done": e.done} for e in BatchStore(run_dir).read().values()]
+
+
+def open_batch_providers(run_dir: Path) -> set[str]:
+    """The providers of the run's batches without a `done` line: a resume follows them in batch
+    mode even without `--batch` (else their requests would be sent again, and paid twice)."""
+    return {e.provider for e in BatchStore(run_dir).read().values() if not e.done}
