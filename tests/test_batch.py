@@ -81,7 +81,10 @@ def _runner(*args: str) -> subprocess.Popen[str]:
 def _submissions(log: Path) -> list[dict[str, object]]:
     if not log.exists():
         return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    out = []
+    for line in log.read_bytes().split(b"\n")[:-1]:  # the last line may still be written
+        out.append(json.loads(line))
+    return out
 
 
 def _batches(log: Path) -> list[dict[str, object]]:
@@ -112,7 +115,7 @@ def _big_job(write_job: Callable[..., Path], url: str, *, repeats: int = 500,
 def test_a_killed_10k_batch_run_resumes_without_a_second_submission(
         write_job: Callable[..., Path], results_dir: Path, tmp_path: Path) -> None:
     batch_log, bill = tmp_path / "submissions.jsonl", tmp_path / "bill.jsonl"
-    with _simulate("--batch-delay-s", "3", "--batch-log", str(batch_log),
+    with _simulate("--batch-delay-s", "5", "--batch-log", str(batch_log),
                    "--bill", str(bill)) as url:
         path = _big_job(write_job, url)
         planned = {r.request_id for r in Plan(runner.load_job(path))}
