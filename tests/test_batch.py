@@ -368,9 +368,10 @@ def test_batch_on_openrouter_is_one_line_and_streaming_is_said_to_be_ignored(
         params: {max_tokens: 8, stream: true}
         providers: {simulated: {batch_options: {poll_s: 0.01}}}
     """)
-    assert main(["run", "--batch", "--quiet", "--out", str(results_dir), str(path)]) == 0
-    err = capsys.readouterr().err
+    assert main(["run", "--batch", "--out", str(results_dir), str(path)]) == 0
+    out, err = capsys.readouterr()
     assert "stream: true is ignored for sim/fast-mini" in err
+    assert "batches: 0 in flight, 1 ended; 1/1 requests answered" in out  # the progress
     df = runner.read_results(results_dir / "s")
     assert df["batch_id"].notna().all() and df["ttft_s"].isna().all()
 
