@@ -435,3 +435,29 @@ def test_a_resume_without_batch_still_follows_the_batches_in_flight(
     assert not chat_log.exists() or not chat_log.read_text().strip()  # none sent by chat
     df = pd.read_parquet(next(job_dir.iterdir()) / "requests.parquet")
     assert len(df) == 10 and set(df["status"]) == {"ok"} and df["batch_id"].notna().all()
+
+
+def test_a_long_output_line_is_its_requests_error_row() -> None:
+    line = b'{"custom_id": "x", "response": {"status_code": 200, "body": {"pad": "' + \
+        b"y" * 5000 + b'"}}}'
+    read = read_output(line, {"x"}, max_line_bytes=1000)
+    assert read.attempts["x"].error_type == "too_large"
+
+
+async def test_an_output_file_past_its_bound_is_one_line_not_a_read(
+        canned: Callable[..., object], write_job: Callable[..., Path]) -> None:
+    from runner.batch.api import call_json
+    from runner.client import Endpoint
+    from runner.errors import ProviderError
+
+    url = await canned((200, {}, b"{" + b" " * 4_000_000 + b"}"))  # type: ignore[misc]
+    job = runner.load_job(write_job(f"""
+        name: t
+        providers: {{big: {{base_url: "{url}", openrouter: false}}}}
+        provider: big
+        models: [m/a]
+        prompts: [hi]
+    """))
+    async with Endpoint(job.providers["big"], url, "EMPTY", connections=1) as endpoint:
+        with pytest.raises(ProviderError, match="larger than 1048576 bytes"):
+            await call_json(endpoint, "GET", "batches/b-1")
