@@ -22,6 +22,7 @@ EPSILON_USD = 1e-12  # float noise, not money
 class Reservation:
     usd: float
     serial: int = 0     # this run's number for it: the spend journal pairs reserve and settle
+    session: int = 0    # the process that made it, when not this one (`Budget.adopt`)
 
 
 def known_cost(value: object) -> float | None:
@@ -67,6 +68,15 @@ class Budget:
         self.reserved_total_usd += worst_case_usd
         self._serial += 1
         return Reservation(worst_case_usd, self._serial)
+
+    def adopt(self, usd: float, serial: int, session: int) -> Reservation:
+        """Take over an unsettled reservation an earlier process of the run made (a batch it
+        submitted): counted as spent when this one started, it is held as in flight again, so
+        settling it counts what the batch really cost."""
+        self.spent_usd = max(0.0, self.spent_usd - usd)
+        self.reserved_usd += usd
+        self.reserved_total_usd += usd
+        return Reservation(usd, serial, session)
 
     def could_fit(self, worst_case_usd: float) -> bool:
         """Whether the reservation would fit once every in-flight attempt has settled.

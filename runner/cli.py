@@ -83,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--html", nargs="?", const="", metavar="PATH",
                      help="write the HTML report (default: report.html in the run directory)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--batch", action="store_true",
+                     help="send every model's requests through its provider's batch API "
+                     "(cheaper, answers within 24 h; not OpenRouter)")
+    run.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
+                     help="answer identical requests from the response cache (default: the "
+                     "job's cache:, off)")
+    run.add_argument("--allow-cache", action="store_true",
+                     help="let --fail-under/--baseline judge a run that used the cache")
 
     validate = sub.add_parser("validate", help="check a job file without sending anything")
     validate.add_argument("job", type=Path)
@@ -116,6 +124,22 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--request-log", type=Path, help="append one JSON line per request")
     sim.add_argument("--bill", type=Path, metavar="PATH",
                      help="append one JSON line per request as it ends: what it cost")
+
+    sim.add_argument("--batch-delay-s", type=float, default=0.0,
+                     help="seconds from a batch's creation to its results (default 0)")
+    sim.add_argument("--batch-expire", action="store_true",
+                     help="end every batch `expired`, half its lines answered")
+    sim.add_argument("--batch-line-error-rate", type=float, default=0.0, metavar="RATE",
+                     help="batch lines answered with an error (0..1)")
+    sim.add_argument("--batch-log", type=Path, metavar="PATH",
+                     help="append one JSON line per batch file upload and batch creation")
+
+    batches = sub.add_parser("batches", help="the provider batches of a run (batch mode)")
+    batches.add_argument("action", choices=["cancel"])
+    batches.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+
+    cache = sub.add_parser("cache", help="the response cache (--cache)")
+    cache.add_argument("action", choices=["info", "clear"])
 
     models = sub.add_parser("models", help="list providers' models and prices")
     models.add_argument("--provider", help="openrouter or simulated, or a job's provider with "
@@ -180,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler = {"run": _cmd_run, "validate": _cmd_validate, "plan": _cmd_plan,
                    "simulate": _cmd_simulate, "models": _cmd_models, "report": _cmd_report,
-                   "compare": _cmd_compare}[args.command]
+                   "compare": _cmd_compare, "batches": _cmd_batches,
+                   "cache": _cmd_cache}[args.command]
         with warnings.catch_warnings():
             # ours (an unreadable result file, ...) are lines for the user, whatever the
             # interpreter's warning filters say
@@ -289,13 +314,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
                              refresh_prices=args.refresh_prices, resume=args.resume,
                              retry_errors=args.retry_errors, force=args.force,
                              handle_signals=True, grace_s=args.grace_s,
-                             on_stopping=_say_stopping)
+                             on_stopping=_say_stopping, batch=args.batch, cache=args.cache)
 
     if (args.retry_errors or args.force) and args.resume is None:
         raise ConfigError("--retry-errors and --force only apply with --resume")
     gate = _gate(args, job)
     outcome = anyio.run(go)
     print_summary(outcome)
+    _say_cache(outcome.manifest.get("cache"), outcome.counts)
     if outcome.status == "interrupted":
         print(f"runner: interrupted; continue with: runner run {args.job} --resume "
               f"{outcome.run_dir}", file=sys.stderr)
@@ -310,6 +336,68 @@ def _cmd_run(args: argparse.Namespace) -> int:
               "(see cost_over_estimate in the rows)", file=sys.stderr)
         return EXIT_OVERSPENT
     return code
+
+
+def _say_cache(stats: Any, counts: dict[str, int]) -> None:
+    """One line on what the response cache did, when it was on."""
+    if not isinstance(stats, dict):
+        return
+    hits, rows = int(stats.get("hits") or 0), sum(counts.values())
+    sent = "no request was sent" if hits == rows else f"{rows - hits} requests went out"
+    print(f"cache: {hits} of {rows} requests answered from the response cache ({sent}; "
+          f"{stats.get('stored', 0)} answers stored in {stats.get('path')})")
+
+
+def _cmd_batches(args: argparse.Namespace) -> int:
+    """`runner batches cancel RUN_DIR`: cancel the run's batches still in flight."""
+    import json
+    from contextlib import AsyncExitStack
+
+    import anyio
+
+    from .batch import cancel_batches
+    from .config import load_job
+    from .errors import ResultsError
+    from .providers import open_providers
+    from .rundir import RUN_JSON
+
+    try:
+        manifest = json.loads((args.run_dir / RUN_JSON).read_text())
+        job = load_job(manifest["job_file"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ResultsError(f"{args.run_dir}: not a run directory whose job file is still "
+                           "there (run.json names it)") from None
+
+    async def go() -> list[str]:
+        async with AsyncExitStack() as stack:
+            providers = await open_providers(stack, job, connections=4)
+            return await cancel_batches(args.run_dir, str(manifest.get("run_id")),
+                                        providers.endpoints)
+
+    lines = anyio.run(go)
+    for line in lines:
+        print(line)
+    if not lines:
+        print(f"{args.run_dir}: no batch in flight")
+    return EXIT_OK
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    """`runner cache info|clear`."""
+    from .cache import FILE_NAME, ResponseCache, cache_dir, max_bytes
+    from .formatting import whole
+
+    store = ResponseCache(cache_dir() / FILE_NAME, max_bytes())
+    try:
+        if args.action == "clear":
+            print(f"cache: {store.clear()} answers removed from {store.path}")
+        else:
+            info = store.info()
+            print(f"cache: {info['path']}: {whole(info['answers'])} answers, "
+                  f"{info['bytes'] / 1e6:.1f} MB of {info['max_bytes'] / 1e6:.0f} MB")
+    finally:
+        store.close()
+    return EXIT_OK
 
 
 def _say_stopping(grace_s: float) -> None:
@@ -333,7 +421,7 @@ def _gate(args: argparse.Namespace, job: Any) -> Any:
     if args.max_regression and args.baseline is None:
         raise ConfigError("--max-regression only applies with --baseline")
     thresholds = _thresholds(args.max_regression) if args.baseline else None
-    return Gate(args.fail_under, args.baseline, thresholds)
+    return Gate(args.fail_under, args.baseline, thresholds, allow_cache=args.allow_cache)
 
 
 def _thresholds(text: str) -> Any:
@@ -381,6 +469,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     import signal
 
     from .simulator import DEFAULT_MODELS, Faults, serve
+    from .simulator.batches import BatchSettings
 
     rates = {f"{name}_rate": getattr(args, f"{name}_rate") for name in _FAULT_NAMES}
     try:
@@ -408,7 +497,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         # plain asyncio cancel, so the server's own clean-up still runs)
         serving = asyncio.ensure_future(serve(
             models, host=args.host, port=args.port, seed=args.seed,
-            request_log=args.request_log, on_ready=ready, bill=args.bill))
+            request_log=args.request_log, on_ready=ready, bill=args.bill,
+            batches=BatchSettings(args.batch_delay_s, args.batch_expire,
+                                  args.batch_line_error_rate),
+            batch_log=args.batch_log))
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, serving.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await serving

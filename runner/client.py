@@ -168,6 +168,36 @@ class Endpoint:
             raise self._no_catalogue(url, "JSON without a `data` list")
         return [entry for entry in data if type(entry) is dict]
 
+    async def call(self, method: str, path: str, *, json_body: Any = None,
+                   form: aiohttp.MultipartWriter | None = None, max_bytes: int,
+                   timeout_s: float) -> tuple[int, bytes]:
+        """One call to another route of the provider's API (`files`, `batches`): its status and
+        body, read up to `max_bytes` (decompressed). No answer, a redirect or a larger body is
+        a `ProviderError` of one redacted line; a status is the caller's to judge."""
+        url = f"{self._base}/{path.lstrip('/')}"
+        what = f"{method} {url}"
+        kwargs: dict[str, Any] = {"json": json_body} if json_body is not None else \
+            {"data": form} if form is not None else {}
+        if form is not None:  # not the session's JSON one: the multipart type and boundary
+            kwargs["headers"] = {"Content-Type": form.content_type}
+        try:
+            async with self._session.request(
+                    method, url, allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=timeout_s), **kwargs) as resp:
+                if 300 <= resp.status < 400:
+                    raise ProviderError(self.redact.clip(f"{what}: {_status_text(resp)}; "
+                                                         "redirects are not followed",
+                                                         MESSAGE_CHARS))
+                raw, cut = await _read_upto(resp, max_bytes)
+                if cut:
+                    raise ProviderError(f"{what}: the answer is larger than {max_bytes} bytes")
+                return resp.status, raw
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise ProviderError(f"{what}: no answer within {timeout_s:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise ProviderError(self.redact.clip(f"{what}: {type(exc).__name__}: "
+                                                 f"{snippet(str(exc))}", MESSAGE_CHARS)) from None
+
     def _no_catalogue(self, url: str, what: str) -> NoCatalogue:
         return NoCatalogue(self.redact.clip(
             f"provider {self.provider.name!r}: no model catalogue (GET {url} answered "
@@ -214,6 +244,10 @@ class Endpoint:
             attempt.fail("malformed", f"unreadable answer ({type(exc).__name__}: "
                          f"{snippet(str(exc))})")
         attempt.latency_s = self._clock() - t0
+        return self._seal(attempt)
+
+    def seal(self, attempt: Attempt) -> Attempt:
+        """Redact and bound the strings of an attempt read from elsewhere (a batch output line)."""
         return self._seal(attempt)
 
     def _seal(self, attempt: Attempt) -> Attempt:

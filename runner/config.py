@@ -70,6 +70,18 @@ def _astuple(limits: Limits) -> tuple[Any, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchOptions:
+    """A provider's batch API settings as the job gives them (None: `batch.py`'s default)."""
+
+    max_requests: int | None = None   # requests in one input file
+    max_bytes: int | None = None      # bytes of one input file
+    poll_s: float | None = None       # the first wait between status checks...
+    poll_max_s: float | None = None   # ...growing to this
+    max_wait_s: float | None = None   # give up on a batch after this long (then cancel it)
+    discount: float | None = None     # off the chat price (0.5: half price)
+
+
+@dataclass(frozen=True, slots=True)
 class Provider:
     name: str
     base_url: str | None          # None for `simulated`: known once the simulator listens
@@ -79,6 +91,8 @@ class Provider:
     stream_usage: bool            # send stream_options.include_usage when streaming
     limits: Limits = Limits()
     check_models: bool = True     # refuse model ids its catalogue does not list
+    batch: bool = False           # its requests go through its batch API
+    batch_options: BatchOptions = BatchOptions()
 
     @property
     def simulated(self) -> bool:
@@ -93,6 +107,7 @@ class ModelSpec:
     params: Mapping[str, Any]     # merged job + model params, None values dropped
     extra_body: Mapping[str, Any]
     limits: Limits = Limits()
+    batch: bool = False           # through its provider's batch API
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +129,7 @@ class Job:
     snapshot: Mapping[str, Any]   # the job file as parsed (it holds env var names, never keys)
     checks: CheckSet = CheckSet()  # each prompt's checks: its expected + job-level `checks:`
     judges: Mapping[tuple[str, str | None], ModelSpec] = field(default_factory=dict)
+    cache: bool = False           # answer identical requests from the response cache
 
 
 def load_job(path: str | os.PathLike[str]) -> Job:
@@ -226,12 +242,13 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any],
         limits=_limits(job.limits), budget_usd=job.budget_usd,
         max_cost_per_request_usd=job.max_cost_per_request_usd,
         pricing={model_id: Price(p.usd_per_mtok_prompt / 1e6, p.usd_per_mtok_completion / 1e6,
-                                 p.usd_per_request, p.max_completion_tokens)
+                                 p.usd_per_request, p.max_completion_tokens,
+                                 batch_discount=p.batch_discount)
                  for model_id, p in job.pricing.items()},
         output_dir=Path(job.output.dir) if Path(job.output.dir).is_absolute()
         else Path.cwd() / job.output.dir,
         write_csv=job.output.csv, simulator=job.simulator, snapshot=raw,
-        checks=checks, judges=judges,
+        checks=checks, judges=judges, cache=job.cache,
     )
     if not (skip.get("models") or skip.get("checks")):  # else models[i] would name another
         _check_offers(resolved)
@@ -282,8 +299,11 @@ def _model(path: Path, i: int, item: str | schema.ModelIn, job: schema.JobIn,
                                f"OpenRouter-only field, but provider {provider!r} does not "
                                "speak OpenRouter (set openrouter: true on it or remove it)")
     params = {**_params(job.params), **(_params(model.params) if model.params else {})}
+    batch = providers[provider].batch if model.batch is None else model.batch
+    if model.batch and no_batch_api(providers[provider]):
+        raise JobFileError(path, f"models[{i}].batch", NO_BATCH_API)
     return ModelSpec(id=model.id, provider=provider, label=label, params=params,
-                     extra_body=extra, limits=_limits(model.limits))
+                     extra_body=extra, limits=_limits(model.limits), batch=batch)
 
 
 def simulated_models(settings: schema.SimulatorIn, path: object = "<job>") -> tuple[object, ...]:
@@ -400,10 +420,25 @@ def resolve_providers(path: Path, job: schema.JobIn,
             stream_usage=spec.stream_usage,
             limits=_limits(spec.limits),
             check_models=spec.check_models,
+            batch=bool(spec.batch),
+            batch_options=BatchOptions(**spec.batch_options.model_dump())
+            if spec.batch_options is not None else BatchOptions(),
         )
+        if spec.batch and no_batch_api(out[name]):
+            gathered.add(JobFileError(path, f"providers.{name}.batch", NO_BATCH_API))
     if problems is None:
         gathered.raise_any()
     return out
+
+
+NO_BATCH_API = ("OpenRouter has no batch API: remove batch: here (or use a provider that has "
+                "one, e.g. api.openai.com)")
+
+
+def no_batch_api(provider: Provider) -> bool:
+    """Whether the provider is OpenRouter (or speaks only its dialect), which has no batch API;
+    the simulator speaks OpenRouter's dialect and also serves the batch routes."""
+    return provider.openrouter and not provider.simulated
 
 
 def api_key(provider: Provider) -> str:

@@ -26,6 +26,7 @@ class RunProgress:
         self._t0 = 0.0
         self._bar: Any = None
         self._task: Any = None
+        self._batch_line: str | None = None
 
     def start(self, total: int) -> None:
         self._total = total
@@ -61,6 +62,16 @@ class RunProgress:
             rate = done / max(now - self._t0, 1e-9)
             eta = (self._total - done) / rate if rate > 0 else 0.0
             print(f"{done}/{self._total} done  {info}  eta {eta:.0f}s", flush=True)
+
+    def batches(self, line: str) -> None:
+        """What the run's provider batches are doing (batch mode): printed when it changes."""
+        if line == getattr(self, "_batch_line", None):
+            return
+        self._batch_line = line
+        if self._bar is not None:
+            self._bar.console.print(line)
+        else:
+            print(line, flush=True)
 
     def stop(self) -> None:
         if self._bar is not None:

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .batch import batch_summary, batched_providers, drive, open_batch_providers
 from .budget import Budget
+from .cache import open_cache
 from .collect import PREPARE_ROWS, Collector
 from .config import (
     DEFAULT_CONCURRENCY,
@@ -77,7 +79,8 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
                   force: bool = False, handle_signals: bool = False, grace_s: float = 10.0,
                   on_stopping: Callable[[float], None] | None = None,
                   clock: Callable[[], float] = time.perf_counter,
-                  flush_rows: int = 500, flush_s: float = 1.0) -> RunOutcome:
+                  flush_rows: int = 500, flush_s: float = 1.0, batch: bool = False,
+                  cache: bool | None = None) -> RunOutcome:
     """Run every request of `job` and write the results; request errors are rows, not raises.
 
     `resume` ("latest" or a run directory) continues an earlier run in place. With
@@ -97,12 +100,15 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
                max_stream_events=DEFAULT_MAX_STREAM_EVENTS))
     root = out_dir or job.output_dir
     budget_usd = budget_usd if budget_usd is not None else job.budget_usd
+    batched = batched_providers(job, batch)  # batch mode (issue 15): refused before anything
+    response_cache = open_cache(job, cache)
     with ExitStack() as locks:
         previous = None
         if resume is not None:  # locked before reading: another process may be writing it
             run_dir = find_run_dir(root, job.name, str(resume))
             locks.enter_context(RunLock(run_dir))
             previous = load_previous(run_dir, job, force=force)
+            batched |= open_batch_providers(run_dir) & set(job.providers)
         async with AsyncExitStack() as stack:
             providers = await open_providers(stack, job, connections=limits.concurrency or 1,
                                              clock=clock, refresh_prices=refresh_prices,
@@ -114,9 +120,13 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
                 run_id = new_run_id()
                 run_dir = run_dir_for(root, job.name, run_id)
                 locks.enter_context(RunLock(run_dir))
+            if response_cache is not None:
+                stack.callback(response_cache.close)
             outcome = await _run(job, plan, limits, providers, run_dir, run_id, previous,
                                  budget_usd, progress, retry_errors, handle_signals, grace_s,
-                                 on_stopping, clock, flush_rows, flush_s)
+                                 on_stopping, clock, flush_rows, flush_s,
+                                 extras={"batched": frozenset(batched),
+                                         "cache": response_cache})
     return outcome
 
 
@@ -124,7 +134,8 @@ async def _run(job: Job, plan: Plan, limits: Limits, providers: Providers, run_d
                run_id: str, previous: Previous | None, budget_usd: float | None,
                progress: Progress | None, retry_errors: bool, handle_signals: bool,
                grace_s: float, on_stopping: Callable[[float], None] | None,
-               clock: Callable[[], float], flush_rows: int, flush_s: float) -> RunOutcome:
+               clock: Callable[[], float], flush_rows: int, flush_s: float,
+               extras: dict[str, Any] | None = None) -> RunOutcome:
     """The run itself, in a locked run directory: set up the files, run the pool, end the files."""
     budget = Budget(budget_usd, spent_usd=previous.spent_usd if previous else 0.0,
                     raised_estimates=previous.raised_estimates if previous else None)
@@ -138,7 +149,7 @@ async def _run(job: Job, plan: Plan, limits: Limits, providers: Providers, run_d
     # limits wait on the event loop's clock (what anyio.sleep counts in), not on `clock`
     run = RunState(job, run_id, providers, Gates.build(job, limits, anyio.current_time),
                    budget, collector, limits, clock, progress,
-                   skip=skip, journal=journal)
+                   skip=skip, journal=journal, **(extras or {}))
     health = Health()
     pool = anyio.CancelScope()
     status, failure = "failed", None
@@ -210,6 +221,11 @@ async def _end(run: RunState, manifest: Manifest, health: Health, status: str,
     counts = totals.pop("counts", None) or {k: v for k, v in run.counts.items() if v}
     facts = {"budget": run.budget.figures(), "counts": counts, "totals": totals,
              "stopped": run.stop_reason, "client": health.report()}
+    if run.cache is not None:  # the gates refuse a run that used it (quality_gate)
+        facts["cache"] = run.cache.stats()
+    if run.batched:
+        with contextlib.suppress(ResultsError):  # batches.jsonl is the record; this a copy
+            facts["batches"] = batch_summary(run.collector.run_dir)
     if failure is not None:
         facts["error"] = str(failure)
     try:
@@ -243,7 +259,10 @@ async def _pool(run: RunState, plan: Plan, flush_s: float, health: Health,
     workers = run.limits.concurrency or 1
     # one generator shared by every worker: each next() runs without a checkpoint, so no two
     # workers get the same request, and it costs far less than a memory object stream
-    todo = (request for request in plan if request.request_id not in run.skip)
+    todo = (request for request in plan if request.request_id not in run.skip
+            and (request.model.provider not in run.batched or request.turns))
+    # (a conversation is sent turn by turn through chat even in batch mode: each turn needs the
+    # reply before it)
 
     async def work() -> None:
         for request in todo:
@@ -263,6 +282,8 @@ async def _pool(run: RunState, plan: Plan, flush_s: float, health: Health,
         outer.start_soon(run.journal.write_forever)
         with pool:
             async with anyio.create_task_group() as tg:
+                if run.batched:
+                    tg.start_soon(drive, run, plan, set(run.batched))
                 for _ in range(workers):
                     tg.start_soon(work)
         outer.cancel_scope.cancel()

@@ -137,7 +137,8 @@ class Journal:
         """Record what the budget counted for `reservation` (written with the next batch)."""
         if not math.isfinite(counted_usd) or counted_usd < 0:
             return  # no settlement: the reservation stays counted in full
-        self._lines.append(f"s {self.session} {reservation.serial} {counted_usd!r}\n")
+        session = reservation.session or self.session  # an adopted one keeps its own
+        self._lines.append(f"s {session} {reservation.serial} {counted_usd!r}\n")
         if len(self._lines) >= _BATCH_LINES:
             self._wake.set()
 

@@ -28,6 +28,7 @@ class Price:
     max_completion_tokens: int | None = None
     context_length: int | None = None
     web_search_usd: float = 0.0     # the catalogue's native web search fee per request
+    batch_discount: float | None = None  # off every rate in batch mode (0.5: half price)
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         """What a request with these token counts costs at this price."""
@@ -187,6 +188,22 @@ def dearest(prices: Sequence[Price]) -> Price:
         context_length=max((p.context_length or 0 for p in prices), default=0) or None,
         web_search_usd=max(p.web_search_usd for p in prices),
     )
+
+
+# the batch APIs whose discount is documented (the provider's host -> fraction off); elsewhere
+# the chat price stands unless the job gives `batch_options.discount` or a `batch_discount`
+DOCUMENTED_BATCH_DISCOUNTS = {"api.openai.com": 0.5}
+
+
+def batch_price(price: Price, discount: float) -> Price:
+    """The price of a request sent through a batch API: every rate less `discount` (the
+    model's own `batch_discount` in the pricing table wins over the provider's)."""
+    off = price.batch_discount if price.batch_discount is not None else discount
+    keep = 1.0 - off
+    return replace(price, prompt_usd_per_token=price.prompt_usd_per_token * keep,
+                   completion_usd_per_token=price.completion_usd_per_token * keep,
+                   request_usd=price.request_usd * keep,
+                   web_search_usd=price.web_search_usd * keep)
 
 
 def with_web_search(price: Price, fee_usd: float) -> Price:

@@ -58,9 +58,13 @@ async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
     out = Providers(redactor=job_redactor(job, keys))
     if SIMULATED in used:
         from .simulator import Simulator
+        from .simulator.batches import BatchSettings
 
-        simulator = Simulator(simulated_models(job.simulator, job.path),  # type: ignore[arg-type]
-                              seed=job.simulator.seed).start()
+        settings = job.simulator
+        simulator = Simulator(simulated_models(settings, job.path),  # type: ignore[arg-type]
+                              seed=settings.seed,
+                              batches=BatchSettings(settings.batch_delay_s, settings.batch_expire,
+                                                    settings.batch_line_error_rate)).start()
         stack.callback(simulator.stop)
         out.simulator_url = simulator.base_url
     for name in used:

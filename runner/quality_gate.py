@@ -17,6 +17,7 @@ class Gate:
     fail_under: float | None = None       # minimum pass rate, 0..1
     baseline: str | None = None           # a run directory, or "previous"
     thresholds: Thresholds | None = None  # how much worse than the baseline is allowed
+    allow_cache: bool = False             # accept rows answered from the response cache
 
 
 def baseline_dir(run_dir: Path, baseline: str) -> Path | None:
@@ -38,6 +39,11 @@ def broken(run_dir: Path, gate: Gate) -> tuple[list[str], list[str]]:
     if gate.fail_under is None and gate.baseline is None:
         return reasons, notes  # nothing to check: do not read the rows at all
     current = read_results(run_dir)
+    cached = int(current["cache_hit"].fillna(False).astype(bool).sum()) \
+        if "cache_hit" in current else 0
+    if cached and not gate.allow_cache:  # a cached answer measured nothing today
+        reasons.append(f"{cached} rows were answered from the response cache: a gate needs "
+                       "answers sent today (run without --cache, or pass --allow-cache)")
     if gate.fail_under is not None:
         graded = current["passed"].dropna()
         if graded.empty:

@@ -68,6 +68,13 @@ TYPES: tuple[tuple[str, str], ...] = (
     ("checks_json", "string"),
     # conversations (turns:): per turn latency, ttft, tokens, cost, finish reason, reply (JSON)
     ("turns_json", "string"),
+    # batch mode and the response cache (issue 15): `runner/batch.py`, `runner/cache.py`
+    ("batch_id", "string"),
+    ("batch_wall_s", "float64"),
+    ("cache_hit", "bool"),
+    ("cached_latency_s", "float64"),
+    ("cached_ttft_s", "float64"),
+    ("cached_cost_usd", "float64"),
 )
 COLUMNS = tuple(name for name, _ in TYPES)
 
@@ -144,6 +151,12 @@ class Result:
     judge_completion_tokens: int | None = None
     checks_json: str | None = None          # the per-check outcomes (see check_results)
     turns_json: str | None = None           # a conversation's turns (conversation.py)
+    batch_id: str | None = None             # the provider batch that answered it
+    batch_wall_s: float | None = None       # that batch's submission to its results
+    cache_hit: bool | None = None           # None: the cache was off
+    cached_latency_s: float | None = None   # a cache hit: the original answer's timings
+    cached_ttft_s: float | None = None
+    cached_cost_usd: float | None = None    # ...and what it cost then (cost_usd is 0)
 
     def as_row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _FIELD_NAMES}

@@ -4,6 +4,7 @@ writes and the rows it holds out (the one module that knows where a run's files 
     results/<job>/<run id>/
         run.json            manifest: status, job snapshot (no secrets), versions, counts, totals
         spend.journal       every reservation before its request is sent, and its settlement
+        batches.jsonl       batch mode: each provider batch, written before it is submitted
         .lock               held (flock) by the process working on the run; holds its pid
         parts/part-*.parquet  rows as they finish, in batches (removed once merged at the end)
         requests.parquet    all rows, merged when the run ends
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # pyarrow is imported where rows are read or written, not by 
 
 RUN_JSON = "run.json"
 JOURNAL = "spend.journal"
+BATCHES = "batches.jsonl"
 LOCK = ".lock"
 PARTS = "parts"
 REQUESTS = "requests.parquet"

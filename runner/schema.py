@@ -47,6 +47,18 @@ class LimitsIn(Strict):
     max_stream_events: int | None = Field(default=None, gt=0)
 
 
+class BatchIn(Strict):
+    """How a provider's batch API is used (`batch: true`): its per-file limits, the polling,
+    and the batch price (a discount off the chat price)."""
+
+    max_requests: int | None = Field(default=None, gt=0, le=1_000_000)
+    max_bytes: int | None = Field(default=None, gt=0)
+    poll_s: float | None = Field(default=None, gt=0)
+    poll_max_s: float | None = Field(default=None, gt=0)
+    max_wait_s: float | None = Field(default=None, gt=0)
+    discount: float | None = Field(default=None, ge=0, lt=1)
+
+
 class ProviderIn(Strict):
     """A named endpoint. Built-ins `openrouter` and `simulated` need no entry at all."""
 
@@ -57,6 +69,8 @@ class ProviderIn(Strict):
     stream_usage: bool = True
     limits: LimitsIn | None = None
     check_models: bool = True     # false: send model ids its /models does not list (aliases)
+    batch: bool | None = None     # send its requests through its batch API (issue 15)
+    batch_options: BatchIn | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -121,6 +135,9 @@ class SimModelIn(Strict):
 class SimulatorIn(Strict):
     seed: int = 0
     models: list[SimModelIn] = []
+    batch_delay_s: float = Field(default=0.0, ge=0)          # its batch API (issue 15)
+    batch_expire: bool = False
+    batch_line_error_rate: float = Field(default=0.0, ge=0, le=1)
 
 
 class MaxPriceIn(Strict):
@@ -140,6 +157,7 @@ class PriceIn(Strict):
     usd_per_mtok_completion: float = Field(ge=0)
     usd_per_request: float = Field(default=0.0, ge=0)
     max_completion_tokens: int | None = Field(default=None, gt=0)
+    batch_discount: float | None = Field(default=None, ge=0, lt=1)  # off these, in batch mode
 
 
 class ModelIn(Strict):
@@ -150,6 +168,7 @@ class ModelIn(Strict):
     extra_body: dict[str, Any] = {}
     limits: LimitsIn | None = None
     max_price_usd_per_mtok: MaxPriceIn | None = None
+    batch: bool | None = None     # through its provider's batch API (default: the provider's)
 
 
 class ImageUrlIn(Strict):
@@ -428,6 +447,7 @@ class JobIn(Strict):
     max_cost_per_request_usd: float | None = Field(default=None, gt=0)
     output: OutputIn = OutputIn()
     checks: list[CheckIn] = []
+    cache: bool = False           # answer identical requests from the response cache
 
     @field_validator("name")
     @classmethod
@@ -447,7 +467,7 @@ def model_names() -> set[str]:
 def field_names() -> set[str]:
     """Every key any job-file section accepts (for 'did you mean' hints)."""
     names: set[str] = set()
-    for model in (JudgeIn, MaxPriceIn, PriceIn, ParamsIn, LimitsIn, ProviderIn, FaultsIn,
+    for model in (BatchIn, JudgeIn, MaxPriceIn, PriceIn, ParamsIn, LimitsIn, ProviderIn, FaultsIn,
                   SimModelIn, SimulatorIn, ModelIn, MessageIn, PromptIn, OutputIn, CheckIn,
                   JobIn, NumberCloseIn, TransformIn, PartIn, ImageUrlIn):
         names.update(model.model_fields)

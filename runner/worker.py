@@ -21,6 +21,7 @@ import anyio
 from jinja2 import TemplateError
 
 from .budget import Budget, Reservation, known_cost
+from .cache import ResponseCache
 from .check_results import outcomes_json
 from .checks import Check, Judged, context_for, evaluate
 from .client import Attempt
@@ -82,6 +83,8 @@ class RunState:
     interrupted: bool = False
     journal: Journal | None = None                  # reservations made durable before sending
     model_limits: dict[str, Limits] = field(default_factory=dict)  # label -> merged, once
+    batched: frozenset[str] = frozenset()   # providers whose requests go as batches (batch.py)
+    cache: ResponseCache | None = None      # the response cache, when it is on (cache.py)
 
 
 @dataclass(slots=True)
@@ -122,11 +125,15 @@ async def handle(run: RunState, request: Request) -> None:
     call = _call_for(run, request, t_ready)
     result.estimated_cost_usd = call.worst_usd
     try:
-        if request.turns:  # a conversation: one exchange per user turn (conversation.py)
+        endpoint = run.providers.endpoints[request.model.provider]
+        if request.turns:  # a conversation: one exchange per user turn (conversation.py);
+            # never cached (the cache keeps single exchanges)
             request = await converse(request, result, call, functools.partial(_turn_call, run),
                                      functools.partial(_send_turn, run))
-        else:
+        elif run.cache is None or not await run.cache.answer(endpoint, request, result):
             await _exchange(run, call, functools.partial(_fold_attempt, result))
+            if run.cache is not None:  # a later identical request is answered from it
+                await run.cache.keep(endpoint, request, result)
         if call.refusal is not None:
             _skip(result, *call.refusal)
         checks = run.job.checks.for_prompt(request.prompt_id)
@@ -351,7 +358,8 @@ async def _judge(run: RunState, request: Request, result: Result, check: Check,
 
 
 def _close_row(run: RunState, result: Result, t_ready: float, started: datetime) -> None:
-    result.wall_s = run.clock() - t_ready - (result.queue_s or 0.0)
+    result.wall_s = None if result.cache_hit else \
+        run.clock() - t_ready - (result.queue_s or 0.0)
     result.started_at = started
     result.ended_at = started + timedelta(seconds=result.wall_s or 0.0)
     _record(run, result)

@@ -133,6 +133,15 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
      "\n", {}, "job.yaml", "prompts[0].messages[0].content[1].image: no such image file"),
     ("not-an-image", HEAD + "prompts: [{messages: [{role: user, content: [{image: a.png}]}]}]\n",
      {"a.png": "text"}, "job.yaml", "is not a PNG, JPEG, GIF or WebP image"),
+    # batch mode (issue 15): OpenRouter has no batch API
+    ("batch-openrouter-provider", "name: t\nproviders: {openrouter: {batch: true}}\n"
+     "models: [m/a]\n" + OK_PROMPTS, {}, "job.yaml",
+     "providers.openrouter.batch: OpenRouter has no batch API"),
+    ("batch-openrouter-model", "name: t\nmodels: [{id: m/a, batch: true}]\n" + OK_PROMPTS, {},
+     "job.yaml", "models[0].batch: OpenRouter has no batch API"),
+    ("batch-discount-range", "name: t\n" + LOCAL + "models: [{id: m/a, provider: local}]\n"
+     + OK_PROMPTS + "pricing:\n  m/a: {usd_per_mtok_prompt: 1, usd_per_mtok_completion: 1, "
+     "batch_discount: 1.5}\n", {}, "job.yaml", "pricing.m/a.batch_discount"),
 ]
 BAD_IDS = [case[0] for case in BAD]
 RUN_TOO = {"missing-job-file", "unknown-top-key", "model-provider", "sandbox-escape",

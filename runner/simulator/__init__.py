@@ -1,5 +1,6 @@
 """An embedded OpenRouter-compatible HTTP server: `SimModel`s (prices, speed, faults) in, a
-loopback endpoint speaking OpenRouter (/api/v1) and plain OpenAI (/v1) out.
+loopback endpoint speaking OpenRouter (/api/v1) and plain OpenAI (/v1) out, with the batch API
+(`/files`, `/batches`: see `batches.py`) under both.
 
     with Simulator(seed=1) as sim:
         client = AsyncOpenAI(api_key="sim", base_url=sim.base_url, max_retries=0)

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from runner.simulator.account import Account
 from runner.simulator.arrivals import Arrival, ArrivalLog
+from runner.simulator.batches import BatchService, BatchSettings, Submission
 from runner.simulator.bill import Charge, total_usd
 from runner.simulator.handlers import ChatService
 from runner.simulator.models import DEFAULT_MODELS, SimModel
@@ -27,10 +28,14 @@ _MAX_BODY_BYTES = 64 * 1024 * 1024
 _BACKLOG = 1024
 
 
-async def _listen(service: ChatService, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start an aiohttp app serving `service` on host:port; return its runner and bound port."""
+async def _listen(service: ChatService, host: str, port: int,
+                  batches: BatchService | None = None) -> tuple[web.AppRunner, int]:
+    """Start an aiohttp app serving `service` (and the batch routes) on host:port; return its
+    runner and bound port."""
     app = web.Application(client_max_size=_MAX_BODY_BYTES)
     service.add_routes(app)
+    if batches is not None:
+        batches.add_routes(app)
     runner = web.AppRunner(
         app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT_S
     )
@@ -71,16 +76,21 @@ async def serve(
     on_ready: Callable[[int], None] | None = None,
     account: Account | None = None,
     bill: Path | None = None,
+    batches: BatchSettings | None = None,
+    batch_log: Path | None = None,
 ) -> None:
     """Serve on the running loop until cancelled; `on_ready(port)` is called once listening.
 
     `bill` names a JSON-lines file getting one `Charge` per request as it ends; on cancel,
-    hanging and in-flight requests are cut and billed before this returns."""
+    hanging and in-flight requests are cut and billed before this returns. `batch_log` gets one
+    `Submission` per file upload and batch creation."""
     log = ArrivalLog(request_log)
     charges: RecordLog[Charge] = RecordLog(bill)
     service = ChatService(models, seed, log, account, charges)
+    submissions: RecordLog[Submission] = RecordLog(batch_log)
+    batch_service = BatchService({m.id: m for m in models}, seed, charges, batches, submissions)
     try:
-        runner, bound_port = await _listen(service, host, port)
+        runner, bound_port = await _listen(service, host, port, batch_service)
         try:
             if on_ready is not None:
                 on_ready(bound_port)
@@ -91,6 +101,7 @@ async def serve(
     finally:
         log.close()
         charges.close()
+        submissions.close()
 
 
 class Simulator:
@@ -106,8 +117,11 @@ class Simulator:
         request_log: Path | None = None,
         account: Account | None = None,
         bill: Path | None = None,
+        batches: BatchSettings | None = None,
     ) -> None:
         self._account = account
+        self._batch_settings = batches
+        self._batches: BatchService | None = None
         self._bill_path = bill
         self._bill: RecordLog[Charge] = RecordLog()
         self._models = tuple(models)
@@ -156,7 +170,10 @@ class Simulator:
     async def _boot(self) -> None:
         self._service = ChatService(self._models, self._seed, self._log, self._account,
                                     self._bill)
-        self._runner, self._port = await _listen(self._service, self._host, self._requested_port)
+        self._batches = BatchService({m.id: m for m in self._models}, self._seed, self._bill,
+                                     self._batch_settings)
+        self._runner, self._port = await _listen(self._service, self._host, self._requested_port,
+                                                 self._batches)
 
     def stop(self) -> None:
         """Stop serving (idempotent): hanging requests are dropped, in-flight ones cut at 0.2 s."""
@@ -219,6 +236,10 @@ class Simulator:
     def bill(self) -> list[Charge]:
         """A copy of the charges so far: one per request that has ended (see `bill.py`)."""
         return self._bill.snapshot()
+
+    def submissions(self) -> list[Submission]:
+        """A copy of the batch API's file uploads and batch creations so far."""
+        return self._batches.submissions.snapshot() if self._batches is not None else []
 
     def billed_usd(self) -> float:
         """What the requests that have ended cost, at the models' list prices."""
