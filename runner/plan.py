@@ -12,7 +12,8 @@ import bisect
 import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, overload
 
 from jinja2 import TemplateError
@@ -21,6 +22,8 @@ from .checks import response_format_for
 from .config import Job, Message, ModelSpec, Prompt
 from .errors import JobFileError
 from .templates import Template, parse
+
+_NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,9 @@ class Request:
     vars: Mapping[str, Any]
     messages: tuple[Message, ...]   # rendered
     params: Mapping[str, Any]       # the model's params, plus a json_schema check's format
+    # issue 12 (agreed interface): the row's expected answer, rendered, and its metadata
+    target: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=lambda: _NO_METADATA)
 
 
 class Plan(Sequence[Request]):
