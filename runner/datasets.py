@@ -137,7 +137,7 @@ class _Memory(_Source):
         self.names = names
         self._rows = rows
         self.rows = len(rows)
-        self.kinds = {name: _kind([r[at] for r in rows]) for at, name in enumerate(names)}
+        self.kinds = {name: value_kind([r[at] for r in rows]) for at, name in enumerate(names)}
 
     def window(self, start: int, count: int) -> list[tuple[Any, ...]]:
         return self._rows[start:start + count]
@@ -221,7 +221,7 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _kind(values: list[Any]) -> str:
+def value_kind(values: list[Any]) -> str:
     """The column kind of a field's values (ignoring nulls)."""
     seen = {type(v) for v in values if v is not None}
     if seen & {dict, list}:
