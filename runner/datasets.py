@@ -196,7 +196,8 @@ class _Arrow(_Source):
         return out
 
     def column_values(self, at: int) -> list[Any]:
-        return self._column(at).to_pylist()
+        values: list[Any] = self._column(at).to_pylist()
+        return values
 
     def _column(self, at: int) -> pa.ChunkedArray:
         if self._table is not None:
@@ -243,19 +244,6 @@ def merge_kinds(a: str, b: str) -> str:
     if {a, b} == {"int64", "float64"}:
         return "float64"
     return "json" if "json" in (a, b) else "string"
-
-
-def column_value(kind: str, value: Any) -> Any:
-    """A var value as its result column stores it (`kind` from `Dataset.kinds`)."""
-    if value is None:
-        return None
-    if kind == "json":
-        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
-    if kind == "string":
-        return value if isinstance(value, str) else str(value)
-    if kind == "float64" and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
 
 
 def _arrow_kind(kind: pa.DataType) -> str:

@@ -41,6 +41,7 @@ class Request:
     # issue 12 (agreed interface): the row's expected answer, rendered, and its metadata
     target: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=lambda: _NO_METADATA)
+    row_id: str | None = None       # a dataset prompt's row: its id field, else position-hash
 
 
 class Plan(Sequence[Request]):
@@ -119,7 +120,7 @@ class Plan(Sequence[Request]):
         return Request(index=i, request_id=rid, model=self.job.models[m],
                        prompt_id=self.job.prompts[p].id, repeat=repeat, vars=unit.variables,
                        messages=unit.messages, params=self._params(m, p), target=unit.target,
-                       metadata=unit.metadata)
+                       metadata=unit.metadata, row_id=unit.row_id)
 
     def unit_messages(self, p: int, c: int) -> tuple[Message, ...]:
         """The rendered messages of combination c of dataset prompt p (for estimates)."""

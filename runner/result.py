@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -63,8 +65,15 @@ TYPES: tuple[tuple[str, str], ...] = (
     ("judge_cost_usd", "float64"),
     ("judge_prompt_tokens", "int64"),
     ("judge_completion_tokens", "int64"),
+    # issue 12, inputs: the row's id in its dataset, the rendered messages, target, metadata
+    # (and one `var_<name>` column per var of the job: `var_column`, typed per job)
+    ("row_id", "string"),
+    ("messages_json", "string"),
+    ("target", "string"),
+    ("metadata_json", "string"),
 )
 COLUMNS = tuple(name for name, _ in TYPES)
+VAR_PREFIX = "var_"   # `var_<name>`: one column per var (every dataset field), kinds per job
 
 
 @functools.cache
@@ -137,10 +146,36 @@ class Result:
     judge_cost_usd: float | None = None     # llm_judge: what grading this row cost
     judge_prompt_tokens: int | None = None
     judge_completion_tokens: int | None = None
+    row_id: str | None = None               # the dataset row (its id field, else position-hash)
+    messages_json: str | None = None        # the messages sent, rendered: [{role, content}]
+    target: str | None = None               # the row's expected answer, rendered
+    metadata_json: str | None = None        # the prompt's metadata and the row's metadata fields
+    var_values: dict[str, Any] | None = None  # not a column: var name -> value (`var_<name>`)
 
     def as_row(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _FIELD_NAMES}
+        row = {name: getattr(self, name) for name in _FIELD_NAMES}
+        if self.var_values:
+            row.update({VAR_PREFIX + k: v for k, v in self.var_values.items()})
+        return row
 
 
-_FIELD_NAMES = tuple(f.name for f in fields(Result))
+def column_value(kind: str, value: Any) -> Any:
+    """A var value as its `var_<name>` column stores it (`kind`: one of datasets.KINDS)."""
+    if value is None:
+        return None
+    if kind == "json":
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    if kind == "string":
+        return value if isinstance(value, str) else str(value)
+    if kind == "float64" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def var_column(name: str) -> str:
+    """The result column of a var."""
+    return VAR_PREFIX + name
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Result) if f.name != "var_values")
 assert set(_FIELD_NAMES) == set(COLUMNS), set(_FIELD_NAMES) ^ set(COLUMNS)

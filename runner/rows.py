@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import orjson
+
 from .client import Attempt
 from .plan import Request
 from .pricing import Price
@@ -19,7 +21,19 @@ def new_result(run_id: str, job: str, request: Request) -> Result:
         vars_json=json.dumps(dict(request.vars), sort_keys=True, ensure_ascii=False,
                              default=str),
         stream=bool(request.params.get("stream", True)),
+        row_id=request.row_id, messages_json=messages_json(request),
+        target=request.target,
+        metadata_json=orjson.dumps(dict(request.metadata), default=str,
+                                   option=orjson.OPT_NON_STR_KEYS).decode()
+        if request.metadata else None,
+        var_values=dict(request.vars) if request.vars else None,
     )
+
+
+def messages_json(request: Request) -> str:
+    """The messages a request sends, as JSON (`[{"role": ..., "content": ...}]`)."""
+    return orjson.dumps([{"role": m.role, "content": m.content} for m in request.messages],
+                        default=str).decode()
 
 
 def attempt_cost(attempt: Attempt, price: Price | None) -> tuple[float | None, str | None]:

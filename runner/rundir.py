@@ -34,7 +34,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .errors import ResultsError
-from .result import TYPES, arrow_schema
+from .result import TYPES, VAR_PREFIX, arrow_schema
 
 if TYPE_CHECKING:  # pyarrow is imported where rows are read or written, not by a run's start
     import pyarrow as pa
@@ -268,32 +268,70 @@ _PANDAS_KINDS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
 PANDAS_VERSION = "3.1.1"  # the pandas whose metadata format `_PANDAS_KINDS` follows
 
 
+VarKinds = tuple[tuple[str, str], ...]   # (var name, datasets.KINDS kind), in column order
+_VAR_KINDS = {"string": "string", "json": "string", "int64": "int64", "float64": "float64",
+              "bool": "bool"}
+
+
 @functools.cache
-def file_schema() -> pa.Schema:
+def file_schema(var_kinds: VarKinds = ()) -> pa.Schema:
     """The result schema plus pandas metadata, so `pd.read_parquet` gives nullable Int64/boolean
-    columns (unknown token counts stay <NA> instead of turning the column into floats)."""
+    columns (unknown token counts stay <NA> instead of turning the column into floats). With
+    `var_kinds`, a job's `var_<name>` columns follow (JSON values are text)."""
     import pyarrow as pa
 
+    kinds = list(TYPES) + [(VAR_PREFIX + name, _VAR_KINDS.get(kind, "string"))
+                           for name, kind in var_kinds]
     columns = [{"name": name, "field_name": name, "pandas_type": _PANDAS_KINDS[kind][0],
                 "numpy_type": _PANDAS_KINDS[kind][1], "metadata": _PANDAS_KINDS[kind][2]}
-               for name, kind in TYPES]
+               for name, kind in kinds]
     meta = {"index_columns": [], "column_indexes": [], "columns": columns, "attributes": {},
             "creator": {"library": "pyarrow", "version": pa.__version__},
             "pandas_version": PANDAS_VERSION}
-    return arrow_schema().with_metadata({b"pandas": json.dumps(meta).encode()})
+    schema = arrow_schema()
+    for name, kind in var_kinds:
+        schema = schema.append(pa.field(VAR_PREFIX + name, _arrow_type(kind)))
+    return schema.with_metadata({b"pandas": json.dumps(meta).encode()})
+
+
+def _arrow_type(kind: str) -> pa.DataType:
+    import pyarrow as pa
+
+    return {"int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}.get(
+        _VAR_KINDS.get(kind, "string"), pa.string())
+
+
+def _var_kinds(schema: pa.Schema) -> VarKinds:
+    """The var columns a row file holds (what `file_schema` wrote for its job)."""
+    import pyarrow as pa
+
+    known = set(arrow_schema().names)
+    out = []
+    for f in schema:
+        if f.name.startswith(VAR_PREFIX) and f.name not in known:
+            kind = ("int64" if pa.types.is_int64(f.type) else "float64"
+                    if pa.types.is_float64(f.type) else "bool" if pa.types.is_boolean(f.type)
+                    else "string")
+            out.append((f.name[len(VAR_PREFIX):], kind))
+    return tuple(out)
 
 
 def read_rows(path: Path, columns: list[str] | None = None, *,
-              consequence: str = "its rows are left out") -> pa.Table | None:
+              consequence: str = "its rows are left out",
+              schema: pa.Schema | None = None) -> pa.Table | None:
     """One row file, or None (with one warning line naming it) when it cannot be read or is
-    not a row file (a column of another type: read, it would be cast into rows never planned)."""
+    not a row file (a column of another type: read, it would be cast into rows never planned).
+    Read whole, it has the columns of `schema` (default: the result columns and the file's own
+    var columns); a column the file lacks (an older run) is null."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        _check_types(pq.read_schema(path))
+        found = pq.read_schema(path)
+        _check_types(found)
         if columns is None:
-            return pq.read_table(path, schema=file_schema())
+            return pq.read_table(path, schema=schema if schema is not None
+                                 else file_schema(_var_kinds(found)))
         return pq.read_table(path, columns=columns)
     except FileNotFoundError:
         return None
@@ -358,8 +396,10 @@ def read_run(run_dir: Path) -> pa.Table | None:
         table = sources[0][1]
     else:
         keep = latest_rows([t for _, t in sources])
+        # parts of one run share their var columns; an older merge may have none
         table = pa.concat_tables([t.take(pa.array(keep[n], type=pa.int64()))
-                                  for n, (_, t) in enumerate(sources)])
+                                  for n, (_, t) in enumerate(sources)],
+                                 promote_options="permissive")
     assert table is not None
     return table.take(pc.sort_indices(table, sort_keys=[("index", "ascending")]))
 

@@ -337,7 +337,7 @@ def field_names() -> set[str]:
     """Every key any job-file section accepts (for 'did you mean' hints)."""
     names: set[str] = set()
     for model in (JudgeIn, MaxPriceIn, PriceIn, ParamsIn, LimitsIn, ProviderIn, FaultsIn,
-                  SimModelIn, SimulatorIn, ModelIn, MessageIn, PromptIn, DatasetIn, OutputIn, CheckIn,
-                  JobIn):
+                  SimModelIn, SimulatorIn, ModelIn, MessageIn, PromptIn, OutputIn, CheckIn,
+                  JobIn, DatasetIn):
         names.update(model.model_fields)
     return names

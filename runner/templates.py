@@ -157,7 +157,8 @@ def check_template(path: Path, field: str, text: str, available: Mapping[str, An
             else "under vars: of the job or of this prompt"
         raise JobFileError(path, field, f"undefined variable {missing[0]!r} (define it {where}; "
                            "templating: false sends the text as written)")
-    if template.parts is None and not rows:  # plain templates cannot fail; Jinja ones are tried once here
+    # plain templates cannot fail; Jinja ones are tried once here (dataset rows: by the caller)
+    if template.parts is None and not rows:
         sample = {name: _first(available[name]) for name in template.names}
         try:
             template.render(sample)
