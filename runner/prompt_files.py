@@ -30,6 +30,8 @@ _FIELDS = {"id", "text", "messages", "system", "expected", "metadata"}
 SUFFIXES = (".jsonl", ".json", ".csv", ".yaml", ".yml", ".txt")
 SEPARATOR = "---"   # a line of its own between the prompts of a .txt file
 _TOO_DEEP = "invalid JSON: nested too deeply"
+_DATA_FILE = ("has no text or messages: a prompts file holds whole prompts; to send data rows "
+              "through a template, name the file under dataset: beside text: or messages:")
 
 
 def read_prompt_file(path: Path, field: str,
@@ -65,6 +67,9 @@ def read_prompt_file(path: Path, field: str,
     if suffix == ".json" and rows and _chat(rows):
         rows = [{"messages": rows}] if isinstance(rows[0], dict) else \
             [{"messages": item} for item in rows]
+    if rows and all(isinstance(r, dict) and "text" not in r and "messages" not in r
+                    for r in rows):  # a data file: one line, not one per row
+        raise JobFileError(path, "row 1", _DATA_FILE)
     gathered = problems if problems is not None else Problems()
     out = []
     for n, row in enumerate(rows, 1):
@@ -127,9 +132,7 @@ def _row(path: Path, n: int, row: Any) -> PromptIn:
     if not isinstance(row, dict):
         raise JobFileError(path, f"row {n}", "each row must be an object/mapping")
     if "text" not in row and "messages" not in row:
-        raise JobFileError(path, f"row {n}", "has no text or messages: a prompts file holds "
-                           "whole prompts; to send data rows through a template, name the file "
-                           "under dataset: beside text: or messages:")
+        raise JobFileError(path, f"row {n}", _DATA_FILE)
     known = {k: v for k, v in row.items() if k in _FIELDS}
     variables = {str(k): v for k, v in row.items() if k not in _FIELDS}
     if "id" in known:

@@ -120,10 +120,8 @@ class _Rows:
     spec: schema.DatasetIn
 
 
-def _dataset(path: Path, where: str, spec: str | schema.DatasetIn, load: _Load) -> _Rows:
+def _dataset(path: Path, where: str, spec: schema.DatasetIn, load: _Load) -> _Rows:
     """The dataset of a prompt item (read once per load for items that name the same one)."""
-    if isinstance(spec, str):
-        spec = schema.DatasetIn(path=spec)
     key = spec.model_dump_json()
     dataset = load.datasets.get(key)
     if dataset is None:
@@ -168,8 +166,9 @@ def _prompt(path: Path, where: str, item: schema.PromptIn, job: schema.JobIn,
         if target is not None and target.parts is None:
             jinja.append((target, f"{rows.where}.target"))
     _try_renders(path, jinja, used, load, dataset)
-    prompt_id = item.id or "p-" + hashlib.sha256(
-        "\x1f".join(m.content for m in messages).encode()).hexdigest()[:10]
+    # a dataset prompt's default id also names its dataset: one template, two datasets
+    named = [m.content for m in messages] + ([dataset.path.name] if dataset is not None else [])
+    prompt_id = item.id or "p-" + hashlib.sha256("\x1f".join(named).encode()).hexdigest()[:10]
     return Prompt(id=prompt_id, messages=tuple(messages), vars=dict(sorted(used.items())),
                   expected=item.expected, metadata=dict(item.metadata),
                   checks=compile_expected(item.expected, path=path, field_name=f"{where}.expected"),

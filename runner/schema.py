@@ -190,8 +190,13 @@ class PromptIn(Strict):
     metadata: dict[str, Any] = {}
     file: str | None = None           # a file of whole prompts (same as prompts_file)
     prompts_file: str | None = None   # .jsonl/.json/.csv/.yaml rows, .txt (--- between), chat .json
-    dataset: str | DatasetIn | None = None   # each row x each template of this item
+    dataset: DatasetIn | None = None   # each row x each template of this item (or a path)
     templating: bool = True           # false: the text is sent as written (no {{ }} at all)
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_path(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _one_source(self) -> PromptIn:

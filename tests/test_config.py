@@ -16,6 +16,7 @@ HEAD = "name: t\nmodels: [m/a]\n"            # a valid start; cases append their
 OK_PROMPTS = "prompts: [hi]\n"
 LOCAL = "providers:\n  local: {base_url: 'http://127.0.0.1:9/v1', openrouter: false}\n"
 ROWS = "rows.jsonl"
+DATA_CSV = "q,a\nWhat is 2+2?,4\nCapital of France?,Paris\n"
 
 # id, job YAML (None: no job file at all), extra files, file the message names, field substring
 BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
@@ -126,6 +127,48 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
      "models: list should have at least 1 item"),
     ("empty-prompts", HEAD + "prompts: []\n", {}, "job.yaml",
      "prompts: list should have at least 1 item"),
+    # datasets (issue 12): see tests/test_datasets.py
+    *[(f"dataset-{name}", HEAD + "prompts:\n  - " + item + "\n", {"d.csv": DATA_CSV, **files},
+       named, expected) for name, item, files, named, expected in [
+        ("missing-file", "{text: '{{ q }}', dataset: nope.csv}", {}, "job.yaml",
+         "prompts[0].dataset.path: no such dataset file 'nope.csv'"),
+        ("unknown-key", "{text: '{{ q }}', dataset: {path: d.csv, limt: 3}}", {}, "job.yaml",
+         "prompts[0].dataset.limt: unknown key (did you mean 'limit'?)"),
+        ("suffix", "{text: '{{ q }}', dataset: d.txt}", {"d.txt": "q\n"}, "job.yaml",
+         "prompts[0].dataset.path: a dataset must end in .csv"),
+        ("no-template", "{dataset: d.csv}", {}, "job.yaml",
+         "prompts[0]: a dataset: needs the prompt it fills"),
+        ("undefined-var", "{text: '{{ question }}', dataset: d.csv}", {}, "job.yaml",
+         "prompts[0].text: undefined variable 'question' (define it a field of the dataset"),
+        ("target-field", "{text: '{{ q }}', dataset: {path: d.csv, target: answr}}", {},
+         "job.yaml", "prompts[0].dataset.target: no field 'answr' in the dataset"),
+        ("where-field", "{text: '{{ q }}', dataset: {path: d.csv, where: {lvl: 1}}}", {},
+         "job.yaml", "prompts[0].dataset: field 'lvl': no such field in the dataset"),
+        ("no-match", "{text: '{{ q }}', dataset: {path: d.csv, where: {a: zzz}}}", {},
+         "job.yaml", "prompts[0].dataset.where: no row of the dataset matches"),
+        ("rename-field", "{text: '{{ q }}', dataset: {path: d.csv, rename: {x: y}}}", {},
+         "job.yaml", "prompts[0].dataset.rename.x: no such field"),
+        ("duplicate-id", "{text: '{{ q }}', dataset: {path: d.csv, id_field: a}}",
+         {"d.csv": "q,a\nx,1\ny,1\n"}, "job.yaml",
+         "prompts[0].dataset.id_field: id '1' is used by rows 1 and 2"),
+        ("bad-jsonl", "{text: '{{ q }}', dataset: d.jsonl}", {"d.jsonl": '{"q": 1}\n{"q": \n'},
+         "d.jsonl", "line 2: invalid JSON"),
+        ("row-not-object", "{text: '{{ q }}', dataset: d.json}", {"d.json": '[{"q": 1}, 2]'},
+         "d.json", "row 2: each row must be an object"),
+        ("csv-header-twice", "{text: '{{ q }}', dataset: d.csv}", {"d.csv": "q,q\n1,2\n"},
+         "d.csv", "line 1: column 'q' is named twice"),
+        ("parquet-unreadable", "{text: '{{ q }}', dataset: d.parquet}",
+         {"d.parquet": "not parquet"}, "d.parquet", "not a readable Parquet file"),
+        ("row-trips-template", "{text: '{{ q.__class__ }}', dataset: d.csv}", {}, "job.yaml",
+         "prompts[0].text: template cannot be rendered with row 1 of d.csv"),
+        ("prompts-file-is-data", "{prompts_file: d.csv}", {}, "d.csv",
+         "row 1: has no text or messages: a prompts file holds whole prompts"),
+    ]],
+    ("stored-field-missing", "name: t\nmodels: [{id: out, provider: stored}]\nprompts:\n"
+     "  - {text: '{{ q }}', dataset: d.csv}\n", {"d.csv": DATA_CSV}, "job.yaml",
+     "models[0].id: provider stored answers with the row field named by the id: no field 'out'"),
+    ("stored-without-dataset", "name: t\nmodels: [{id: q, provider: stored}]\nprompts: [hi]\n",
+     {}, "job.yaml", "models[0]: provider stored answers with a field of each dataset row"),
 ]
 BAD_IDS = [case[0] for case in BAD]
 RUN_TOO = {"missing-job-file", "unknown-top-key", "model-provider", "sandbox-escape",
