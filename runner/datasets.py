@@ -99,6 +99,15 @@ class Dataset:
         values = self._source.column_values(self._names.index(name))
         return values if self._pick is None else [values[int(p)] for p in self._pick]
 
+    def arrow_column(self, name: str) -> pa.ChunkedArray | None:
+        """The selected values of one field as Arrow (None for rows read whole)."""
+        if not isinstance(self._source, _Arrow):
+            return None
+        import pyarrow as pa
+
+        column = self._source.arrow_column(self._names.index(name))
+        return column if self._pick is None else column.take(pa.array(self._pick))
+
     def text_bytes(self, name: str) -> int:
         """UTF-8 bytes of `str(value)` summed over the selected rows (for `runner plan`)."""
         return self._source.text_bytes(self._names.index(name), self._pick)
@@ -196,26 +205,37 @@ class _Arrow(_Source):
         return out
 
     def column_values(self, at: int) -> list[Any]:
-        values: list[Any] = self._column(at).to_pylist()
+        values: list[Any] = self.arrow_column(at).to_pylist()
         return values
 
-    def _column(self, at: int) -> pa.ChunkedArray:
+    def arrow_column(self, at: int) -> pa.ChunkedArray:
         if self._table is not None:
             return self._table.column(at)
         return self._file.read(columns=[self.names[at]]).column(0)
 
     def text_bytes(self, at: int, pick: np.ndarray | None) -> int:
+        """By Arrow, a row group at a time (a Parquet column is never read whole here)."""
+        import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        column = self._column(at)
-        if pick is not None:
-            column = column.take(pa.array(pick))
-        try:
-            text = pc.cast(column, pa.string())
-        except pa.ArrowException:
-            return sum(len(_text(v).encode()) for v in column.to_pylist())
-        return int(pc.sum(pc.binary_length(text)).as_py() or 0)
+        total = 0
+        bounds = [*self._starts, self.rows]
+        for g in range(len(self._starts)):
+            start, end = bounds[g], bounds[g + 1]
+            column = self._table.column(at) if self._table is not None else \
+                self._file.read_row_group(g, columns=[self.names[at]]).column(0)
+            if pick is not None:
+                lo, hi = np.searchsorted(pick, [start, end])
+                if lo == hi:
+                    continue
+                column = column.take(pa.array(pick[lo:hi] - start))
+            try:
+                lengths = pc.binary_length(pc.cast(column, pa.string()))
+                total += int(pc.sum(lengths).as_py() or 0)
+            except pa.ArrowException:
+                total += sum(len(_text(v).encode()) for v in column.to_pylist())
+        return total
 
 
 def _text(value: Any) -> str:
@@ -422,6 +442,16 @@ def _select(job_path: Path, where: str, spec: DatasetIn, source: _Source,
 
 
 def _check_ids(job_path: Path, where: str, dataset: Dataset, id_field: str) -> None:
+    """Every selected row has an id, and no two the same (the rows at fault are named)."""
+    column = dataset.arrow_column(id_field)
+    if column is not None:  # by Arrow: a million ids are checked without a Python loop
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        empty = column.null_count > 0 or (pa.types.is_string(column.type) and bool(
+            pc.any(pc.equal(column, "")).as_py()))
+        if not empty and pc.count_distinct(column, mode="all").as_py() == len(column):
+            return
     seen: dict[str, int] = {}
     for k, value in enumerate(dataset.column(id_field)):
         if value is None or value == "":
