@@ -52,8 +52,8 @@ class Row:
 class Dataset:
     """The selected rows of one dataset file, by position 0..len-1."""
 
-    __slots__ = ("path", "where", "fields", "kinds", "id_field", "_source", "_pick",
-                 "_names", "_cache_start", "_cache")
+    __slots__ = ("path", "where", "fields", "kinds", "id_field", "fingerprint", "_source",
+                 "_pick", "_names", "_cache_start", "_cache")
 
     def __init__(self, path: Path, where: str, source: _Source, pick: np.ndarray | None,
                  renames: Mapping[str, str], id_field: str | None) -> None:
@@ -65,6 +65,7 @@ class Dataset:
         self.fields: tuple[str, ...] = self._names
         self.kinds: dict[str, str] = {renames.get(n, n): k for n, k in source.kinds.items()}
         self.id_field = id_field
+        self.fingerprint = ""                    # file and options: a resume checks it
         self._cache_start = -1
         self._cache: list[tuple[Any, ...]] = []
 
@@ -317,11 +318,24 @@ def read_dataset(job_path: Path, where: str, spec: DatasetIn) -> Dataset:
                                + _unknown(field_name, names))
     pick = _select(job_path, where, spec, source, names)
     dataset = Dataset(path, where, source, pick, renames, spec.id_field)
+    dataset.fingerprint = f"{_file_digest(path)}:{spec.model_dump_json()}"
     if len(dataset) == 0:
         raise JobFileError(job_path, f"{where}.where", "no row of the dataset matches")
     if spec.id_field is not None:
         _check_ids(job_path, where, dataset, spec.id_field)
     return dataset
+
+
+def _file_digest(path: Path, edge: int = 1 << 16) -> str:
+    """Size and a hash of the first and last 64 KiB of a file: a changed dataset (edited,
+    replaced, grown) is seen without reading all of a big one."""
+    with path.open("rb") as f:
+        size = f.seek(0, 2)
+        f.seek(0)
+        head = f.read(edge)
+        f.seek(max(0, size - edge))
+        tail = f.read(edge)
+    return f"{size}:{hashlib.blake2b(head + tail, digest_size=8).hexdigest()}"
 
 
 def _unknown(name: str, names: Sequence[str]) -> str:

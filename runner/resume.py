@@ -31,7 +31,8 @@ def plan_summary(job: Job) -> dict[str, Any]:
         "models": {m.label: {"id": m.id, "provider": m.provider, "params": dict(m.params),
                              "extra_body": dict(m.extra_body)} for m in job.models},
         "prompts": {p.id: hashlib.sha256(json.dumps(
-            [[m.role, m.content] for m in p.messages] + [dict(p.vars)],
+            [[m.role, m.content] for m in p.messages] + [dict(p.vars)]
+            + ([p.dataset.fingerprint] if p.dataset is not None else []),  # its rows too
             sort_keys=True, default=str).encode()).hexdigest()[:16] for p in job.prompts},
         "repeats": job.repeats,
     }

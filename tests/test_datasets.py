@@ -304,3 +304,18 @@ def test_regrade_example_grades_stored_outputs_without_a_model(tmp_path: Path) -
     assert df.loc[("model_b", "r4"), "error_type"] == "no_stored_response"
     assert json.loads(df.loc[("model_a", "r1"), "messages_json"])[0]["content"] == \
         "What is the capital of Australia?"
+
+
+def test_resume_refuses_a_changed_dataset(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from runner.cli import main
+
+    write_dataset(tmp_path / "d.csv", ROWS)
+    job = job_file(tmp_path, "  - id: q\n    text: '{{ question }}'\n    dataset: d.csv\n",
+                   models="[sim/fast-mini]")
+    out = tmp_path / "out"
+    assert main(["run", "--quiet", "--out", str(out), str(job)]) == 0
+    write_dataset(tmp_path / "d.csv", ROWS[:2])      # rows removed since the run
+    capsys.readouterr()
+    assert main(["run", "--quiet", "--out", str(out), "--resume", "latest", str(job)]) == 2
+    assert "prompts changed: q" in capsys.readouterr().err
