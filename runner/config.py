@@ -26,7 +26,7 @@ from .prompts import Message as Message
 from .prompts import Prompt as Prompt
 from .prompts import resolve_prompts
 from .sources import Problems, invalid, load_yaml, locations
-from .stored import STORED, check_stored
+from .stored import STORED, check_stored, check_stored_judges
 
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
 SIMULATED = "simulated"
@@ -225,6 +225,7 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any],
         with problems.gather():
             checks = build_check_set(job.checks, {p.id: p.checks for p in prompts}, path=path)
             judges = _judges(path, checks, job.provider, known)
+            check_stored_judges(path, judges.values())
     problems.raise_any()
     resolved = Job(
         name=job.name, description=job.description, path=path.resolve(),

@@ -8,7 +8,7 @@ provider: stored}]`); several such models re-grade several stored columns side b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,15 @@ def check_stored(path: Path, models: list[tuple[int, str, str]],
                                    f"row field named by the id: no field {model_id!r} in the "
                                    f"dataset of prompt {prompt_id!r} (fields: "
                                    f"{', '.join(fields[:12])})")
+
+
+def check_stored_judges(path: Path, judges: Iterable[Any]) -> None:
+    """A judge must be a model: in a job whose default provider is `stored`, name its own."""
+    for judge in judges:
+        if judge.provider == STORED:
+            raise JobFileError(path, "llm_judge.provider", f"judge {judge.id!r} would be "
+                               "answered by the stored provider (the job's default): give "
+                               "the judge a provider: that calls a model (e.g. openrouter)")
 
 
 def stored_prices(model_ids: Mapping[str, str]) -> dict[tuple[str, str], Price]:

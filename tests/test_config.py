@@ -168,6 +168,9 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
     ("stored-field-missing", "name: t\nmodels: [{id: out, provider: stored}]\nprompts:\n"
      "  - {text: '{{ q }}', dataset: d.csv}\n", {"d.csv": DATA_CSV}, "job.yaml",
      "models[0].id: provider stored answers with the row field named by the id: no field 'out'"),
+    ("stored-judge", "name: t\nprovider: stored\nmodels: [a]\nprompts:\n"
+     "  - {text: '{{ q }}', dataset: d.csv}\nchecks:\n  - llm_judge: {model: m/j, rubric: ok}\n",
+     {"d.csv": DATA_CSV}, "job.yaml", "llm_judge.provider: judge 'm/j' would be answered by"),
     ("stored-without-dataset", "name: t\nmodels: [{id: q, provider: stored}]\nprompts: [hi]\n",
      {}, "job.yaml", "models[0]: provider stored answers with a field of each dataset row"),
 ]

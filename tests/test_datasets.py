@@ -319,3 +319,14 @@ def test_resume_refuses_a_changed_dataset(tmp_path: Path,
     capsys.readouterr()
     assert main(["run", "--quiet", "--out", str(out), "--resume", "latest", str(job)]) == 2
     assert "prompts changed: q" in capsys.readouterr().err
+
+
+def test_prompt_metadata_and_job_vars_are_recorded_without_a_dataset(tmp_path: Path) -> None:
+    job = job_file(tmp_path, "  - id: g\n    text: 'Hi in {{ lang }}'\n"
+                   "    vars: {lang: [French, Japanese], n: [1, 2]}\n"
+                   "    metadata: {topic: greetings}\n", models="[sim/fast-mini]")
+    df = runner.run(job, out_dir=tmp_path / "out").rows
+    assert df["var_lang"].tolist() == ["French", "Japanese"]
+    assert "var_n" not in df.columns          # a var the template does not use is not sent
+    assert df["metadata_json"].map(json.loads).tolist() == [{"topic": "greetings"}] * 2
+    assert df["target"].isna().all() and df["row_id"].isna().all()
