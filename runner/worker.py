@@ -113,7 +113,7 @@ async def flush(run: RunState) -> None:
 async def handle(run: RunState, request: Request) -> None:
     """Send one request (with retries), grade it, and record its row; never raises for a
     failed request. Cut off by cancellation, it still records the row of what was sent."""
-    result = new_result(run.run_id, run.job.name, request)
+    result = new_result(run.run_id, run.job.name, request, run.providers.redactor)
     t_ready = run.clock()
     call = _call_for(run, request, t_ready)
     result.estimated_cost_usd = call.worst_usd
