@@ -202,6 +202,11 @@ class PromptIn(Strict):
     def _one_source(self) -> PromptIn:
         given = [k for k in ("text", "messages", "file", "prompts_file")
                  if getattr(self, k) is not None]
+        files = [k for k in ("file", "prompts_file") if getattr(self, k) is not None]
+        if files and len(given) > 1 and len(files) == 1:
+            raise ValueError(f"{files[0]}: holds whole prompts, and {given[0]}: is a prompt; "
+                             f"to fill {given[0]}: with the rows of a data file, name the file "
+                             "under dataset: instead")
         if len(given) != 1:
             if self.dataset is not None and not given:
                 raise ValueError("a dataset: needs the prompt it fills: give text:, messages: "

@@ -162,6 +162,9 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
          {"d.parquet": "not parquet"}, "d.parquet", "not a readable Parquet file"),
         ("row-trips-template", "{text: '{{ q.__class__ }}', dataset: d.csv}", {}, "job.yaml",
          "prompts[0].text: template cannot be rendered with row 1 of d.csv"),
+        ("file-and-text", "{file: d.csv, text: '{{ q }}'}", {}, "job.yaml",
+         "prompts[0]: file: holds whole prompts, and text: is a prompt; to fill text: with "
+         "the rows of a data file, name the file under dataset: instead"),
         ("prompts-file-is-data", "{prompts_file: d.csv}", {}, "d.csv",
          "row 1: has no text or messages: a prompts file holds whole prompts"),
     ]],
