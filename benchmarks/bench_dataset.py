@@ -1,7 +1,7 @@
 """Datasets: `runner plan` time and peak RSS for a 10k- and a 1M-row Parquet dataset x 3 models,
 and the peak RSS of walking the whole plan as a run does, side by side.
 
-    .venv/bin/python benchmarks/bench_dataset.py [--sizes 10000 1000000] [--walk N]
+    .venv/bin/python benchmarks/bench_dataset.py [--sizes 10000 1000000] [--walk 300000]
 
 Each size gets a Parquet file (id, subject, question, answer; row groups of 65,536 rows) and a
 job crossing it with one template and three simulated models. `runner plan` runs as its own
@@ -94,7 +94,7 @@ def measure(cmd: list[str]) -> tuple[float, float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs=2, default=[10_000, 1_000_000])
-    parser.add_argument("--walk", type=int, default=0,
+    parser.add_argument("--walk", type=int, default=300_000,
                         help="requests walked per size (0: the whole plan)")
     args = parser.parse_args()
     rows = []
