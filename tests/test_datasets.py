@@ -330,3 +330,15 @@ def test_prompt_metadata_and_job_vars_are_recorded_without_a_dataset(tmp_path: P
     assert "var_n" not in df.columns          # a var the template does not use is not sent
     assert df["metadata_json"].map(json.loads).tolist() == [{"topic": "greetings"}] * 2
     assert df["target"].isna().all() and df["row_id"].isna().all()
+
+
+def test_dataset_benchmark_prints_its_table() -> None:
+    import subprocess
+    import sys
+
+    script = ROOT / "benchmarks" / "bench_dataset.py"
+    out = subprocess.run([sys.executable, str(script), "--sizes", "50", "500", "--walk", "300"],
+                         capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "## Datasets" in out.stdout
+    assert "| 500 " in out.stdout and "| 1,500 " in out.stdout
