@@ -116,8 +116,11 @@ class Dataset:
 
 def row_hash(values: Sequence[Any]) -> str:
     """12 hex digits of a row's values (stable across runs of the same file)."""
-    data = orjson.dumps(list(values), default=str,
-                        option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SORT_KEYS)
+    try:
+        data = orjson.dumps(list(values), default=str,
+                            option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SORT_KEYS)
+    except (TypeError, ValueError):  # an integer beyond 64 bits
+        data = json.dumps(list(values), default=str, sort_keys=True).encode()
     return hashlib.blake2b(data, digest_size=6).hexdigest()
 
 
@@ -414,10 +417,12 @@ def _load_records(path: Path, suffix: str) -> list[Any]:
         for n, line in enumerate(read_text(path).splitlines(), 1):
             if not line.strip():
                 continue
-            try:
-                rows.append(orjson.loads(line))
-            except orjson.JSONDecodeError as exc:
-                raise JobFileError(path, f"line {n}", f"invalid JSON: {exc}") from None
+            try:  # the standard parser: orjson would read a 70-bit integer as a float
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise JobFileError(path, f"line {n}", f"invalid JSON: {exc.msg}") from None
+            except RecursionError:
+                raise JobFileError(path, f"line {n}", "invalid JSON: nested too deeply") from None
         return rows
     if suffix == ".json":
         try:

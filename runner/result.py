@@ -6,6 +6,7 @@ Column names carry their units (`_s` seconds, `_usd` US dollars, `_at` UTC times
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -164,12 +165,21 @@ def column_value(kind: str, value: Any) -> Any:
     if value is None:
         return None
     if kind == "json":
-        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        return json_text(value)
     if kind == "string":
         return value if isinstance(value, str) else str(value)
     if kind == "float64" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+def json_text(value: Any) -> str:
+    """A value as compact JSON text (what the `_json` columns hold); never raises: what JSON
+    has no form for is written as its text."""
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, ValueError):  # an integer beyond 64 bits, a nesting too deep
+        return json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
 
 
 def var_column(name: str) -> str:

@@ -6,12 +6,11 @@ import json
 import math
 from collections.abc import Callable
 
-import orjson
 
 from .client import Attempt
 from .plan import Request
 from .pricing import Price
-from .result import ERROR, OK, Result
+from .result import ERROR, OK, Result, json_text
 
 
 def new_result(run_id: str, job: str, request: Request,
@@ -29,9 +28,7 @@ def new_result(run_id: str, job: str, request: Request,
         stream=bool(request.params.get("stream", True)),
         row_id=request.row_id, messages_json=clean(messages_json(request)),
         target=clean(request.target) if request.target is not None else None,
-        metadata_json=clean(orjson.dumps(dict(request.metadata), default=str,
-                                         option=orjson.OPT_NON_STR_KEYS).decode())
-        if request.metadata else None,
+        metadata_json=clean(json_text(dict(request.metadata))) if request.metadata else None,
         var_values={k: clean(v) if isinstance(v, str) else v for k, v in request.vars.items()}
         if request.vars else None,
     )
@@ -43,8 +40,7 @@ def _same(text: str) -> str:
 
 def messages_json(request: Request) -> str:
     """The messages a request sends, as JSON (`[{"role": ..., "content": ...}]`)."""
-    return orjson.dumps([{"role": m.role, "content": m.content} for m in request.messages],
-                        default=str).decode()
+    return json_text([{"role": m.role, "content": m.content} for m in request.messages])
 
 
 def attempt_cost(attempt: Attempt, price: Price | None) -> tuple[float | None, str | None]:

@@ -342,3 +342,15 @@ def test_dataset_benchmark_prints_its_table() -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     assert "## Datasets" in out.stdout
     assert "| 500 " in out.stdout and "| 1,500 " in out.stdout
+
+
+def test_values_json_cannot_hold_are_still_sent_and_recorded(tmp_path: Path) -> None:
+    huge = 2**70
+    (tmp_path / "d.jsonl").write_text(json.dumps({"q": "big", "n": huge, "deep": [huge]}) + "\n",
+                                      encoding="utf-8")
+    job = job_file(tmp_path, "  - text: '{{ q }} {{ n }}'\n    metadata: {m: " + str(huge)
+                   + "}\n    dataset: d.jsonl\n", models="[sim/fast-mini]")
+    df = runner.run(job, out_dir=tmp_path / "out").rows
+    assert df["status"].tolist() == ["ok"]
+    assert df["var_n"].tolist() == [str(huge)] and json.loads(df["var_deep"][0]) == [huge]
+    assert json.loads(df["metadata_json"][0]) == {"m": huge}
