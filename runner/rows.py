@@ -6,7 +6,6 @@ import json
 import math
 from collections.abc import Callable
 
-
 from .client import Attempt
 from .plan import Request
 from .pricing import Price
