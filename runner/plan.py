@@ -162,8 +162,10 @@ class Plan(Sequence[Request]):
         target = prompt.target.source if prompt.target is not None else prompt.target_field
         return hashlib.sha256(json.dumps(
             ["dataset-v1", model.id, model.provider, model.label, prompt.id,
-             [[msg.role, t.source, t.parts is not None or "jinja"]
-              for msg, t in zip(prompt.messages, self.templates(p), strict=True)],
+             [[msg.role, t.source] for msg, t in zip(prompt.messages, self.templates(p),
+                                                     strict=True)],
+             # a literal template (templating: false) and a templated one split differently
+             [list(t.parts) if t.parts is not None else None for t in self.templates(p)],
              {k: list(v) for k, v in prompt.vars.items()}, target,
              dict(self._params(m, p)), dict(model.extra_body)],
             sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str,
