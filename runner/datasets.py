@@ -231,7 +231,7 @@ class _Arrow(_Source):
         column = self.arrow_column(at)
         try:
             if pa.types.is_string(column.type):
-                wanted = pa.array([_text(v) for v in values], pa.string())
+                wanted = pa.array(sorted(_texts(values)), pa.string())
             else:
                 wanted = pa.array(values).cast(column.type)
             mask = pc.is_in(column, value_set=wanted)
@@ -266,6 +266,13 @@ class _Arrow(_Source):
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def _texts(values: list[Any]) -> set[str]:
+    """How `where` values may be written in a text cell (YAML's true is `true` or `True`)."""
+    out = {_text(v) for v in values}
+    out.update(str(v).lower() for v in values if isinstance(v, bool))
+    return out
 
 
 def value_kind(values: list[Any]) -> str:
@@ -463,7 +470,7 @@ def _select(job_path: Path, where: str, spec: DatasetIn, source: _Source,
         match = source.matches(names.index(field_name), values)
         if match is None:
             column = source.column_values(names.index(field_name))
-            texts = {_text(v) for v in values}
+            texts = _texts(values)
             match = np.fromiter(((v in values and type(v) in {type(w) for w in values})
                                  or _text(v) in texts for v in column),
                                 dtype=bool, count=len(column))

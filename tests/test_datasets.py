@@ -140,6 +140,13 @@ def test_where_equals_and_in_then_limit(tmp_path: Path, suffix: str) -> None:
         ["q0", "q2", "q5"]
 
 
+def test_where_on_a_csv_text_cell_takes_yaml_booleans(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("q,hard\na,true\nb,false\nc,True\n", encoding="utf-8")
+    job = load_job(job_file(tmp_path, "  - text: '{{ q }}'\n    dataset: {path: d.csv, "
+                            "where: {hard: true}}\n", models="[sim/fast-mini]"))
+    assert [r.messages[0].content for r in Plan(job)] == ["a", "c"]
+
+
 def test_sample_is_seeded_in_file_order_and_a_subset(tmp_path: Path) -> None:
     first = selected(tmp_path, ", sample: 10, seed: 7")
     assert first == selected(tmp_path, ", sample: 10, seed: 7")          # reproducible
