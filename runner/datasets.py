@@ -1,9 +1,9 @@
 """Datasets: a validated `dataset:` entry in (a CSV, JSONL, JSON, YAML or Parquet file and its
 options), a `Dataset` out: the selected rows by position, each a dict of its fields, read lazily.
 
-A row's fields are template vars under their own names; no name is reserved. Parquet files are
-read by row group (a window of rows at a time), CSV files as an Arrow table of strings (their
-cells stay text, as written); JSON, JSONL and YAML files are read whole. Nothing ever holds the
+A row's fields are template vars under their own names; no name is reserved. The files are read
+by `dataset_sources` (Parquet by row group, CSV as an Arrow table of strings, JSON, JSONL and
+YAML whole), a window of rows at a time when the plan asks. Nothing ever holds the
 cross product: the plan asks for row k when it needs it. Selection is `where` (field equals a
 value, or is in a list), then `sample` (n rows drawn with `seed`, kept in file order), then
 `limit` (the first n), worked out as an index array at load, never as rows.
@@ -14,7 +14,6 @@ naming the file and the field.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import random
@@ -25,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .dataset_sources import ArrowSource, Source, open_source, text_of, texts_of
+from .dataset_sources import merge_kinds as merge_kinds
+from .dataset_sources import value_kind as value_kind
 from .errors import JobFileError
-from .sources import load_yaml, read_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,7 +56,7 @@ class Dataset:
     __slots__ = ("path", "where", "fields", "kinds", "id_field", "fingerprint", "_source",
                  "_pick", "_names", "_cache_start", "_cache")
 
-    def __init__(self, path: Path, where: str, source: _Source, pick: np.ndarray | None,
+    def __init__(self, path: Path, where: str, source: Source, pick: np.ndarray | None,
                  renames: Mapping[str, str], id_field: str | None) -> None:
         self.path = path
         self.where = where                       # the job-file field that names it
@@ -102,7 +103,7 @@ class Dataset:
 
     def arrow_column(self, name: str) -> pa.ChunkedArray | None:
         """The selected values of one field as Arrow (None for rows read whole)."""
-        if not isinstance(self._source, _Arrow):
+        if not isinstance(self._source, ArrowSource):
             return None
         import pyarrow as pa
 
@@ -124,197 +125,6 @@ def row_hash(values: Sequence[Any]) -> str:
     return hashlib.blake2b(data, digest_size=6).hexdigest()
 
 
-# --- sources ----------------------------------------------------------------------------------
-
-class _Source:
-    """Where the rows of a file come from: names, kinds, count, and windows of value tuples."""
-
-    names: tuple[str, ...]
-    kinds: dict[str, str]
-    rows: int
-
-    def window(self, start: int, count: int) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
-
-    def column_values(self, at: int) -> list[Any]:
-        raise NotImplementedError
-
-    def text_bytes(self, at: int, pick: np.ndarray | None) -> int:
-        raise NotImplementedError
-
-    def matches(self, at: int, values: list[Any]) -> np.ndarray | None:
-        """Which rows' field `at` is one of `values` (None: the caller compares in Python)."""
-        return None
-
-
-class _Memory(_Source):
-    """Rows read whole (JSON, JSONL, YAML), as tuples in field order."""
-
-    def __init__(self, names: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-        self.names = names
-        self._rows = rows
-        self.rows = len(rows)
-        self.kinds = {name: value_kind([r[at] for r in rows]) for at, name in enumerate(names)}
-
-    def window(self, start: int, count: int) -> list[tuple[Any, ...]]:
-        return self._rows[start:start + count]
-
-    def column_values(self, at: int) -> list[Any]:
-        return [r[at] for r in self._rows]
-
-    def text_bytes(self, at: int, pick: np.ndarray | None) -> int:
-        positions = range(self.rows) if pick is None else pick
-        return sum(len(_text(self._rows[int(p)][at]).encode()) for p in positions)
-
-
-class _Arrow(_Source):
-    """Rows of an Arrow table in memory (CSV) or of a Parquet file, read a row group at a
-    time; a window of rows becomes Python values when asked for."""
-
-    def __init__(self, table: pa.Table | None, parquet: Any = None) -> None:
-        self._table = table
-        self._file = parquet
-        schema = table.schema if table is not None else parquet.schema_arrow
-        self.names = tuple(schema.names)
-        self.kinds = {f.name: _arrow_kind(f.type) for f in schema}
-        if table is not None:
-            self.rows = table.num_rows
-            self._starts = [0]
-        else:
-            meta = parquet.metadata
-            self.rows = meta.num_rows
-            self._starts = []
-            total = 0
-            for g in range(meta.num_row_groups):
-                self._starts.append(total)
-                total += meta.row_group(g).num_rows
-        self._group = -1
-        self._group_table: pa.Table | None = None
-
-    def _group_of(self, pos: int) -> tuple[pa.Table, int]:
-        if self._table is not None:
-            return self._table, 0
-        g = bisect.bisect_right(self._starts, pos) - 1
-        if g != self._group:
-            self._group_table = None  # the old group goes before the new one is read
-            self._group_table = self._file.read_row_group(g)
-            self._group = g
-        assert self._group_table is not None
-        return self._group_table, self._starts[g]
-
-    def window(self, start: int, count: int) -> list[tuple[Any, ...]]:
-        out: list[tuple[Any, ...]] = []
-        pos, end = start, min(start + count, self.rows)
-        while pos < end:
-            table, offset = self._group_of(pos)
-            piece = table.slice(pos - offset, end - pos)
-            out.extend(zip(*(c.to_pylist() for c in piece.columns), strict=True))
-            pos += piece.num_rows
-        return out
-
-    def column_values(self, at: int) -> list[Any]:
-        values: list[Any] = self.arrow_column(at).to_pylist()
-        return values
-
-    def arrow_column(self, at: int) -> pa.ChunkedArray:
-        if self._table is not None:
-            return self._table.column(at)
-        return self._file.read(columns=[self.names[at]]).column(0)
-
-    def matches(self, at: int, values: list[Any]) -> np.ndarray | None:
-        """By Arrow (a million rows without a Python loop): the values cast to the column's
-        type (text columns compare the values' text, as the CSV cells are written)."""
-        import numpy as np
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        column = self.arrow_column(at)
-        try:
-            if pa.types.is_string(column.type):
-                wanted = pa.array(sorted(_texts(values)), pa.string())
-            else:
-                wanted = pa.array(values).cast(column.type)
-            mask = pc.is_in(column, value_set=wanted)
-        except (pa.ArrowException, TypeError, ValueError):
-            return None
-        return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
-
-    def text_bytes(self, at: int, pick: np.ndarray | None) -> int:
-        """By Arrow, a row group at a time (a Parquet column is never read whole here)."""
-        import numpy as np
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        total = 0
-        bounds = [*self._starts, self.rows]
-        for g in range(len(self._starts)):
-            start, end = bounds[g], bounds[g + 1]
-            column = self._table.column(at) if self._table is not None else \
-                self._file.read_row_group(g, columns=[self.names[at]]).column(0)
-            if pick is not None:
-                lo, hi = np.searchsorted(pick, [start, end])
-                if lo == hi:
-                    continue
-                column = column.take(pa.array(pick[lo:hi] - start))
-            try:
-                lengths = pc.binary_length(pc.cast(column, pa.string()))
-                total += int(pc.sum(lengths).as_py() or 0)
-            except pa.ArrowException:
-                total += sum(len(_text(v).encode()) for v in column.to_pylist())
-        return total
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def _texts(values: list[Any]) -> set[str]:
-    """How `where` values may be written in a text cell (YAML's true is `true` or `True`)."""
-    out = {_text(v) for v in values}
-    out.update(str(v).lower() for v in values if isinstance(v, bool))
-    return out
-
-
-def value_kind(values: list[Any]) -> str:
-    """The column kind of a field's values (ignoring nulls)."""
-    seen = {type(v) for v in values if v is not None}
-    if seen & {dict, list}:
-        return "json"
-    if seen == {bool}:
-        return "bool"
-    if seen == {int}:
-        return "int64" if all(-(2**63) <= v < 2**63 for v in values if v is not None) \
-            else "string"
-    if seen and seen <= {int, float}:
-        return "float64"
-    return "string"
-
-
-def merge_kinds(a: str, b: str) -> str:
-    """The kind of a column two sources fill (one var name used by two prompts)."""
-    if a == b:
-        return a
-    if {a, b} == {"int64", "float64"}:
-        return "float64"
-    return "json" if "json" in (a, b) else "string"
-
-
-def _arrow_kind(kind: pa.DataType) -> str:
-    import pyarrow as pa
-
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return "string"
-    if pa.types.is_boolean(kind):
-        return "bool"
-    if pa.types.is_integer(kind) and not (pa.types.is_uint64(kind)):
-        return "int64"
-    if pa.types.is_floating(kind):
-        return "float64"
-    if pa.types.is_nested(kind):
-        return "json"
-    return "string"
-
-
 # --- reading files ----------------------------------------------------------------------------
 
 def read_dataset(job_path: Path, where: str, spec: DatasetIn) -> Dataset:
@@ -327,13 +137,7 @@ def read_dataset(job_path: Path, where: str, spec: DatasetIn) -> Dataset:
     if suffix not in SUFFIXES:
         raise JobFileError(job_path, f"{where}.path", "a dataset must end in .csv, .jsonl, "
                            f".json, .yaml or .parquet (got {path.name!r})")
-    source: _Source
-    if suffix == ".parquet":
-        source = _parquet(path)
-    elif suffix == ".csv":
-        source = _csv(path)
-    else:
-        source = _records(path, _load_records(path, suffix))
+    source = open_source(path)
     if source.rows == 0:
         raise JobFileError(path, "", "the dataset has no rows")
     renames = dict(spec.rename)
@@ -375,91 +179,7 @@ def _unknown(name: str, names: Sequence[str]) -> str:
     return f"no such field in the dataset (its fields: {shown})"
 
 
-def _parquet(path: Path) -> _Source:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        return _Arrow(None, pq.ParquetFile(path))
-    except (pa.ArrowException, OSError) as exc:
-        raise JobFileError(path, "", f"not a readable Parquet file "
-                           f"({str(exc).splitlines()[0][:200]})") from None
-
-
-def _csv(path: Path) -> _Source:
-    """A CSV file as an Arrow table of strings: cells stay the text written (`3.50` is not
-    3.5), an empty cell is an empty string; values may span lines inside quotes."""
-    import csv
-    import io
-
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    text = read_text(path)
-    try:
-        header = next(csv.reader(io.StringIO(text, newline="")), [])
-    except csv.Error as exc:
-        raise JobFileError(path, "line 1", f"invalid CSV: {exc}") from None
-    if not header or any(not h for h in header):
-        raise JobFileError(path, "line 1", "the first line must name every column")
-    if len(set(header)) < len(header):
-        dup = next(h for h in header if header.count(h) > 1)
-        raise JobFileError(path, "line 1", f"column {dup!r} is named twice")
-    try:
-        table = pacsv.read_csv(
-            pa.BufferReader(text.encode()),
-            read_options=pacsv.ReadOptions(use_threads=False),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                column_types={h: pa.string() for h in header}, strings_can_be_null=False,
-                quoted_strings_can_be_null=False))
-    except pa.ArrowException as exc:
-        raise JobFileError(path, "", f"invalid CSV: {str(exc).splitlines()[0][:200]}") from None
-    return _Arrow(table)
-
-
-def _load_records(path: Path, suffix: str) -> list[Any]:
-    if suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(read_text(path).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:  # the standard parser: orjson would read a 70-bit integer as a float
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise JobFileError(path, f"line {n}", f"invalid JSON: {exc.msg}") from None
-            except RecursionError:
-                raise JobFileError(path, f"line {n}", "invalid JSON: nested too deeply") from None
-        return rows
-    if suffix == ".json":
-        try:
-            data = json.loads(read_text(path))
-        except json.JSONDecodeError as exc:
-            raise JobFileError(path, f"line {exc.lineno}", f"invalid JSON: {exc.msg}") from None
-        except RecursionError:
-            raise JobFileError(path, "", "invalid JSON: nested too deeply") from None
-    else:
-        data = load_yaml(path)
-    if not isinstance(data, list):
-        raise JobFileError(path, "", "a dataset must be a list of rows (objects)")
-    return data
-
-
-def _records(path: Path, records: list[Any]) -> _Source:
-    names: dict[str, None] = {}
-    for n, record in enumerate(records, 1):
-        if not isinstance(record, dict):
-            raise JobFileError(path, f"row {n}", "each row must be an object/mapping "
-                               f"(got {type(record).__name__})")
-        for key in record:
-            names.setdefault(str(key), None)
-    order = tuple(names)
-    # a field a row leaves out is null there
-    rows = [tuple(record.get(name) for name in order) for record in records]
-    return _Memory(order, rows)
-
-
-def _select(job_path: Path, where: str, spec: DatasetIn, source: _Source,
+def _select(job_path: Path, where: str, spec: DatasetIn, source: Source,
             names: list[str]) -> np.ndarray | None:
     """File positions of the selected rows (None: every row, in order)."""
     import numpy as np
@@ -470,9 +190,9 @@ def _select(job_path: Path, where: str, spec: DatasetIn, source: _Source,
         match = source.matches(names.index(field_name), values)
         if match is None:
             column = source.column_values(names.index(field_name))
-            texts = _texts(values)
+            texts = texts_of(values)
             match = np.fromiter(((v in values and type(v) in {type(w) for w in values})
-                                 or _text(v) in texts for v in column),
+                                 or text_of(v) in texts for v in column),
                                 dtype=bool, count=len(column))
         positions = np.flatnonzero(match)
         pick = positions if pick is None else np.intersect1d(pick, positions)
