@@ -18,17 +18,18 @@ import functools
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .result import ERROR, Result, arrow_schema
+from .result import ERROR, Result, arrow_schema, column_value, var_column
 from .rundir import (
     PARTS,
     REQUESTS,
     REQUESTS_CSV,
     SUMMARY,
+    VarKinds,
     disk_error,
     file_schema,
     last_part_no,
@@ -61,13 +62,14 @@ PREPARE_ROWS = 2_000
 
 
 @functools.cache
-def _plain() -> pa.Schema:
-    """The file schema without dictionaries (what the CSV writer takes)."""
+def _plain(schema: pa.Schema | None = None) -> pa.Schema:
+    """The file schema (default: without var columns) without dictionaries (what the JSON
+    reader takes)."""
     import pyarrow as pa
 
     return pa.schema([
         pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
-        for f in arrow_schema()
+        for f in (arrow_schema() if schema is None else schema)
     ])
 
 # a row that cannot be stored keeps these (they come from the plan, not from a server)
@@ -80,11 +82,16 @@ class Collector:
     """Buffers rows and writes them in batches; `finish()` writes the final files."""
 
     __slots__ = ("run_dir", "_parts_dir", "_rows", "_part_no", "_lock", "write_csv",
-                 "flush_rows", "_kept", "_kept_bytes", "summary", "_via_json")
+                 "flush_rows", "_kept", "_kept_bytes", "summary", "_via_json", "_var_kinds",
+                 "_kinds")
 
     def __init__(self, run_dir: Path, *, write_csv: bool = True, flush_rows: int = 500,
-                 rows_expected: int | None = None) -> None:
+                 rows_expected: int | None = None,
+                 var_kinds: Mapping[str, str] | None = None) -> None:
         self.run_dir = run_dir
+        # the job's var columns (`var_<name>`, kinds from `Plan.var_kinds`), in this order
+        self._var_kinds: VarKinds = tuple((var_kinds or {}).items())
+        self._kinds = dict(self._var_kinds)
         self._parts_dir = run_dir / PARTS
         self._rows: list[dict[str, Any]] = []
         self.write_csv = write_csv
@@ -110,7 +117,21 @@ class Collector:
             import pandas  # noqa: F401
 
     def add(self, result: Result) -> None:
-        self._rows.append(result.as_row())
+        row = result.as_row()
+        if result.var_values:
+            kinds = self._kinds
+            for name, value in result.var_values.items():
+                key = var_column(name)
+                if name in kinds:
+                    row[key] = column_value(kinds[name], value)
+                else:  # a var the schema does not know (a hand-made plan): not in the file
+                    del row[key]
+        self._rows.append(row)
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The schema of this run's row files (the result columns, then the var columns)."""
+        return file_schema(self._var_kinds)
 
     @property
     def pending(self) -> int:
@@ -134,7 +155,8 @@ class Collector:
             part_no = self._part_no
         import pyarrow.parquet as pq
 
-        table = to_table(rows, via_json=self._via_json and "pandas" not in sys.modules)
+        table = to_table(rows, via_json=self._via_json and "pandas" not in sys.modules,
+                         schema=self.schema)
         path = self._parts_dir / f"part-{part_no:06d}.parquet"
         with replacing(path) as tmp:
             pq.write_table(table, tmp)
@@ -168,7 +190,8 @@ class Collector:
             kept = self._kept.get(path)
             if kept is not None:
                 return kept if columns is None else kept.select(columns)
-            return read_rows(path, columns, consequence="it is set aside as .bad")
+            return read_rows(path, columns, consequence="it is set aside as .bad",
+                             schema=self.schema)
 
         ids = [load(p, ["request_id"]) if dedupe else None for p in sources]
         keep = latest_rows(ids) if dedupe else None
@@ -178,9 +201,9 @@ class Collector:
             tmp = stack.enter_context(replacing(final))
             csv_tmp = stack.enter_context(replacing(self.run_dir / REQUESTS_CSV)) \
                 if self.write_csv else None
-            csv_writer = pacsv.CSVWriter(csv_tmp, file_schema()) if csv_tmp is not None \
+            csv_writer = pacsv.CSVWriter(csv_tmp, self.schema) if csv_tmp is not None \
                 else None
-            with pq.ParquetWriter(tmp, file_schema()) as writer:
+            with pq.ParquetWriter(tmp, self.schema) as writer:
                 for n, path in enumerate(sources):
                     table = None if dedupe and ids[n] is None else load(path)
                     if table is None:
@@ -212,7 +235,8 @@ class Collector:
         return final
 
 
-def to_table(rows: list[dict[str, Any]], *, via_json: bool = True) -> pa.Table:
+def to_table(rows: list[dict[str, Any]], *, via_json: bool = True,
+             schema: pa.Schema | None = None) -> pa.Table:
     """Rows as a table of the file schema; a row with a value that does not fit becomes an
     error row (`malformed`, the reason in its message) instead of failing the whole batch.
 
@@ -223,18 +247,19 @@ def to_table(rows: list[dict[str, Any]], *, via_json: bool = True) -> pa.Table:
     route."""
     import pyarrow as pa
 
+    schema = file_schema() if schema is None else schema
     if via_json:
         try:
-            return _from_json(rows)
+            return _from_json(rows, schema)
         except (pa.ArrowException, TypeError, ValueError, OverflowError):
             pass
     try:
-        return pa.Table.from_pylist(rows, schema=file_schema())
+        return pa.Table.from_pylist(rows, schema=schema)
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
-        return pa.Table.from_pylist(list(_storable(rows)), schema=file_schema())
+        return pa.Table.from_pylist(list(_storable(rows, schema)), schema=schema)
 
 
-def _from_json(rows: list[dict[str, Any]]) -> pa.Table:
+def _from_json(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     import orjson
     import pyarrow as pa
     import pyarrow.json as pajson
@@ -243,7 +268,7 @@ def _from_json(rows: list[dict[str, Any]]) -> pa.Table:
     table = pajson.read_json(
         pa.BufferReader(data),
         read_options=pajson.ReadOptions(use_threads=False, block_size=len(data) + 1),
-        parse_options=pajson.ParseOptions(explicit_schema=_plain(),
+        parse_options=pajson.ParseOptions(explicit_schema=_plain(schema.remove_metadata()),
                                           unexpected_field_behavior="error"))
     if table.num_rows != len(rows):
         raise ValueError("a row was lost on the way through JSON")
@@ -251,7 +276,7 @@ def _from_json(rows: list[dict[str, Any]]) -> pa.Table:
     # quarter of a second): the category columns are built from buffers
     return pa.Table.from_arrays(
         [_categories(table.column(f.name).to_pylist()) if pa.types.is_dictionary(f.type)
-         else table.column(f.name) for f in file_schema()], schema=file_schema())
+         else table.column(f.name) for f in schema], schema=schema)
 
 
 def _categories(values: list[str | None]) -> pa.Array:
@@ -275,25 +300,25 @@ def _categories(values: list[str | None]) -> pa.Array:
         dictionary, safe=False)
 
 
-def _storable(rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def _storable(rows: list[dict[str, Any]], schema: pa.Schema) -> Iterator[dict[str, Any]]:
     import pyarrow as pa
 
     for row in rows:
         try:
-            pa.Table.from_pylist([row], schema=file_schema())
+            pa.Table.from_pylist([row], schema=schema)
         except (pa.ArrowException, TypeError, ValueError, OverflowError):
-            yield _malformed(row)
+            yield _malformed(row, schema)
         else:
             yield row
 
 
-def _malformed(row: dict[str, Any]) -> dict[str, Any]:
+def _malformed(row: dict[str, Any], schema: pa.Schema | None = None) -> dict[str, Any]:
     """The fields of `row` that can be stored, as an error row naming the ones that could not."""
     import pyarrow as pa
 
     kept: dict[str, Any] = {}
     bad: list[str] = []
-    for field in _plain():
+    for field in _plain(None if schema is None else schema.remove_metadata()):
         value = row.get(field.name)
         try:
             pa.array([value], type=field.type)

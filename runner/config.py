@@ -26,6 +26,7 @@ from .prompts import Message as Message
 from .prompts import Prompt as Prompt
 from .prompts import resolve_prompts
 from .sources import Problems, invalid, load_yaml, locations
+from .stored import STORED, check_stored, check_stored_judges
 
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
 SIMULATED = "simulated"
@@ -229,12 +230,18 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any],
     with problems.gather():
         _check_simulator(path, job.simulator)
     prompts = resolve_prompts(path, job, problems, skip.get("prompts", set()))
+    if not skip.get("models") and not skip.get("prompts"):
+        with problems.gather():
+            check_stored(path, [(i, m.id, m.provider) for i, m in enumerate(models)],
+                         [(p.id, p.dataset.fields if p.dataset is not None else None)
+                          for p in prompts])
     checks = CheckSet()
     judges: dict[tuple[str, str | None], ModelSpec] = {}
     if not skip.get("checks"):  # their positions name them: checked once all are valid
         with problems.gather():
             checks = build_check_set(job.checks, {p.id: p.checks for p in prompts}, path=path)
             judges = _judges(path, checks, job.provider, known)
+            check_stored_judges(path, judges.values())
     problems.raise_any()
     resolved = Job(
         name=job.name, description=job.description, path=path.resolve(),
@@ -399,6 +406,7 @@ def resolve_providers(path: Path, job: schema.JobIn,
     builtin = {
         "openrouter": Provider("openrouter", OPENROUTER_URL, "OPENROUTER_API_KEY", {}, True, True),
         SIMULATED: Provider(SIMULATED, None, None, {}, True, True),
+        STORED: Provider(STORED, None, None, {}, False, False),   # answers from dataset rows
     }
     gathered = problems if problems is not None else Problems()
     out = dict(builtin)

@@ -208,22 +208,22 @@ def sniff_media_type(raw: bytes) -> str | None:
 
 
 def content_template(path: Path, where: str, content: Content, available: Mapping[str, Any],
-                     seen: dict[str, Template] | None = None) -> Template:
+                     seen: dict[str, Template] | None = None, rows: bool = False) -> Template:
     """The template a prompt keeps for a message: its own for plain text; for parts, one over
     their text parts joined (each part checked: it reads only defined vars), so that the vars
     they use and a load-time render of their Jinja logic come out as for plain text."""
     if isinstance(content, str):
-        return check_template(path, where, content, available, seen)
+        return check_template(path, where, content, available, seen, rows)
     texts = [(n, p.text) for n, p in enumerate(content) if isinstance(p, TextPart)]
     for n, text in texts:
-        check_template(path, f"{where}[{n}]", text, available, seen)
+        check_template(path, f"{where}[{n}]", text, available, seen, rows)
     for part in content:
         if isinstance(part, ImagePart) and part.template is not None:
             _check_images(part, check_template(path, (part.origin or (path, where))[1],
                                                part.source, available, seen), available)
     sources = [p.source for p in content if isinstance(p, ImagePart) and p.template]
     return check_template(path, where, "\n".join([text for _, text in texts] + sources),
-                          available, seen)
+                          available, seen, rows)
 
 
 def _check_images(part: ImagePart, template: Template, available: Mapping[str, Any]) -> None:

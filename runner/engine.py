@@ -141,7 +141,7 @@ async def _run(job: Job, plan: Plan, limits: Limits, providers: Providers, run_d
                     raised_estimates=previous.raised_estimates if previous else None)
     skip = previous.skip(retry_errors) if previous else set()
     collector = Collector(run_dir, write_csv=job.write_csv, flush_rows=flush_rows,
-                          rows_expected=len(plan) - len(skip))
+                          rows_expected=len(plan) - len(skip), var_kinds=plan.var_kinds())
     journal = Journal(run_dir, session=(previous.journal_sessions or 0) + 1 if previous else 1,
                       carried_usd=previous.spent_usd if previous else 0.0)
     manifest = Manifest(run_dir, job, run_id, plan_size=len(plan), limits=limits,

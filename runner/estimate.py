@@ -15,12 +15,13 @@ from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from .config import Job, Message
+from .config import Job, Message, Prompt
 from .content import images_only
 from .conversation import turn_weights, worst_prompt_tokens_extra
 from .plan import Plan, combination, combinations
 from .pricing import Price, estimate_prompt_tokens, max_output_tokens
 from .providers import open_providers
+from .templates import Template
 
 RENDER_LIMIT = 100_000     # renders of Jinja templates one estimate may spend
 SAMPLES_PER_PROMPT = 64    # past it: renders of one prompt whose largest stands for all
@@ -85,9 +86,12 @@ def prompt_sizes(plan: Plan) -> list[PromptSize]:
             + 3 * max(1, prompt.turns)
         templates = plan.templates(p)
         known = [None if b is None else b * w for b, w in
-                 zip((t.bytes_total(prompt.vars, count) for t in templates), weights, strict=True)]
+                 zip((t.bytes_total(prompt.vars, count) if prompt.dataset is None
+                      else _row_bytes(prompt, t, count) for t in templates), weights,
+                     strict=True)]
         total = sum(b for b in known if b is not None)
-        jinja = [(t, w) for t, b, w in zip(templates, known, weights, strict=True) if b is None]
+        jinja = [(n, t) for n, (t, b) in enumerate(zip(templates, known, strict=True))
+                 if b is None]
         sampled = False
         if jinja:
             if count <= renders_left:
@@ -96,12 +100,41 @@ def prompt_sizes(plan: Plan) -> list[PromptSize]:
             else:
                 picks = range(0, count, max(1, count // SAMPLES_PER_PROMPT))
                 sampled = len(picks) < count
-            rendered = [sum(w * len(t.render(combination(prompt, c)).encode())
-                            for t, w in jinja) for c in picks]
+            rendered = [sum(weights[n] * len(text.encode())
+                            for (n, _), text in zip(jinja, _jinja_texts(plan, p, c, jinja),
+                                                    strict=True))
+                        for c in picks]
             total += sum(rendered) if not sampled else max(rendered) * count
         sizes.append(PromptSize(count, total + overhead * count, sampled,
                                 max(1, prompt.turns)))
     return sizes
+
+
+def _row_bytes(prompt: Prompt, template: Template, count: int) -> int | None:
+    """`Template.bytes_total` for a dataset prompt: a row field's bytes are summed over the
+    selected rows by the dataset (Parquet: by Arrow, without a row in Python)."""
+    parts, dataset = template.parts, prompt.dataset
+    if parts is None or dataset is None:
+        return None
+    inner = count // len(dataset)
+    total = count * sum(len(part.encode()) for part in parts[0::2])
+    for name in parts[1::2]:
+        if name in dataset.fields:
+            total += inner * dataset.text_bytes(name)
+        else:
+            options = prompt.vars[name]
+            total += count // len(options) * sum(len(str(v).encode()) for v in options)
+    return total
+
+
+def _jinja_texts(plan: Plan, p: int, c: int, jinja: list[tuple[int, Template]]) -> list[str]:
+    """The renderings of prompt p's Jinja templates (message n, template) for combination c."""
+    prompt = plan.job.prompts[p]
+    if prompt.dataset is not None:
+        messages = plan.unit_messages(p, c)
+        return [str(messages[n].content) for n, _ in jinja]
+    variables = combination(prompt, c)
+    return [t.render(variables) for _, t in jinja]
 
 
 async def estimate(job: Job, *, budget_usd: float | None = None,

@@ -12,7 +12,8 @@ import bisect
 import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, overload
 
 from jinja2 import TemplateError
@@ -21,8 +22,12 @@ from .checks import response_format_for
 from .config import Job, Message, ModelSpec, Prompt
 from .content import render_content
 from .conversation import first_turn
+from .datasets import merge_kinds, value_kind
 from .errors import JobFileError
+from .prompts import render_view
 from .templates import Template, parse
+
+_NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +41,17 @@ class Request:
     messages: tuple[Message, ...]   # rendered
     params: Mapping[str, Any]       # the model's params, plus a json_schema check's format
     turns: tuple[Message, ...] = ()  # a conversation's user turns, rendered (conversation.py)
+    # issue 12 (agreed interface): the row's expected answer, rendered, and its metadata
+    target: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=lambda: _NO_METADATA)
+    row_id: str | None = None       # a dataset prompt's row: its id field, else position-hash
 
 
 class Plan(Sequence[Request]):
     """All requests of a job, computed on demand."""
 
     __slots__ = ("job", "_prefix", "_units", "_models", "_repeats", "_param_cache",
-                 "_templates")
+                 "_templates", "_keys", "_last")
 
     def __init__(self, job: Job) -> None:
         self.job = job
@@ -54,6 +63,9 @@ class Plan(Sequence[Request]):
             self._prefix.append(self._prefix[-1] + combinations(prompt))
         self._units = self._prefix[-1]
         self._templates: dict[int, tuple[Template, ...]] = {}
+        self._keys: dict[tuple[int, int], str] = {}   # (model, prompt) -> id key (datasets)
+        # the last dataset unit rendered: its models and repeats follow it in plan order
+        self._last: tuple[int, int, _Unit] | None = None
 
     def __len__(self) -> int:
         return self._units * self._repeats * self._models
@@ -75,8 +87,10 @@ class Plan(Sequence[Request]):
         unit, repeat = divmod(rest, self._repeats)
         p = bisect.bisect_right(self._prefix, unit) - 1
         prompt = self.job.prompts[p]
-        variables = combination(prompt, unit - self._prefix[p])
         model = self.job.models[m]
+        if prompt.dataset is not None:
+            return self._row_request(i, m, p, unit - self._prefix[p], repeat)
+        variables = combination(prompt, unit - self._prefix[p])
         try:
             messages = tuple(Message(msg.role, render_content(msg.content, template, variables))
                              for msg, template in zip(prompt.messages, self.templates(p),
@@ -90,7 +104,92 @@ class Plan(Sequence[Request]):
                                              params),
                        model=model, prompt_id=prompt.id, repeat=repeat, vars=variables,
                        messages=first_turn(messages, prompt.turns), params=params,
-                       turns=messages[len(messages) - prompt.turns:] if prompt.turns else ())
+                       turns=messages[len(messages) - prompt.turns:] if prompt.turns else (),
+                       metadata=prompt.metadata)
+
+    def _row_request(self, i: int, m: int, p: int, c: int, repeat: int) -> Request:
+        """Request i of a dataset prompt: combination c is row c // inner, other vars c % inner.
+        A unit is rendered once for all its models and repeats; its id is a hash of a key
+        made once per (model, prompt), the row id, the other vars' index and the repeat."""
+        last = self._last
+        if last is not None and last[0] == p and last[1] == c:
+            unit = last[2]
+        else:
+            unit = self._unit(p, c)
+            self._last = (p, c, unit)
+        key = self._keys.get((m, p))
+        if key is None:
+            key = self._keys[(m, p)] = self._key(m, p)
+        rid = hashlib.blake2b(f"{key}\x1f{unit.row_id}\x1f{unit.rest}\x1f{repeat}".encode(),
+                              digest_size=10).hexdigest()
+        prompt = self.job.prompts[p]
+        return Request(index=i, request_id=rid, model=self.job.models[m],
+                       prompt_id=prompt.id, repeat=repeat, vars=unit.variables,
+                       messages=first_turn(unit.messages, prompt.turns), params=self._params(m, p),
+                       turns=unit.messages[len(unit.messages) - prompt.turns:] if prompt.turns
+                       else (),
+                       target=unit.target, metadata=unit.metadata, row_id=unit.row_id)
+
+    def unit_messages(self, p: int, c: int) -> tuple[Message, ...]:
+        """The rendered messages of combination c of dataset prompt p (for estimates)."""
+        return self._unit(p, c).messages
+
+    def _unit(self, p: int, c: int) -> _Unit:
+        prompt = self.job.prompts[p]
+        dataset = prompt.dataset
+        assert dataset is not None
+        inner = combinations(prompt) // len(dataset)
+        k, rest = divmod(c, inner)
+        row = dataset.row(k)
+        variables = {**combination(prompt, rest), **row.fields}
+        view = {**combination(prompt, rest), **render_view(row.fields)}
+        try:
+            messages = tuple(Message(msg.role, render_content(msg.content, template, view))
+                             for msg, template in zip(prompt.messages, self.templates(p),
+                                                      strict=True))
+            if prompt.target is not None:
+                target: str | None = prompt.target.render(view)
+            elif prompt.target_field is not None:
+                value = row.fields[prompt.target_field]
+                target = None if value is None else str(value)
+            else:
+                target = None
+        except TemplateError as exc:  # only rows past the load's render budget get here
+            raise JobFileError(self.job.path, f"prompts[id={prompt.id}]",
+                               f"template cannot be rendered with row "
+                               f"{dataset.position(k) + 1} of {dataset.path.name}: {exc}"
+                               ) from None
+        metadata = prompt.metadata
+        if prompt.metadata_fields:
+            metadata = {**metadata, **{f: row.fields[f] for f in prompt.metadata_fields}}
+        return _Unit(row.row_id, rest, variables, messages, target, metadata)
+
+    def _key(self, m: int, p: int) -> str:
+        """What makes requests of model m and dataset prompt p differ from any other's."""
+        model, prompt = self.job.models[m], self.job.prompts[p]
+        target = prompt.target.source if prompt.target is not None else prompt.target_field
+        return hashlib.sha256(json.dumps(
+            ["dataset-v1", model.id, model.provider, model.label, prompt.id,
+             [[msg.role, t.source] for msg, t in zip(prompt.messages, self.templates(p),
+                                                     strict=True)],
+             # a literal template (templating: false) and a templated one split differently
+             [list(t.parts) if t.parts is not None else None for t in self.templates(p)],
+             {k: list(v) for k, v in prompt.vars.items()}, target,
+             dict(self._params(m, p)), dict(model.extra_body)],
+            sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str,
+        ).encode()).hexdigest()[:32]
+
+    def var_kinds(self) -> dict[str, str]:
+        """Every var a request of this plan can hold, with the kind of its result column
+        (`var_<name>`): dataset fields as their file types them, job vars from their values."""
+        kinds: dict[str, str] = {}
+        for prompt in self.job.prompts:
+            found = dict(prompt.dataset.kinds) if prompt.dataset is not None else {}
+            for name, values in prompt.vars.items():
+                found[name] = value_kind(list(values))
+            for name, kind in found.items():
+                kinds[name] = merge_kinds(kinds[name], kind) if name in kinds else kind
+        return kinds
 
     def templates(self, p: int) -> tuple[Template, ...]:
         """The message templates of prompt p (parsed at load; parsed here for a hand-made Job)."""
@@ -130,9 +229,21 @@ class Plan(Sequence[Request]):
         return {model.label: per_model for model in self.job.models}
 
 
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    """One row of a dataset prompt with one combination of its other vars, rendered."""
+
+    row_id: str
+    rest: int
+    variables: Mapping[str, Any]
+    messages: tuple[Message, ...]
+    target: str | None
+    metadata: Mapping[str, Any]
+
+
 def combinations(prompt: Prompt) -> int:
-    """How many var combinations a prompt is sent with."""
-    count = 1
+    """How many var combinations a prompt is sent with (rows x other vars, with a dataset)."""
+    count = 1 if prompt.dataset is None else len(prompt.dataset)
     for values in prompt.vars.values():
         count *= len(values)
     return count

@@ -1,8 +1,15 @@
-"""Prompt files: a `.jsonl`, `.json`, `.csv` or `.yaml` path in, validated `PromptIn` rows out.
+"""Prompts files (`prompts_file:`, or `file:`): a path in, validated `PromptIn` prompts out.
 
-Each row is a prompt: the keys of an inline prompt (`id`, `text` or `messages`, `system`,
-`expected`, `metadata`); any other key or column becomes one of the prompt's `vars`. Errors name
-the file and the row (`rows.csv: row 3.messages[0].role: ...`); every bad row is reported.
+- `.jsonl`, `.json`, `.csv`, `.yaml`: each row is a whole prompt: the keys of an inline prompt
+  (`id`, `text` or `messages`, `system`, `expected`, `metadata`); any other key or column
+  becomes one of the prompt's `vars`. A row without `text` or `messages` is an error (its file
+  is data: `dataset:` sends data rows through a template).
+- `.txt`: prompt texts, separated by a line `---`.
+- `.json` in chat format: a list of `{role, content}` messages (one prompt), or a list of such
+  lists (one prompt each).
+
+Errors name the file and the row (`rows.csv: row 3.messages[0].role: ...`); every bad row is
+reported.
 """
 
 from __future__ import annotations
@@ -20,8 +27,11 @@ from .schema import PromptIn, field_names
 from .sources import Problems, invalid, load_yaml, read_text
 
 _FIELDS = {"id", "text", "messages", "system", "expected", "metadata"}
-SUFFIXES = (".jsonl", ".json", ".csv", ".yaml", ".yml")
+SUFFIXES = (".jsonl", ".json", ".csv", ".yaml", ".yml", ".txt")
+SEPARATOR = "---"   # a line of its own between the prompts of a .txt file
 _TOO_DEEP = "invalid JSON: nested too deeply"
+_DATA_FILE = ("has no text or messages: a prompts file holds whole prompts; to send data rows "
+              "through a template, name the file under dataset: beside text: or messages:")
 
 
 def read_prompt_file(path: Path, field: str,
@@ -33,9 +43,12 @@ def read_prompt_file(path: Path, field: str,
                            "relative to the job file)")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise JobFileError(path, "", "prompt files must end in .jsonl, .json, .csv or .yaml")
+        raise JobFileError(path, "", "prompts files must end in .jsonl, .json, .csv, .yaml or "
+                           ".txt")
     rows: Any
-    if suffix == ".jsonl":
+    if suffix == ".txt":
+        rows = _txt(path)
+    elif suffix == ".jsonl":
         rows = _jsonl(path)
     elif suffix == ".csv":
         rows = _csv(path)
@@ -51,6 +64,12 @@ def read_prompt_file(path: Path, field: str,
     if not isinstance(rows, list):
         raise JobFileError(path, "", f"must be a {'JSON' if suffix == '.json' else 'YAML'} "
                            "list of prompts")
+    if suffix == ".json" and rows and _chat(rows):
+        rows = [{"messages": rows}] if isinstance(rows[0], dict) else \
+            [{"messages": item} for item in rows]
+    if rows and all(isinstance(r, dict) and "text" not in r and "messages" not in r
+                    for r in rows):  # a data file: one line, not one per row
+        raise JobFileError(path, "row 1", _DATA_FILE)
     gathered = problems if problems is not None else Problems()
     out = []
     for n, row in enumerate(rows, 1):
@@ -59,6 +78,28 @@ def read_prompt_file(path: Path, field: str,
     if problems is None:
         gathered.raise_any()
     return out
+
+
+def _txt(path: Path) -> list[dict[str, Any]]:
+    """Prompt texts between lines `---` (blank lines around a text are not part of it)."""
+    texts: list[list[str]] = [[]]
+    for line in read_text(path).splitlines():
+        if line.strip() == SEPARATOR:
+            texts.append([])
+        else:
+            texts[-1].append(line)
+    out = [{"text": "\n".join(lines).strip("\n")} for lines in texts]
+    return [row for row in out if row["text"].strip()]
+
+
+def _chat(rows: list[Any]) -> bool:
+    """Whether a JSON list is in chat format: messages, or lists of messages."""
+    def message(item: Any) -> bool:
+        return isinstance(item, dict) and "role" in item and "content" in item \
+            and not ({"text", "messages"} & set(item))
+
+    return all(message(r) for r in rows) or all(
+        isinstance(r, list) and r and all(message(m) for m in r) for r in rows)
 
 
 def _jsonl(path: Path) -> list[Any]:
@@ -90,6 +131,8 @@ def _csv(path: Path) -> list[dict[str, Any]]:
 def _row(path: Path, n: int, row: Any) -> PromptIn:
     if not isinstance(row, dict):
         raise JobFileError(path, f"row {n}", "each row must be an object/mapping")
+    if "text" not in row and "messages" not in row:
+        raise JobFileError(path, f"row {n}", _DATA_FILE)
     known = {k: v for k, v in row.items() if k in _FIELDS}
     variables = {str(k): v for k, v in row.items() if k not in _FIELDS}
     if "id" in known:

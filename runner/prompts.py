@@ -1,5 +1,6 @@
-"""Prompts of a job file: validated `PromptIn` items in (inline or `file:` rows), `Prompt`
-values out, each template checked, its vars expanded and its Jinja logic tried at load.
+"""Prompts of a job file: validated `PromptIn` items in (inline, or the prompts of a prompts
+file), `Prompt` values out, each template checked, its vars expanded and its Jinja logic tried at
+load; a prompt with a `dataset:` is sent once per selected row (runner/datasets.py).
 
 Part of loading a job (`config.load_job`); errors are gathered into the load's `Problems`.
 """
@@ -18,10 +19,11 @@ from jinja2 import TemplateError
 from . import schema
 from .checks import Check, compile_expected
 from .content import Content, build_parts, content_template
+from .datasets import Dataset, read_dataset
 from .errors import JobFileError
 from .prompt_files import read_prompt_file
 from .sources import Problems
-from .templates import Template
+from .templates import Template, check_template, literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,34 +42,49 @@ class Prompt:
     checks: tuple[Check, ...] = ()        # from `expected`, compiled
     templates: tuple[Template, ...] = field(default=(), compare=False, repr=False)  # messages'
     turns: int = 0                        # a conversation: its last `turns` messages are turns
+    # a dataset: the prompt is sent once per row (x its other vars); row fields are vars
+    dataset: Dataset | None = field(default=None, compare=False, repr=False)
+    target_field: str | None = None       # the row field that is the target...
+    target: Template | None = field(default=None, compare=False, repr=False)  # ...or a template
+    metadata_fields: tuple[str, ...] = ()  # row fields also recorded as metadata
 
 
 def resolve_prompts(path: Path, job: schema.JobIn, problems: Problems,
                     skip: set[int]) -> tuple[Prompt, ...]:
     """Every prompt of the job, in order (file rows where their `file:` item is); the items in
     `skip` were already reported."""
-    items: list[tuple[str, schema.PromptIn]] = []
+    load = _Load()
+    items: list[tuple[str, schema.PromptIn, _Rows | None]] = []
     for i, item in enumerate(job.prompts):
         if i in skip:
             continue
         where = f"prompts[{i}]"
         if isinstance(item, str):
             item = schema.PromptIn(text=item)
-        if item.file is not None:
-            file_path = (path.parent / item.file).resolve()
+        rows: _Rows | None = None
+        if item.dataset is not None:
             with problems.gather():
-                for row_no, row in read_prompt_file(file_path, f"{where}.file", problems):
-                    items.append((f"{file_path.name}: row {row_no}", row))
+                rows = _dataset(path, f"{where}.dataset", item.dataset, load)
+            if rows is None:
+                continue   # reported; its prompts would only repeat it
+        named = item.prompts_file or item.file
+        if named is not None:
+            file_path = (path.parent / named).resolve()
+            key = "prompts_file" if item.prompts_file is not None else "file"
+            with problems.gather():
+                for row_no, row in read_prompt_file(file_path, f"{where}.{key}", problems):
+                    if not item.templating:
+                        row = row.model_copy(update={"templating": False})
+                    items.append((f"{file_path.name}: row {row_no}", row, rows))
         else:
-            items.append((where, item))
+            items.append((where, item, rows))
     prompts: list[Prompt] = []
     seen: dict[str, str] = {}
-    load = _Load()
-    for where, item in items:
+    for where, item, rows in items:
         with problems.gather():
             if item.id is not None:  # checked first: a prompt with other problems still has it
                 _unique(path, where, item.id, seen)
-            prompt = _prompt(path, where, item, job, load)
+            prompt = _prompt(path, where, item, job, load, rows)
             if item.id is None:
                 _unique(path, where, prompt.id, seen)
             prompts.append(prompt)
@@ -86,17 +103,36 @@ LOAD_RENDER_BUDGET = 200_000  # ...while the whole load stays under this many re
 
 
 class _Load:
-    """Work shared by the prompts of one load: templates by source, renders left."""
+    """Work shared by the prompts of one load: templates by source, renders left, datasets."""
 
-    __slots__ = ("templates", "renders_left")
+    __slots__ = ("templates", "renders_left", "datasets")
 
     def __init__(self) -> None:
         self.templates: dict[str, Template] = {}
         self.renders_left = LOAD_RENDER_BUDGET
+        self.datasets: dict[str, Dataset] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """A prompt item's dataset and where it was named, with its target and metadata options."""
+
+    where: str
+    dataset: Dataset
+    spec: schema.DatasetIn
+
+
+def _dataset(path: Path, where: str, spec: schema.DatasetIn, load: _Load) -> _Rows:
+    """The dataset of a prompt item (read once per load for items that name the same one)."""
+    key = spec.model_dump_json()
+    dataset = load.datasets.get(key)
+    if dataset is None:
+        dataset = load.datasets[key] = read_dataset(path, where, spec)
+    return _Rows(where, dataset, spec)
 
 
 def _prompt(path: Path, where: str, item: schema.PromptIn, job: schema.JobIn,
-            load: _Load) -> Prompt:
+            load: _Load, rows: _Rows | None = None) -> Prompt:
     sourced: list[tuple[Message, str]] = []   # each message with the field it came from
     if item.messages is not None:
         sourced += [(Message(m.role, _content(path, f"{where}.messages[{n}].content", m.content,
@@ -112,30 +148,72 @@ def _prompt(path: Path, where: str, item: schema.PromptIn, job: schema.JobIn,
         sourced.insert(0, (Message("system", system),
                            f"{where}.system" if item.system is not None else "system"))
     messages = [message for message, _ in sourced]
-    available = {**job.vars, **item.vars}
+    dataset = rows.dataset if rows is not None else None
+    first = dataset.row(0).fields if dataset is not None else {}
+    # a row field is a var of its own name (over a job var of the same name)
+    available = {**job.vars, **item.vars, **first}
     used: dict[str, tuple[Any, ...]] = {}
     templates = []
     for message, field_name in sourced:
-        template = content_template(path, field_name, message.content, available,
-                                    load.templates)
+        if item.templating:
+            template = content_template(path, field_name, message.content, available,
+                                        load.templates, dataset is not None)
+        elif isinstance(message.content, str):
+            template = literal(message.content)
+        else:
+            raise JobFileError(path, field_name, "templating: false takes text content only; "
+                               "give the text parts as one string, or drop templating: false")
         templates.append(template)
         for var in template.names:
-            if var not in used:
+            if var not in used and var not in first:
                 used[var] = _values(path, f"{where}.vars.{var}" if var in item.vars
                                     else f"vars.{var}", available[var])
-    _try_renders(path, [(t, f) for t, (_, f) in zip(templates, sourced, strict=True)
-                        if t.parts is None], used, load)
-    prompt_id = item.id or "p-" + hashlib.sha256(
-        "\x1f".join(str(m.content) for m in messages).encode()).hexdigest()[:10]
+    jinja = [(t, f) for t, (_, f) in zip(templates, sourced, strict=True) if t.parts is None]
+    target_field, target = None, None
+    if rows is not None:
+        target_field, target = _target(path, rows, available, load)
+        if target is not None and target.parts is None:
+            jinja.append((target, f"{rows.where}.target"))
+    _try_renders(path, jinja, used, load, dataset)
+    # a dataset prompt's default id also names its dataset: one template, two datasets
+    named = [str(m.content) for m in messages] + ([dataset.path.name] if dataset is not None
+                                                  else [])
+    prompt_id = item.id or "p-" + hashlib.sha256("\x1f".join(named).encode()).hexdigest()[:10]
     return Prompt(id=prompt_id, messages=tuple(messages), vars=dict(sorted(used.items())),
                   expected=item.expected, metadata=dict(item.metadata),
                   checks=compile_expected(item.expected, path=path, field_name=f"{where}.expected"),
-                  templates=tuple(templates), turns=len(item.turns or ()))
+                  templates=tuple(templates), dataset=dataset, target_field=target_field,
+                  target=target,
+                  metadata_fields=tuple(rows.spec.metadata) if rows is not None else (),
+                  turns=len(item.turns or ()))
 
 
 def _content(path: Path, where: str, content: str | list[str | schema.PartIn],
              role: str) -> Content:
     return content if isinstance(content, str) else build_parts(path, where, content, role)
+
+
+def _target(path: Path, rows: _Rows, available: Mapping[str, Any],
+            load: _Load) -> tuple[str | None, Template | None]:
+    """A dataset's `target:`: the name of a row field, or a template over the row's vars."""
+    target = rows.spec.target
+    if target is None:
+        return None, None
+    if target in rows.dataset.fields:
+        return target, None
+    if "{" not in target:
+        raise JobFileError(path, f"{rows.where}.target", f"no field {target!r} in the dataset "
+                           f"(its fields: {', '.join(rows.dataset.fields[:12])}); a template "
+                           "such as '{{ answer }}' works too")
+    return None, check_template(path, f"{rows.where}.target", target, available, load.templates,
+                                True)
+
+
+def render_view(fields: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Row fields as templates read them: a missing (null) value is written as nothing."""
+    if None in fields.values():
+        return {k: "" if v is None else v for k, v in fields.items()}
+    return fields
 
 
 def _values(path: Path, var_field: str, value: Any) -> tuple[Any, ...]:
@@ -157,12 +235,29 @@ def _values(path: Path, var_field: str, value: Any) -> tuple[Any, ...]:
 
 
 def _try_renders(path: Path, jinja: list[tuple[Template, str]],
-                 used: Mapping[str, tuple[Any, ...]], load: _Load) -> None:
+                 used: Mapping[str, tuple[Any, ...]], load: _Load,
+                 dataset: Dataset | None = None) -> None:
     """Render the Jinja templates of a prompt with every var combination (or, past the limits,
     with every value of every var at least once), so that a value that trips a template (a
     filter, the sandbox) is a load-time error rather than a run that stops half way. Plain
-    templates cannot fail and are not rendered."""
+    templates cannot fail and are not rendered. With a dataset, every row is tried while the
+    load's render budget lasts (then the first rows), with the first value of the other vars."""
     if not jinja:
+        return
+    if dataset is not None:
+        count = min(len(dataset), max(1, min(RENDER_CHECK_LIMIT, load.renders_left)))
+        load.renders_left -= count
+        base = {name: values[0] for name, values in used.items()}
+        for k in range(count):
+            row = dataset.row(k)
+            variables = {**base, **render_view(row.fields)}
+            for template, field_name in jinja:
+                try:
+                    template.render(variables)
+                except TemplateError as exc:
+                    raise JobFileError(path, field_name, f"template cannot be rendered with "
+                                       f"row {dataset.position(k) + 1} of {dataset.path.name}: "
+                                       f"{exc}") from None
         return
     names = [name for name in used if any(name in t.names for t, _ in jinja)]
     lists = [used[name] for name in names]

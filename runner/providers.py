@@ -24,6 +24,7 @@ from .errors import ProviderError
 from .offers import check_models
 from .pricing import Price
 from .redact import Redactor, job_redactor
+from .stored import STORED, StoredEndpoint, stored_prices
 
 log = logging.getLogger("runner")
 NEED_CATALOGUE = ("openrouter", SIMULATED)   # built-ins: their /models must work
@@ -31,7 +32,7 @@ NEED_CATALOGUE = ("openrouter", SIMULATED)   # built-ins: their /models must wor
 
 @dataclass(slots=True)
 class Providers:
-    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    endpoints: dict[str, Endpoint | StoredEndpoint] = field(default_factory=dict)
     prices: dict[tuple[str, str], Price] = field(default_factory=dict)   # (provider, model id)
     catalogues: dict[str, set[str]] = field(default_factory=dict)
     simulator_url: str | None = None
@@ -54,7 +55,7 @@ async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
     # missing keys fail first; without `require_keys` (plan, models) a public /models still works
     keys = {name: api_key(job.providers[name]) if require_keys
             else (os.environ.get(job.providers[name].api_key_env or "") or "no-key")
-            for name in used}
+            for name in used if name != STORED}
     out = Providers(redactor=job_redactor(job, keys))
     if SIMULATED in used:
         from .simulator import Simulator
@@ -67,6 +68,11 @@ async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
                                                     settings.batch_line_error_rate)).start()
         stack.callback(simulator.stop)
         out.simulator_url = simulator.base_url
+    if STORED in used:  # answers from the dataset: no endpoint, no catalogue, no key
+        out.endpoints[STORED] = StoredEndpoint(clock)
+        out.prices.update(stored_prices({m.id: m.provider for m in job.models}))
+        out.catalogues[STORED] = {m.id for m in job.models if m.provider == STORED}
+        used.remove(STORED)
     for name in used:
         provider = job.providers[name]
         base_url = out.simulator_url if provider.simulated else provider.base_url
@@ -78,7 +84,9 @@ async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
 
     async def read(name: str) -> None:
         try:
-            ids, prices = await load_catalogue(out.endpoints[name], refresh=refresh_prices,
+            endpoint = out.endpoints[name]
+            assert isinstance(endpoint, Endpoint)
+            ids, prices = await load_catalogue(endpoint, refresh=refresh_prices,
                                                timeout_s=catalogue_timeout_s)
         except NoCatalogue as exc:
             if name in NEED_CATALOGUE:

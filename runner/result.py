@@ -6,9 +6,12 @@ Column names carry their units (`_s` seconds, `_usd` US dollars, `_at` UTC times
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -75,8 +78,15 @@ TYPES: tuple[tuple[str, str], ...] = (
     ("cached_latency_s", "float64"),
     ("cached_ttft_s", "float64"),
     ("cached_cost_usd", "float64"),
+    # issue 12, inputs: the row's id in its dataset, the rendered messages, target, metadata
+    # (and one `var_<name>` column per var of the job: `var_column`, typed per job)
+    ("row_id", "string"),
+    ("messages_json", "string"),
+    ("target", "string"),
+    ("metadata_json", "string"),
 )
 COLUMNS = tuple(name for name, _ in TYPES)
+VAR_PREFIX = "var_"   # `var_<name>`: one column per var (every dataset field), kinds per job
 
 
 @functools.cache
@@ -157,10 +167,45 @@ class Result:
     cached_latency_s: float | None = None   # a cache hit: the original answer's timings
     cached_ttft_s: float | None = None
     cached_cost_usd: float | None = None    # ...and what it cost then (cost_usd is 0)
+    row_id: str | None = None               # the dataset row (its id field, else position-hash)
+    messages_json: str | None = None        # the messages sent, rendered: [{role, content}]
+    target: str | None = None               # the row's expected answer, rendered
+    metadata_json: str | None = None        # the prompt's metadata and the row's metadata fields
+    var_values: dict[str, Any] | None = None  # not a column: var name -> value (`var_<name>`)
 
     def as_row(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _FIELD_NAMES}
+        row = {name: getattr(self, name) for name in _FIELD_NAMES}
+        if self.var_values:
+            row.update({VAR_PREFIX + k: v for k, v in self.var_values.items()})
+        return row
 
 
-_FIELD_NAMES = tuple(f.name for f in fields(Result))
+def column_value(kind: str, value: Any) -> Any:
+    """A var value as its `var_<name>` column stores it (`kind`: one of datasets.KINDS)."""
+    if value is None:
+        return None
+    if kind == "json":
+        return json_text(value)
+    if kind == "string":
+        return value if isinstance(value, str) else str(value)
+    if kind == "float64" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def json_text(value: Any) -> str:
+    """A value as compact JSON text (what the `_json` columns hold); never raises: what JSON
+    has no form for is written as its text."""
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, ValueError):  # an integer beyond 64 bits, a nesting too deep
+        return json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def var_column(name: str) -> str:
+    """The result column of a var."""
+    return VAR_PREFIX + name
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Result) if f.name != "var_values")
 assert set(_FIELD_NAMES) == set(COLUMNS), set(_FIELD_NAMES) ^ set(COLUMNS)

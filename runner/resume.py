@@ -32,7 +32,8 @@ def plan_summary(job: Job) -> dict[str, Any]:
                              "extra_body": dict(m.extra_body)} for m in job.models},
         "prompts": {p.id: hashlib.sha256(json.dumps(
             [[m.role, m.content] for m in p.messages] + [dict(p.vars)]
-            + ([{"turns": p.turns}] if p.turns else []),  # a conversation is another plan
+            + ([{"turns": p.turns}] if p.turns else [])  # a conversation is another plan
+            + ([p.dataset.fingerprint] if p.dataset is not None else []),  # its rows too
             sort_keys=True, default=str).encode()).hexdigest()[:16] for p in job.prompts},
         "repeats": job.repeats,
     }

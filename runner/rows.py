@@ -4,22 +4,45 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 
 from .client import Attempt
+from .content import recorded_messages
 from .plan import Request
 from .pricing import Price
-from .result import ERROR, OK, Result
+from .result import ERROR, OK, Result, json_text
 
 
-def new_result(run_id: str, job: str, request: Request) -> Result:
+def new_result(run_id: str, job: str, request: Request,
+               redact: Callable[[str], str] | None = None) -> Result:
+    """The row of a request before it is sent. `redact` (the run's redactor) takes every
+    secret of the job out of the inputs it records: a key pasted into a prompt, its metadata or
+    a dataset must not reach the results."""
+    clean = redact or _same
     return Result(
         run_id=run_id, job=job, request_id=request.request_id, index=request.index,
         model=request.model.label, model_id=request.model.id, provider=request.model.provider,
         prompt_id=request.prompt_id, repeat=request.repeat,
-        vars_json=json.dumps(dict(request.vars), sort_keys=True, ensure_ascii=False,
-                             default=str),
+        vars_json=clean(json.dumps(dict(request.vars), sort_keys=True, ensure_ascii=False,
+                                   default=str)),
         stream=bool(request.params.get("stream", True)),
+        row_id=request.row_id, messages_json=clean(messages_json(request)),
+        target=clean(request.target) if request.target is not None else None,
+        metadata_json=clean(json_text(dict(request.metadata))) if request.metadata else None,
+        var_values={k: clean(v) if isinstance(v, str) else v for k, v in request.vars.items()}
+        if request.vars else None,
     )
+
+
+def _same(text: str) -> str:
+    return text
+
+
+def messages_json(request: Request) -> str:
+    """The messages a request sends, as JSON (`[{"role": ..., "content": ...}]`): images by
+    source, size and hash (never their base64); a conversation's later user turns follow (its
+    replies are in `turns_json`)."""
+    return json_text(recorded_messages((*request.messages, *request.turns[1:])))
 
 
 def attempt_cost(attempt: Attempt, price: Price | None) -> tuple[float | None, str | None]:

@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .errors import ResultsError
-from .result import TYPES, arrow_schema
+from .result import TYPES, VAR_PREFIX, arrow_schema
 
 if TYPE_CHECKING:  # pyarrow is imported where rows are read or written, not by a run's start
     import pyarrow as pa
@@ -270,12 +270,24 @@ _PANDAS_KINDS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
 PANDAS_VERSION = "3.1.1"  # the pandas whose metadata format `_PANDAS_KINDS` follows
 
 
-@functools.cache
-def file_schema() -> pa.Schema:
-    """The result schema plus pandas metadata, so `pd.read_parquet` gives nullable Int64/boolean
-    columns (unknown token counts stay <NA> instead of turning the column into floats)."""
+VarKinds = tuple[tuple[str, str], ...]   # (var name, datasets.KINDS kind), in column order
+_VAR_KINDS = {"string": "string", "json": "string", "int64": "int64", "float64": "float64",
+              "bool": "bool"}
 
-    return with_pandas_metadata(arrow_schema(), TYPES)
+
+@functools.cache
+def file_schema(var_kinds: VarKinds = ()) -> pa.Schema:
+    """The result schema plus pandas metadata, so `pd.read_parquet` gives nullable Int64/boolean
+    columns (unknown token counts stay <NA> instead of turning the column into floats). With
+    `var_kinds`, a job's `var_<name>` columns follow (JSON values are text)."""
+    import pyarrow as pa
+
+    schema = arrow_schema()
+    for name, kind in var_kinds:
+        schema = schema.append(pa.field(VAR_PREFIX + name, _arrow_type(kind)))
+    kinds = tuple(TYPES) + tuple((VAR_PREFIX + name, _VAR_KINDS.get(kind, "string"))
+                                 for name, kind in var_kinds)
+    return with_pandas_metadata(schema, kinds)
 
 
 def with_pandas_metadata(schema: pa.Schema, types: tuple[tuple[str, str], ...]) -> pa.Schema:
@@ -292,17 +304,44 @@ def with_pandas_metadata(schema: pa.Schema, types: tuple[tuple[str, str], ...]) 
     return schema.with_metadata({b"pandas": json.dumps(meta).encode()})
 
 
+def _arrow_type(kind: str) -> pa.DataType:
+    import pyarrow as pa
+
+    return {"int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}.get(
+        _VAR_KINDS.get(kind, "string"), pa.string())
+
+
+def _var_kinds(schema: pa.Schema) -> VarKinds:
+    """The var columns a row file holds (what `file_schema` wrote for its job)."""
+    import pyarrow as pa
+
+    known = set(arrow_schema().names)
+    out = []
+    for f in schema:
+        if f.name.startswith(VAR_PREFIX) and f.name not in known:
+            kind = ("int64" if pa.types.is_int64(f.type) else "float64"
+                    if pa.types.is_float64(f.type) else "bool" if pa.types.is_boolean(f.type)
+                    else "string")
+            out.append((f.name[len(VAR_PREFIX):], kind))
+    return tuple(out)
+
+
 def read_rows(path: Path, columns: list[str] | None = None, *,
-              consequence: str = "its rows are left out") -> pa.Table | None:
+              consequence: str = "its rows are left out",
+              schema: pa.Schema | None = None) -> pa.Table | None:
     """One row file, or None (with one warning line naming it) when it cannot be read or is
-    not a row file (a column of another type: read, it would be cast into rows never planned)."""
+    not a row file (a column of another type: read, it would be cast into rows never planned).
+    Read whole, it has the columns of `schema` (default: the result columns and the file's own
+    var columns); a column the file lacks (an older run) is null."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        _check_types(pq.read_schema(path))
+        found = pq.read_schema(path)
+        _check_types(found)
         if columns is None:
-            return pq.read_table(path, schema=file_schema())
+            return pq.read_table(path, schema=schema if schema is not None
+                                 else file_schema(_var_kinds(found)))
         return pq.read_table(path, columns=columns)
     except FileNotFoundError:
         return None
@@ -367,8 +406,10 @@ def read_run(run_dir: Path) -> pa.Table | None:
         table = sources[0][1]
     else:
         keep = latest_rows([t for _, t in sources])
+        # parts of one run share their var columns; an older merge may have none
         table = pa.concat_tables([t.take(pa.array(keep[n], type=pa.int64()))
-                                  for n, (_, t) in enumerate(sources)])
+                                  for n, (_, t) in enumerate(sources)],
+                                 promote_options="permissive")
     assert table is not None
     return table.take(pc.sort_indices(table, sort_keys=[("index", "ascending")]))
 

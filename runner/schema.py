@@ -216,6 +216,29 @@ class MessageIn(Strict):
         return value
 
 
+class DatasetIn(Strict):
+    """Rows a prompt is sent with: each row's fields are template vars (see runner/datasets.py).
+    A plain string is the same as `{path: ...}`."""
+
+    path: str = Field(min_length=1)
+    id_field: str | None = Field(default=None, min_length=1)   # else: position + row hash
+    rename: dict[str, str] = {}                     # file field -> var name
+    target: str | None = None                       # a field name, or a template over the row
+    metadata: list[str] = []                        # fields also recorded as metadata
+    where: dict[str, SCALAR | list[SCALAR]] = {}    # field equals the value / is in the list
+    sample: int | None = Field(default=None, gt=0)  # n rows drawn with `seed`, in file order
+    seed: int = 0
+    limit: int | None = Field(default=None, gt=0)   # the first n (after where and sample)
+
+    @field_validator("rename")
+    @classmethod
+    def _names(cls, value: dict[str, str]) -> dict[str, str]:
+        for old, new in value.items():
+            if not new:
+                raise ValueError(f"rename of {old!r}: give a new name")
+        return value
+
+
 class PromptIn(Strict):
     id: str | None = Field(default=None, min_length=1)
     text: str | None = None
@@ -224,7 +247,10 @@ class PromptIn(Strict):
     vars: dict[str, SCALAR | list[SCALAR]] = {}
     expected: Any = None
     metadata: dict[str, Any] = {}
-    file: str | None = None
+    file: str | None = None           # a file of whole prompts (same as prompts_file)
+    prompts_file: str | None = None   # .jsonl/.json/.csv/.yaml rows, .txt (--- between), chat .json
+    dataset: DatasetIn | None = None   # each row x each template of this item (or a path)
+    templating: bool = True           # false: the text is sent as written (no {{ }} at all)
     turns: list[CONTENT] | None = None      # a conversation: user turns (conversation.py)
 
     @field_validator("turns", mode="before")
@@ -239,16 +265,32 @@ class PromptIn(Strict):
                                      "or the parts of one user message")
         return value
 
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_path(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _one_source(self) -> PromptIn:
-        given = [k for k in ("text", "messages", "file", "turns") if getattr(self, k) is not None]
+        given = [k for k in ("text", "messages", "turns", "file", "prompts_file")
+                 if getattr(self, k) is not None]
+        files = [k for k in ("file", "prompts_file") if getattr(self, k) is not None]
+        if files and len(given) > 1 and len(files) == 1:
+            raise ValueError(f"{files[0]}: holds whole prompts, and {given[0]}: is a prompt; "
+                             f"to fill {given[0]}: with the rows of a data file, name the file "
+                             "under dataset: instead")
         if len(given) != 1:
+            if self.dataset is not None and not given:
+                raise ValueError("a dataset: needs the prompt it fills: give text:, messages:, "
+                                 "turns: or prompts_file: (row fields are its {{ vars }})")
             raise ValueError(
-                "give exactly one of text, messages, turns or file"
+                "give exactly one of text, messages, turns or prompts_file"
                 + (f" (got {', '.join(given)})" if given else "")
             )
-        if self.file is not None and (self.id or self.system or self.vars or self.expected):
-            raise ValueError("a `file:` item takes no other keys; put them in the file's rows")
+        if (self.file or self.prompts_file) is not None and (
+                self.id or self.system or self.vars or self.expected or self.metadata):
+            raise ValueError("a prompts file item takes only dataset: and templating:; put the "
+                             "other keys in the file's rows")
         return self
 
 
@@ -469,6 +511,6 @@ def field_names() -> set[str]:
     names: set[str] = set()
     for model in (BatchIn, JudgeIn, MaxPriceIn, PriceIn, ParamsIn, LimitsIn, ProviderIn, FaultsIn,
                   SimModelIn, SimulatorIn, ModelIn, MessageIn, PromptIn, OutputIn, CheckIn,
-                  JobIn, NumberCloseIn, TransformIn, PartIn, ImageUrlIn):
+                  JobIn, NumberCloseIn, TransformIn, PartIn, ImageUrlIn, DatasetIn):
         names.update(model.model_fields)
     return names

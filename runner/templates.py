@@ -97,6 +97,11 @@ def parse(text: str) -> Template:
     return Template(text, names, None)
 
 
+def literal(text: str) -> Template:
+    """A template that is its text, sent as written (`templating: false`)."""
+    return Template(text, (), (text,))
+
+
 def _plain(parts: tuple[str, ...]) -> bool:
     """Whether Jinja would read these split parts exactly as literal text and variables."""
     literals, names = parts[0::2], parts[1::2]
@@ -135,9 +140,10 @@ def render(text: str, variables: Mapping[str, Any]) -> str:
 
 
 def check_template(path: Path, field: str, text: str, available: Mapping[str, Any],
-                   seen: dict[str, Template] | None = None) -> Template:
+                   seen: dict[str, Template] | None = None, rows: bool = False) -> Template:
     """The template of a job-file field; a syntax error or an undefined variable is a
-    JobFileError. `seen` maps sources already checked in this load (each is parsed once)."""
+    JobFileError. `seen` maps sources already checked in this load (each is parsed once).
+    With `rows` (a dataset prompt), the caller tries the renders, row by row."""
     template = seen.get(text) if seen is not None else None
     if template is None:
         try:
@@ -147,9 +153,12 @@ def check_template(path: Path, field: str, text: str, available: Mapping[str, An
                                f"{exc.message}") from None
     missing = [name for name in template.names if name not in available]
     if missing:
-        raise JobFileError(path, field, f"undefined variable {missing[0]!r} (define it under "
-                           "vars: of the job or of this prompt)")
-    if template.parts is None:  # plain templates cannot fail; Jinja ones are tried once here
+        where = "a field of the dataset or under vars:" if rows \
+            else "under vars: of the job or of this prompt"
+        raise JobFileError(path, field, f"undefined variable {missing[0]!r} (define it {where}; "
+                           "templating: false sends the text as written)")
+    # plain templates cannot fail; Jinja ones are tried once here (dataset rows: by the caller)
+    if template.parts is None and not rows:
         sample = {name: _first(available[name]) for name in template.names}
         try:
             template.render(sample)

@@ -24,7 +24,7 @@ from .budget import Budget, Reservation, known_cost
 from .cache import ResponseCache
 from .check_results import outcomes_json
 from .checks import Check, Judged, context_for, evaluate
-from .client import Attempt
+from .client import Attempt, Endpoint
 from .collect import Collector
 from .config import DEFAULT_MAX_RETRY_WAIT_S, Job, Limits, ModelSpec
 from .conversation import converse
@@ -120,7 +120,7 @@ async def flush(run: RunState) -> None:
 async def handle(run: RunState, request: Request) -> None:
     """Send one request (with retries), grade it, and record its row; never raises for a
     failed request. Cut off by cancellation, it still records the row of what was sent."""
-    result = new_result(run.run_id, run.job.name, request)
+    result = new_result(run.run_id, run.job.name, request, run.providers.redactor)
     t_ready = run.clock()
     call = _call_for(run, request, t_ready)
     result.estimated_cost_usd = call.worst_usd
@@ -130,9 +130,11 @@ async def handle(run: RunState, request: Request) -> None:
             # never cached (the cache keeps single exchanges)
             request = await converse(request, result, call, functools.partial(_turn_call, run),
                                      functools.partial(_send_turn, run))
-        elif run.cache is None or not await run.cache.answer(endpoint, request, result):
+        elif not isinstance(endpoint, Endpoint) or run.cache is None \
+                or not await run.cache.answer(endpoint, request, result):
+            # (the stored provider's answers are rows of a file: never cached)
             await _exchange(run, call, functools.partial(_fold_attempt, result))
-            if run.cache is not None:  # a later identical request is answered from it
+            if run.cache is not None and isinstance(endpoint, Endpoint):
                 await run.cache.keep(endpoint, request, result)
         if call.refusal is not None:
             _skip(result, *call.refusal)

@@ -16,6 +16,7 @@ HEAD = "name: t\nmodels: [m/a]\n"            # a valid start; cases append their
 OK_PROMPTS = "prompts: [hi]\n"
 LOCAL = "providers:\n  local: {base_url: 'http://127.0.0.1:9/v1', openrouter: false}\n"
 ROWS = "rows.jsonl"
+DATA_CSV = "q,a\nWhat is 2+2?,4\nCapital of France?,Paris\n"
 
 # id, job YAML (None: no job file at all), extra files, file the message names, field substring
 BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
@@ -80,15 +81,17 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
      "rows.jsonl: row 2.id: duplicate prompt id 'a' (also at prompts[0])"),
     ("text-and-messages", HEAD + "prompts:\n  - text: x\n    messages: [{role: user, "
      "content: y}]\n", {}, "job.yaml",
-     "prompts[0]: give exactly one of text, messages, turns or file (got text, messages)"),
+     "prompts[0]: give exactly one of text, messages, turns or prompts_file "
+     "(got text, messages)"),
     ("neither-text-nor-messages", HEAD + "prompts: [{id: q, system: s}]\n", {}, "job.yaml",
-     "prompts[0]: give exactly one of text, messages, turns or file"),
+     "prompts[0]: give exactly one of text, messages, turns or prompts_file"),
     ("text-wrong-type", HEAD + "prompts: [a, b, {text: 5}]\n", {}, "job.yaml",
      "prompts[2].text: input should be a valid string"),
     ("bad-role", HEAD + "prompts: [{messages: [{role: bot, content: x}]}]\n", {}, "job.yaml",
      "prompts[0].messages[0].role"),
     ("file-with-other-keys", HEAD + f"prompts: [{{file: {ROWS}, id: x}}]\n",
-     {ROWS: '{"text": "y"}\n'}, "job.yaml", "prompts[0]: a `file:` item takes no other keys"),
+     {ROWS: '{"text": "y"}\n'}, "job.yaml",
+     "prompts[0]: a prompts file item takes only dataset: and templating:"),
     ("missing-prompt-file", HEAD + "prompts: [{file: nothere.jsonl}]\n", {}, "nothere.jsonl",
      "no such prompt file (named in prompts[0].file"),
     ("bad-json-line", HEAD + f"prompts: [{{file: {ROWS}}}]\n",
@@ -97,8 +100,8 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
      {ROWS: '{"text": "ok"}\n{"id": "x"}\n'}, ROWS, "row 2"),
     ("prompt-file-not-a-list", HEAD + "prompts: [{file: rows.yaml}]\n",
      {"rows.yaml": "text: x\n"}, "rows.yaml", "must be a YAML list"),
-    ("prompt-file-suffix", HEAD + "prompts: [{file: rows.txt}]\n", {"rows.txt": "x\n"},
-     "rows.txt", "must end in .jsonl, .json, .csv or .yaml"),
+    ("prompt-file-suffix", HEAD + "prompts: [{file: rows.md}]\n", {"rows.md": "x\n"},
+     "rows.md", "must end in .jsonl, .json, .csv, .yaml or .txt"),
     ("prompt-file-undefined-var", HEAD + f"prompts: [{{file: {ROWS}}}]\n",
      {ROWS: '{"text": "ok"}\n{"text": "{{ nope }}"}\n'}, "job.yaml",
      "rows.jsonl: row 2.text: undefined variable 'nope'"),
@@ -142,6 +145,54 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
     ("batch-discount-range", "name: t\n" + LOCAL + "models: [{id: m/a, provider: local}]\n"
      + OK_PROMPTS + "pricing:\n  m/a: {usd_per_mtok_prompt: 1, usd_per_mtok_completion: 1, "
      "batch_discount: 1.5}\n", {}, "job.yaml", "pricing.m/a.batch_discount"),
+    # datasets (issue 12): see tests/test_datasets.py
+    *[(f"dataset-{name}", HEAD + "prompts:\n  - " + item + "\n", {"d.csv": DATA_CSV, **files},
+       named, expected) for name, item, files, named, expected in [
+        ("missing-file", "{text: '{{ q }}', dataset: nope.csv}", {}, "job.yaml",
+         "prompts[0].dataset.path: no such dataset file 'nope.csv'"),
+        ("unknown-key", "{text: '{{ q }}', dataset: {path: d.csv, limt: 3}}", {}, "job.yaml",
+         "prompts[0].dataset.limt: unknown key (did you mean 'limit'?)"),
+        ("suffix", "{text: '{{ q }}', dataset: d.txt}", {"d.txt": "q\n"}, "job.yaml",
+         "prompts[0].dataset.path: a dataset must end in .csv"),
+        ("no-template", "{dataset: d.csv}", {}, "job.yaml",
+         "prompts[0]: a dataset: needs the prompt it fills"),
+        ("undefined-var", "{text: '{{ question }}', dataset: d.csv}", {}, "job.yaml",
+         "prompts[0].text: undefined variable 'question' (define it a field of the dataset"),
+        ("target-field", "{text: '{{ q }}', dataset: {path: d.csv, target: answr}}", {},
+         "job.yaml", "prompts[0].dataset.target: no field 'answr' in the dataset"),
+        ("where-field", "{text: '{{ q }}', dataset: {path: d.csv, where: {lvl: 1}}}", {},
+         "job.yaml", "prompts[0].dataset: field 'lvl': no such field in the dataset"),
+        ("no-match", "{text: '{{ q }}', dataset: {path: d.csv, where: {a: zzz}}}", {},
+         "job.yaml", "prompts[0].dataset.where: no row of the dataset matches"),
+        ("rename-field", "{text: '{{ q }}', dataset: {path: d.csv, rename: {x: y}}}", {},
+         "job.yaml", "prompts[0].dataset.rename.x: no such field"),
+        ("duplicate-id", "{text: '{{ q }}', dataset: {path: d.csv, id_field: a}}",
+         {"d.csv": "q,a\nx,1\ny,1\n"}, "job.yaml",
+         "prompts[0].dataset.id_field: id '1' is used by rows 1 and 2"),
+        ("bad-jsonl", "{text: '{{ q }}', dataset: d.jsonl}", {"d.jsonl": '{"q": 1}\n{"q": \n'},
+         "d.jsonl", "line 2: invalid JSON"),
+        ("row-not-object", "{text: '{{ q }}', dataset: d.json}", {"d.json": '[{"q": 1}, 2]'},
+         "d.json", "row 2: each row must be an object"),
+        ("csv-header-twice", "{text: '{{ q }}', dataset: d.csv}", {"d.csv": "q,q\n1,2\n"},
+         "d.csv", "line 1: column 'q' is named twice"),
+        ("parquet-unreadable", "{text: '{{ q }}', dataset: d.parquet}",
+         {"d.parquet": "not parquet"}, "d.parquet", "not a readable Parquet file"),
+        ("row-trips-template", "{text: '{{ q.__class__ }}', dataset: d.csv}", {}, "job.yaml",
+         "prompts[0].text: template cannot be rendered with row 1 of d.csv"),
+        ("file-and-text", "{file: d.csv, text: '{{ q }}'}", {}, "job.yaml",
+         "prompts[0]: file: holds whole prompts, and text: is a prompt; to fill text: with "
+         "the rows of a data file, name the file under dataset: instead"),
+        ("prompts-file-is-data", "{prompts_file: d.csv}", {}, "d.csv",
+         "row 1: has no text or messages: a prompts file holds whole prompts"),
+    ]],
+    ("stored-field-missing", "name: t\nmodels: [{id: out, provider: stored}]\nprompts:\n"
+     "  - {text: '{{ q }}', dataset: d.csv}\n", {"d.csv": DATA_CSV}, "job.yaml",
+     "models[0].id: provider stored answers with the row field named by the id: no field 'out'"),
+    ("stored-judge", "name: t\nprovider: stored\nmodels: [a]\nprompts:\n"
+     "  - {text: '{{ q }}', dataset: d.csv}\nchecks:\n  - llm_judge: {model: m/j, rubric: ok}\n",
+     {"d.csv": DATA_CSV}, "job.yaml", "llm_judge.provider: judge 'm/j' would be answered by"),
+    ("stored-without-dataset", "name: t\nmodels: [{id: q, provider: stored}]\nprompts: [hi]\n",
+     {}, "job.yaml", "models[0]: provider stored answers with a field of each dataset row"),
 ]
 BAD_IDS = [case[0] for case in BAD]
 RUN_TOO = {"missing-job-file", "unknown-top-key", "model-provider", "sandbox-escape",

@@ -111,6 +111,11 @@ def test_the_images_example_runs_offline_and_the_simulator_counts_the_images(
     job = runner.load_job(EXAMPLE)
     assert len(df) == len(Plan(job)) == 3 and set(df["status"]) == {"ok"}
     assert df["passed"].all()
+    # the inputs column records each image by source and hash, never its base64
+    recorded = json.loads(df.loc[0, "messages_json"])
+    image = recorded[-1]["content"][-1]
+    assert image["type"] == "image" and image["source"].endswith(".png") and image["sha256"]
+    assert not df["messages_json"].str.contains("base64").any()
     for request in Plan(job):
         wire = [{"role": m.role, "content": content_wire(m.content)} for m in request.messages]
         assert df.loc[request.index, "prompt_tokens"] == count_prompt_tokens(wire)

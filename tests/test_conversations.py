@@ -204,8 +204,8 @@ def test_turns_with_text_is_refused(write_job: Any, capsys: pytest.CaptureFixtur
     path = write_job("name: t\nprovider: simulated\nmodels: [sim/fast-mini]\n"
                      "prompts:\n  - {text: hi, turns: [hello]}\n")
     assert main(["validate", str(path)]) == 2
-    assert "prompts[0]: give exactly one of text, messages, turns or file (got text, turns)" \
-        in capsys.readouterr().err
+    assert ("prompts[0]: give exactly one of text, messages, turns or prompts_file "
+            "(got text, turns)") in capsys.readouterr().err
 
 
 # --- SIGKILL mid-conversation, then --resume ---------------------------------------------------

@@ -42,7 +42,8 @@ def test_run_writes_the_column_contract(write_job, results_dir: Path, stream: bo
     assert outcome.status == "completed"
     assert outcome.run_dir.parent == results_dir / "e2e"
     df = pd.read_parquet(outcome.run_dir / "requests.parquet")
-    assert tuple(df.columns) == COLUMNS
+    # the fixed columns, then one per var of the job (issue 12)
+    assert tuple(df.columns) == (*COLUMNS, "var_lang")
     assert len(df) == 3 * (2 + 1) * 2 == df["request_id"].nunique()
     assert set(df["status"]) == {"ok"}
     assert isinstance(df["model"].dtype, pd.CategoricalDtype)
@@ -65,7 +66,7 @@ def test_run_writes_the_column_contract(write_job, results_dir: Path, stream: bo
     else:
         assert df["ttft_s"].isna().all()  # not measurable without a stream
     csv = pd.read_csv(outcome.run_dir / "requests.csv")
-    assert len(csv) == len(df) and list(csv.columns) == list(COLUMNS)
+    assert len(csv) == len(df) and list(csv.columns) == [*COLUMNS, "var_lang"]
     summary = pd.read_csv(outcome.run_dir / "summary.csv")
     assert set(summary["model"]) == {"sim/fast-mini", "sim/balanced", "sim/reasoner"}
     assert summary["n"].sum() == len(df)

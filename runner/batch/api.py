@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,7 @@ def _keys(obj: dict[str, Any]) -> str:
 
 
 async def cancel_batches(run_dir: Path, run_id: str,
-                         endpoints: dict[str, Endpoint]) -> list[str]:
+                         endpoints: Mapping[str, object]) -> list[str]:
     """Cancel every batch of the run without a `done` line (those whose id was lost too, found
     by their metadata); one line per batch."""
     lines = []
@@ -124,7 +125,7 @@ async def cancel_batches(run_dir: Path, run_id: str,
         endpoint = endpoints.get(entry.provider)
         if entry.done:
             continue
-        if endpoint is None:
+        if not isinstance(endpoint, Endpoint):
             lines.append(f"{entry.key}: provider {entry.provider!r} is not in the job")
             continue
         if entry.batch_id is None:

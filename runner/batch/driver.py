@@ -34,6 +34,7 @@ from ..pricing import DOCUMENTED_BATCH_DISCOUNTS, batch_price, worst_case_usd
 from ..responses import Attempt
 from ..result import Result
 from ..rows import attempt_cost, fold, new_result
+from ..stored import STORED
 from ..worker import RunState, _budget_refusal, _grade, _record, _reserve, _settle, _skip, flush
 from .api import CALL_TIMEOUT_S, STATUSES, call_json, create, find_lost, safe_id
 from .files import Chunk, Read, chunks, input_line, read_output
@@ -58,7 +59,11 @@ UNANSWERED = {"completed": "batch_missing", "failed": "batch_failed", "expired":
 def batched_providers(job: Job, batch_all: bool = False) -> set[str]:
     """The providers whose requests go through their batch API (`--batch`: every one the job's
     models use); one line naming the provider when one has no batch API."""
-    names = {m.provider for m in job.models if m.batch or batch_all}
+    stored = sorted(m.label for m in job.models if m.batch and m.provider == STORED)
+    if stored:
+        raise ConfigError(f"batch: {stored[0]} is answered by the stored provider (a dataset "
+                          "field, no API): drop its batch: true")
+    names = {m.provider for m in job.models if (m.batch or batch_all) and m.provider != STORED}
     for name in sorted(names):
         if no_batch_api(job.providers[name]):
             raise ConfigError(f"--batch: provider {name!r} is OpenRouter, which has no batch "
@@ -71,6 +76,13 @@ def batched_providers(job: Job, batch_all: bool = False) -> set[str]:
                     "ttft_s and latency_s are null, batch_wall_s says how long it took)",
                     ", ".join(streamed))
     return names
+
+
+def _api(run: RunState, provider: str) -> Endpoint:
+    """The batched provider's endpoint (the stored provider is never batched)."""
+    endpoint = run.providers.endpoints[provider]
+    assert isinstance(endpoint, Endpoint), provider
+    return endpoint
 
 
 def discount(provider: Provider) -> float:
@@ -129,7 +141,7 @@ async def drive(run: RunState, plan: Iterable[Request], providers: set[str]) -> 
         for entry in entries.values():
             if entry.done or entry.provider not in providers:
                 continue
-            endpoint = run.providers.endpoints[entry.provider]
+            endpoint = _api(run, entry.provider)
             if entry.batch_id is None:
                 entry.batch_id, certain = await find_lost(endpoint, run.run_id, entry)
                 if entry.batch_id is None:  # never created: its requests are sent again below
@@ -215,7 +227,7 @@ async def _submit_all(run: RunState, store: BatchStore, board: Board, tg: Any,
             request_ids=[r.request_id for r in chunk.requests], usd=total,
             serial=reservation.serial, session=session, at=flight.at))
         try:
-            flight.batch_id = await create(run.providers.endpoints[provider.name], run.run_id,
+            flight.batch_id = await create(_api(run, provider.name), run.run_id,
                                             chunk)
         except ProviderError as exc:
             # maybe created, maybe not: the intent stays open (a resume looks for it by its
@@ -256,7 +268,7 @@ def _fit(run: RunState, provider: Provider, chunk: Chunk, estimates: dict[str, f
 
 async def _follow(run: RunState, store: BatchStore, board: Board, flight: Flight) -> None:
     """Poll the batch until it ends, then record its rows, mark it done and settle."""
-    endpoint = run.providers.endpoints[flight.provider]
+    endpoint = _api(run, flight.provider)
     options = run.job.providers[flight.provider].batch_options
     wait_s = options.poll_s or DEFAULT_POLL_S
     max_wait_s = options.max_wait_s or DEFAULT_MAX_WAIT_S
