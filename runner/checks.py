@@ -206,8 +206,11 @@ def compile_expected(value: Any, *, path: Path, field_name: str) -> tuple[Check,
 
 
 def build_check_set(checks: Sequence[CheckIn], expected: Mapping[str, tuple[Check, ...]], *,
-                    path: Path) -> CheckSet:
-    """Job-level `checks:` plus each prompt's expected checks (prompt id -> checks)."""
+                    path: Path, vars_of: Mapping[str, frozenset[str]] | None = None) -> CheckSet:
+    """Job-level `checks:` plus each prompt's expected checks (prompt id -> checks). With
+    `vars_of` (prompt id -> the vars its rows have, dataset target included as `target`), a
+    job-level check whose value reads a var a prompt's rows lack is refused here, not left
+    ungraded on every row of the run."""
     compiled = []
     for i, check_in in enumerate(checks):
         where = f"checks[{i}]"
@@ -236,6 +239,9 @@ def build_check_set(checks: Sequence[CheckIn], expected: Mapping[str, tuple[Chec
                 schema_from = where
             applied.append(check)
         target = next((c.target for c in own if c.target is not None), None)
+        if vars_of is not None and prompt_id in vars_of:
+            _check_names(path, compiled, applied, vars_of[prompt_id] | (
+                {TARGET} if target is not None else set()), prompt_id)
         if target is not None:
             targets[prompt_id] = target
             if any(c.uses_target for c in applied):  # that check decides how it is compared
@@ -243,6 +249,25 @@ def build_check_set(checks: Sequence[CheckIn], expected: Mapping[str, tuple[Chec
         if applied:
             by_prompt[prompt_id] = _unique_names(applied, path=path, prompt_id=prompt_id)
     return CheckSet(by_prompt, targets)
+
+
+def _check_names(path: Path, compiled: Sequence[tuple[str, Check]], applied: Sequence[Check],
+                 known: frozenset[str] | set[str], prompt_id: str) -> None:
+    """A job-level check applied to a prompt reads only vars that prompt's rows have."""
+    for where, check in compiled:
+        if check not in applied or check.values is None or check.kind == "llm_judge":
+            continue
+        missing = sorted(check.values.names - known)
+        if not missing:
+            continue
+        if missing[0] == TARGET:
+            raise JobFileError(path, f"{where}.{check.kind}", f"reads {{{{ target }}}} but prompt "
+                               f"{prompt_id!r} has no target (give its dataset a target: or "
+                               "the prompt an expected:, or limit the check with prompts:)")
+        have = ", ".join(sorted(known)[:12]) or "none"
+        raise JobFileError(path, f"{where}.{check.kind}", f"undefined variable {missing[0]!r} "
+                           f"for prompt {prompt_id!r} (its vars: {have}; limit the check with "
+                           "prompts: if it is meant for other prompts)")
 
 
 def _unique_names(checks: list[Check], *, path: Path, prompt_id: str) -> tuple[Check, ...]:

@@ -239,7 +239,8 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any],
     judges: dict[tuple[str, str | None], ModelSpec] = {}
     if not skip.get("checks"):  # their positions name them: checked once all are valid
         with problems.gather():
-            checks = build_check_set(job.checks, {p.id: p.checks for p in prompts}, path=path)
+            checks = build_check_set(job.checks, {p.id: p.checks for p in prompts}, path=path,
+                                     vars_of={p.id: _vars_of(p) for p in prompts})
             judges = _judges(path, checks, job.provider, known)
             check_stored_judges(path, judges.values())
     problems.raise_any()
@@ -461,3 +462,14 @@ def api_key(provider: Provider) -> str:
                           f"variable {provider.api_key_env} (e.g. export "
                           f"{provider.api_key_env}=...)")
     return value
+
+
+def _vars_of(prompt: Prompt) -> frozenset[str]:
+    """The vars every request of a prompt has: its used vars, its dataset's fields, and
+    `target` when its dataset gives one."""
+    names = set(prompt.vars)
+    if prompt.dataset is not None:
+        names |= set(prompt.dataset.fields)
+    if prompt.target is not None or prompt.target_field is not None:
+        names.add("target")
+    return frozenset(names)

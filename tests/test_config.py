@@ -191,6 +191,12 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
     ("stored-judge", "name: t\nprovider: stored\nmodels: [a]\nprompts:\n"
      "  - {text: '{{ q }}', dataset: d.csv}\nchecks:\n  - llm_judge: {model: m/j, rubric: ok}\n",
      {"d.csv": DATA_CSV}, "job.yaml", "llm_judge.provider: judge 'm/j' would be answered by"),
+    # a job-level check reading a var its prompt's rows lack: refused, not "not graded" x N
+    ("check-undefined-var", HEAD + "vars: {city: [a]}\nprompts: ['in {{ city }}']\nchecks:\n"
+     "  - {icontains: '{{ ctiy }}'}\n", {}, "job.yaml",
+     "checks[0].icontains: undefined variable 'ctiy' for prompt"),
+    ("check-target-missing", HEAD + OK_PROMPTS + "checks:\n  - {equals: '{{ target }}'}\n", {},
+     "job.yaml", "checks[0].equals: reads {{ target }} but prompt"),
     ("stored-without-dataset", "name: t\nmodels: [{id: q, provider: stored}]\nprompts: [hi]\n",
      {}, "job.yaml", "models[0]: provider stored answers with a field of each dataset row"),
 ]
