@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run part i of N of the plan (N alone: i from JOB_COMPLETION_INDEX); "
                      "with --run-id, every shard writes into one run")
     run.add_argument("--run-id", metavar="ID", help="the new run's id (shards share one)")
+    run.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                     help="run on a Ray cluster (default: RAY_ADDRESS, or a local one); "
+                     "needs pip install 'runner[ray]'")
+    run.add_argument("--ray-workers", type=_positive_int, metavar="N",
+                     help="with --ray: worker actors (default: one per node)")
 
     validate = sub.add_parser("validate", help="check a job file without sending anything")
     validate.add_argument("job", type=Path)
@@ -293,7 +298,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                              refresh_prices=args.refresh_prices, resume=args.resume,
                              retry_errors=args.retry_errors, force=args.force,
                              handle_signals=True, grace_s=args.grace_s,
-                             on_stopping=_say_stopping, run_id=args.run_id, shard=shard)
+                             on_stopping=_say_stopping, run_id=args.run_id, shard=shard,
+                             ray=args.ray, ray_workers=args.ray_workers)
 
     if (args.retry_errors or args.force) and args.resume is None:
         raise ConfigError("--retry-errors and --force only apply with --resume")
@@ -356,6 +362,14 @@ def _shard(args: argparse.Namespace) -> Any:
     """`--shard`/`--run-id` checked before anything is sent."""
     from .shards import check_run_id, parse_shard
 
+    if args.ray_workers is not None and args.ray is None:
+        raise ConfigError("--ray-workers only applies with --ray")
+    if args.ray is not None and (args.shard is not None or args.run_id is not None):
+        raise ConfigError("--ray runs the whole job as one run: drop --shard/--run-id")
+    if args.ray is not None:
+        from .ray_backend import require_ray
+
+        require_ray()  # before anything is sent: a missing extra is one line
     if args.run_id is not None:
         check_run_id(args.run_id)
     if args.shard is None:

@@ -79,7 +79,8 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
                   on_stopping: Callable[[float], None] | None = None,
                   clock: Callable[[], float] = time.perf_counter,
                   flush_rows: int = 500, flush_s: float = 1.0,
-                  run_id: str | None = None, shard: Shard | None = None) -> RunOutcome:
+                  run_id: str | None = None, shard: Shard | None = None,
+                  ray: str | None = None, ray_workers: int | None = None) -> RunOutcome:
     """Run every request of `job` and write the results; request errors are rows, not raises.
 
     `resume` ("latest" or a run directory) continues an earlier run in place. With
@@ -89,19 +90,23 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
     the run ended. A results folder that cannot be written (full, read-only) ends the run as
     `failed` with a ResultsError naming the path; the rows already on disk stay for a resume.
     `run_id` names a new run; with `shard`, this process runs that part of the plan into the
-    run's `shards/<i>/` (see `shards`).
+    run's `shards/<i>/` (see `shards`). `ray` (a cluster address, or "" for a local instance or
+    the one `ray.init` started) runs the job on `ray_workers` actors (see `ray_backend`).
     """
     if shard is not None:  # its share of the job's budget and rates
         job = shard.scaled(job)
+    if ray is not None:  # issue 13: the same job on a Ray cluster
+        from .ray_backend import run_on_ray
+
+        return await run_on_ray(job, address=ray, workers=ray_workers, out_dir=out_dir,
+                                concurrency=concurrency, rpm=rpm, budget_usd=budget_usd,
+                                refresh_prices=refresh_prices, resume=resume,
+                                retry_errors=retry_errors, force=force,
+                                handle_signals=handle_signals, grace_s=grace_s,
+                                on_stopping=on_stopping, flush_rows=flush_rows, flush_s=flush_s)
     plan = Plan(job)
     work: Sequence[Request] = shard.view(plan) if shard is not None else plan
-    limits = Limits(concurrency=concurrency, rpm=rpm).over(job.limits).over(
-        Limits(concurrency=DEFAULT_CONCURRENCY, timeout_s=DEFAULT_TIMEOUT_S,
-               stall_timeout_s=DEFAULT_STALL_TIMEOUT_S, retries=DEFAULT_RETRIES,
-               max_retry_wait_s=DEFAULT_MAX_RETRY_WAIT_S,
-               max_response_bytes=DEFAULT_MAX_RESPONSE_BYTES,
-               max_error_bytes=DEFAULT_MAX_ERROR_BYTES,
-               max_stream_events=DEFAULT_MAX_STREAM_EVENTS))
+    limits = run_limits(job, concurrency, rpm)
     root = out_dir or job.output_dir
     budget_usd = budget_usd if budget_usd is not None else job.budget_usd
     with ExitStack() as locks:
@@ -140,6 +145,17 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
     if top is not None and outcome.status == "completed":  # the last shard to end merges
         await anyio.to_thread.run_sync(merge_if_done, top, job.write_csv)
     return outcome
+
+
+def run_limits(job: Job, concurrency: int | None, rpm: float | None) -> Limits:
+    """The run's limits: the flags over the job's over the defaults."""
+    return Limits(concurrency=concurrency, rpm=rpm).over(job.limits).over(
+        Limits(concurrency=DEFAULT_CONCURRENCY, timeout_s=DEFAULT_TIMEOUT_S,
+               stall_timeout_s=DEFAULT_STALL_TIMEOUT_S, retries=DEFAULT_RETRIES,
+               max_retry_wait_s=DEFAULT_MAX_RETRY_WAIT_S,
+               max_response_bytes=DEFAULT_MAX_RESPONSE_BYTES,
+               max_error_bytes=DEFAULT_MAX_ERROR_BYTES,
+               max_stream_events=DEFAULT_MAX_STREAM_EVENTS))
 
 
 async def _run(job: Job, plan: Sequence[Request], limits: Limits, providers: Providers,

@@ -228,9 +228,10 @@ def shard_run_dir(root: Path, job: Job, shard: Shard, run_id: str | None,
 
 # -- merging ------------------------------------------------------------------------------------
 
-def merge(run_dir: Path, *, write_csv: bool = True) -> dict[str, Any]:
+def merge(run_dir: Path, *, write_csv: bool = True, lock: bool = True) -> dict[str, Any]:
     """Fold every shard's rows into the run's requests.parquet and summary.csv (the shards' row
-    files are removed once merged) and write the run's status; returns the new run.json."""
+    files are removed once merged) and write the run's status; returns the new run.json.
+    `lock=False`: the caller holds the run's lock (a Ray driver)."""
     from .collect import Collector, write_summary
 
     top = read_top(run_dir)
@@ -244,7 +245,8 @@ def merge(run_dir: Path, *, write_csv: bool = True) -> dict[str, Any]:
             except ResultsError:
                 raise ResultsError(f"{run_dir}: shard {folder.name} is still running; merge "
                                    "once it ends") from None
-        locks.enter_context(RunLock(run_dir))
+        if lock:
+            locks.enter_context(RunLock(run_dir))
         manifests = [read_top(folder) if is_run_dir(folder) else {} for folder in shards]
         collector = Collector(run_dir, write_csv=write_csv)
         collector.finish(dedupe=True)
