@@ -50,6 +50,12 @@ def require_ray() -> Any:
     return ray
 
 
+def _runner_file() -> str:
+    import runner
+
+    return str(Path(runner.__file__).resolve())
+
+
 def _runtime_env() -> dict[str, Any]:
     """Workers import this very `runner` (a source checkout or an installed one)."""
     import runner
@@ -245,10 +251,8 @@ class WorkerActor:
         self.task: asyncio.Task[None] | None = None
 
     def where(self) -> str:
-        """Which `runner` this worker imported (tests check it is the driver's)."""
-        import runner
-
-        return str(runner.__file__)
+        """Which `runner` this worker imported (the driver checks it is its own)."""
+        return _runner_file()
 
     async def start(self) -> None:
         from .collect import Collector
@@ -431,6 +435,7 @@ async def run_on_ray(job: Job, *, address: str | None, workers: int | None,
     from .rundir import RunLock, find_run_dir, new_run_id, run_dir_for, scan, shard_dir
     from .shards import merge
 
+    runner_file = _runner_file()
     ray = require_ray()
     if not ray.is_initialized():
         ray.init(address=address or None, runtime_env=_runtime_env(), include_dashboard=False,
@@ -474,12 +479,16 @@ async def run_on_ray(job: Job, *, address: str | None, workers: int | None,
             name = f"s{session:03d}-w{spawned}"
             spawned += 1
             handle = ray.remote(WorkerActor).options(
-                num_cpus=0, runtime_env=_runtime_env(), scheduling_strategy="SPREAD",
-                max_concurrency=10_000).remote(
+                name=f"runner-{run_id}-{name}", num_cpus=0, runtime_env=_runtime_env(),
+                scheduling_strategy="SPREAD", max_concurrency=10_000).remote(
                 name, str(job.path), run_id, str(shard_dir(run_dir, name)), worker_limits,
                 budget_usd, spent_usd, sorted(rates), ledger, refresh_prices, flush_rows,
                 flush_s)
             await ledger.register.remote(name, handle)
+            imported = await handle.where.remote()
+            if imported != runner_file:
+                raise ConfigError(f"--ray: the workers import runner from {imported}, not "
+                                  f"{runner_file}: install the same runner on every node")
             await handle.start.remote()
             return name, handle
 
