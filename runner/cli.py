@@ -308,7 +308,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print_summary(outcome)
     if outcome.status == "interrupted":
         again = f"--shard {args.shard} --run-id {outcome.run_id} --resume" if shard else \
-            f"--resume {outcome.run_dir}"
+            f"--resume {outcome.run_dir}" + (" --ray" if args.ray is not None else "")
         print(f"runner: interrupted; continue with: runner run {args.job} {again}",
               file=sys.stderr)
         return EXIT_INTERRUPTED
