@@ -102,6 +102,7 @@ class Scope:
 class SharedGates(Protocol):
     """Rates and pauses held for many processes (a Ray run's ledger: `ray_backend`)."""
 
+    def rated(self, model: ModelSpec) -> bool: ...   # whether `acquire` may have to wait
     async def acquire(self, model: ModelSpec, tokens: int) -> None: ...
     def pause(self, model: ModelSpec, seconds: float) -> None: ...
 
@@ -138,7 +139,7 @@ class Gates:
     def slot(self, model: ModelSpec, tokens: int) -> AbstractAsyncContextManager[None]:
         """Hold a concurrency slot and pass the rate limits for one attempt."""
         scopes = self.scopes(model)
-        if self.shared is None and all(
+        if (self.shared is None or not self.shared.rated(model)) and all(
                 s.concurrency is None and s.rpm is None and s.tpm is None and not s.pause.active
                 for s in scopes):
             return _FREE  # nothing to wait for: skip the machinery on the hot path

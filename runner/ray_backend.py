@@ -200,7 +200,16 @@ class _SharedGates:
         self.keys = keys
         self.have: dict[str, float] = dict.fromkeys(keys, 0.0)
         self.used: dict[str, float] = dict.fromkeys(keys, 0.0)
+        self.rated_models: dict[str, bool] = {}
         self.lock = anyio.Lock()
+
+    def rated(self, model: ModelSpec) -> bool:
+        found = self.rated_models.get(model.label)
+        if found is None:  # asked for every request: worked out once per model
+            found = self.rated_models[model.label] = any(
+                f"{kind}:{scope}" in self.keys for scope in
+                rate_keys(model.provider, model.label) for kind in ("rpm", "tpm"))
+        return found
 
     async def acquire(self, model: ModelSpec, tokens: int) -> None:
         wants: dict[str, float] = {}
@@ -470,7 +479,9 @@ async def run_on_ray(job: Job, *, address: str | None, workers: int | None,
         count = workers or max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
         per_worker = max(1, math.ceil((limits.concurrency or 1) / count))
         worker_limits = Limits(concurrency=per_worker).over(limits)
-        size = chunk_size or max(4 * per_worker, 1)
+        # a chunk of about one worker's in-flight requests: two in its hands keep its pool
+        # full, and the plan is spread evenly (a big last chunk would leave one worker alone)
+        size = chunk_size or max(1, min(per_worker, math.ceil(len(todo) / (2 * count))))
         chunks: deque[list[int]] = deque(todo[k:k + size] for k in range(0, len(todo), size))
         spawned = 0
 
