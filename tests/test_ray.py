@@ -183,3 +183,18 @@ def test_without_ray_one_line_says_how_to_install(write_job: Callable[..., Path]
         code = main(["run", str(_job(write_job, sim)), "--ray"])
     err = capsys.readouterr().err
     assert code == 2 and "pip install 'runner[ray]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_rate_is_the_jobs_not_one_per_worker(ray_cluster: None,
+                                                 write_job: Callable[..., Path],
+                                                 results_dir: Path) -> None:
+    rpm, planned = 600.0, 40   # 10 a second, from a bucket of one second's worth (10)
+    with Simulator(_models()) as sim:
+        path = _job(write_job, sim, repeats=4, extra=f"limits: {{concurrency: 8, rpm: {rpm}}}")
+        outcome = runner.run(path, out_dir=results_dir, ray="", ray_workers=2)
+        times = sorted(a.t_monotonic for a in sim.arrivals())
+    assert outcome.status == "completed" and len(times) == planned
+    # the job's rate allows the first bucket at once and the rest at 10 a second: 3 s at least
+    # (each worker at the job's rate would take half that)
+    floor_s = (planned - rpm / 60) / (rpm / 60)
+    assert times[-1] - times[0] >= floor_s * 0.95
