@@ -178,6 +178,8 @@ def open_run(root: Path, job: Job, run_id: str, shards: int, plan_size: int) -> 
 
 
 def read_top(run_dir: Path) -> dict[str, Any]:
+    if not is_run_dir(run_dir):
+        raise ResultsError(f"{run_dir}: not a run directory (no {RUN_JSON})")
     try:
         top = json.loads((run_dir / RUN_JSON).read_text())
     except (OSError, ValueError) as exc:
