@@ -472,10 +472,17 @@ async def run_on_ray(job: Job, *, address: str | None, workers: int | None,
         session = (spent.sessions if spent is not None else 0) + 1
         manifest = Manifest(run_dir, job, run_id, plan_size=len(plan), limits=limits,
                             plan=plan_summary(job), previous=previous)
-        manifest.write("running", shards="ray")
         rates = job_rates(job, limits)
         ledger = ray.remote(LedgerActor).options(num_cpus=0, runtime_env=_runtime_env()).remote(
             str(run_dir), budget_usd, spent_usd, rates, session)
+        spawned_handles: list[Any] = [ledger]
+
+        def kill_all() -> None:  # however the run ends, no actor outlives it
+            for handle in spawned_handles:
+                with contextlib.suppress(Exception):
+                    ray.kill(handle)
+
+        locks.callback(kill_all)
         count = workers or max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
         per_worker = max(1, math.ceil((limits.concurrency or 1) / count))
         worker_limits = Limits(concurrency=per_worker).over(limits)
@@ -495,15 +502,20 @@ async def run_on_ray(job: Job, *, address: str | None, workers: int | None,
                 name, str(job.path), run_id, str(shard_dir(run_dir, name)), worker_limits,
                 budget_usd, spent_usd, sorted(rates), ledger, refresh_prices, flush_rows,
                 flush_s)
+            spawned_handles.append(handle)
             await ledger.register.remote(name, handle)
             imported = await handle.where.remote()
             if imported != runner_file:
                 raise ConfigError(f"--ray: the workers import runner from {imported}, not "
                                   f"{runner_file}: install the same runner on every node")
-            await handle.start.remote()
+            try:
+                await handle.start.remote()
+            except ray.exceptions.RayTaskError as exc:  # a missing key, a bad endpoint
+                raise _unwrap(exc) from None
             return name, handle
 
         live: dict[str, Any] = dict([await spawn() for _ in range(count)])
+        manifest.write("running", shards="ray")
         lost: list[str] = []
         state = {"stopping": False}
 
@@ -525,12 +537,16 @@ async def run_on_ray(job: Job, *, address: str | None, workers: int | None,
                     if live.pop(name, None) is not None:
                         lost.append(name)
                         await ledger.lost.remote(name)
-                        if not live and chunks:  # nobody left to send them: a new worker
-                            new_name, new = await spawn()
-                            live[new_name] = new
-                            for _ in range(CHUNKS_PER_WORKER):
-                                tg.start_soon(feed, new_name, new)
+                    if not live:  # nobody left to send them: a new worker
+                        new_name, new = await spawn()
+                        live[new_name] = new
+                    # to a worker whose feeders may have ended already (the queue looked empty)
+                    other, handle = next(iter(live.items()))
+                    for _ in range(CHUNKS_PER_WORKER):
+                        tg.start_soon(feed, other, handle)
                     return
+                except ray.exceptions.RayTaskError as exc:  # a full disk: one line
+                    raise _unwrap(exc) from None
 
         async def watch_signals() -> None:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -568,9 +584,7 @@ async def run_on_ray(job: Job, *, address: str | None, workers: int | None,
                 "failed" if "auth" in stopped.values() else "completed"
             figures = {**await ledger.close.remote(status == "completed"),
                        **_local_figures(local)}
-            for handle in live.values():
-                ray.kill(handle)
-            ray.kill(ledger)
+            kill_all()
             merged = await anyio.to_thread.run_sync(
                 lambda: merge(run_dir, write_csv=job.write_csv, lock=False))
             counts = dict(merged.get("counts") or {})
@@ -579,6 +593,14 @@ async def run_on_ray(job: Job, *, address: str | None, workers: int | None,
                                    shards="ray", workers=count, lost_workers=lost)
             watcher.cancel_scope.cancel()
     return RunOutcome(run_dir, run_id, status, counts, final)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The runner's own error inside a Ray task's (its message is the one line to show)."""
+    from .errors import RunnerError
+
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, RunnerError) else exc
 
 
 def _local_figures(figures: list[dict[str, Any]]) -> dict[str, Any]:
