@@ -60,8 +60,7 @@ class Budget:
 
     def reserve(self, worst_case_usd: float) -> Reservation | None:
         """Hold `worst_case_usd` for one attempt, or None when it would not fit."""
-        if self.budget_usd is not None and \
-                self.spent_usd + self.reserved_usd + worst_case_usd > self.budget_usd:
+        if not self._has_room(worst_case_usd):
             self.refused += 1
             return None
         self.reserved_usd += worst_case_usd
@@ -77,6 +76,11 @@ class Budget:
         self.reserved_usd += usd
         self.reserved_total_usd += usd
         return Reservation(usd, serial, session)
+
+    def _has_room(self, worst_case_usd: float) -> bool:
+        """Whether a reservation fits now (a lease-backed budget asks its lease: `ledger`)."""
+        return self.budget_usd is None or \
+            self.spent_usd + self.reserved_usd + worst_case_usd <= self.budget_usd
 
     def could_fit(self, worst_case_usd: float) -> bool:
         """Whether the reservation would fit once every in-flight attempt has settled.

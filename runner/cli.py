@@ -91,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
                      "job's cache:, off)")
     run.add_argument("--allow-cache", action="store_true",
                      help="let --fail-under/--baseline judge a run that used the cache")
+    run.add_argument("--shard", metavar="i/N",
+                     help="run part i of N of the plan (N alone: i from JOB_COMPLETION_INDEX); "
+                     "with --run-id, every shard writes into one run")
+    run.add_argument("--run-id", metavar="ID", help="the new run's id (shards share one)")
+    run.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                     help="run on a Ray cluster (default: RAY_ADDRESS, or a local one); "
+                     "needs pip install 'runner[ray]'")
+    run.add_argument("--ray-workers", type=_positive_int, metavar="N",
+                     help="with --ray: worker actors (default: one per node)")
 
     validate = sub.add_parser("validate", help="check a job file without sending anything")
     validate.add_argument("job", type=Path)
@@ -155,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--junit", type=Path, metavar="PATH",
                         help="also write JUnit XML (one test case per prompt x model)")
 
+    merge = sub.add_parser("merge", help="fold a sharded run's shards into its combined "
+                           "requests.parquet and summary.csv")
+    merge.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+
     compare = sub.add_parser("compare", help="per-model deltas of a run against a baseline run "
                              "(exit 1 on a regression)")
     compare.add_argument("baseline", type=Path, metavar="RUN_A",
@@ -205,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = {"run": _cmd_run, "validate": _cmd_validate, "plan": _cmd_plan,
                    "simulate": _cmd_simulate, "models": _cmd_models, "report": _cmd_report,
                    "compare": _cmd_compare, "batches": _cmd_batches,
-                   "cache": _cmd_cache}[args.command]
+                   "cache": _cmd_cache, "merge": _cmd_merge}[args.command]
         with warnings.catch_warnings():
             # ours (an unreadable result file, ...) are lines for the user, whatever the
             # interpreter's warning filters say
@@ -307,6 +320,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     job = load_job(args.job)
     progress = None if args.quiet else RunProgress()
+    shard = _shard(args)
 
     async def go() -> Any:
         return await run_job(job, out_dir=args.out, concurrency=args.concurrency, rpm=args.rpm,
@@ -314,7 +328,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                              refresh_prices=args.refresh_prices, resume=args.resume,
                              retry_errors=args.retry_errors, force=args.force,
                              handle_signals=True, grace_s=args.grace_s,
-                             on_stopping=_say_stopping, batch=args.batch, cache=args.cache)
+                             on_stopping=_say_stopping, batch=args.batch, cache=args.cache,
+                             run_id=args.run_id, shard=shard, ray=args.ray,
+                             ray_workers=args.ray_workers)
 
     if (args.retry_errors or args.force) and args.resume is None:
         raise ConfigError("--retry-errors and --force only apply with --resume")
@@ -323,10 +339,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print_summary(outcome)
     _say_cache(outcome.manifest.get("cache"), outcome.counts)
     if outcome.status == "interrupted":
-        print(f"runner: interrupted; continue with: runner run {args.job} --resume "
-              f"{outcome.run_dir}", file=sys.stderr)
+        again = f"--shard {args.shard} --run-id {outcome.run_id} --resume" if shard else \
+            f"--resume {outcome.run_dir}" + (" --ray" if args.ray is not None else "")
+        print(f"runner: interrupted; continue with: runner run {args.job} {again}",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
-    code = _after_run(args, outcome, gate)
+    code = _after_run(args, outcome, gate, shard is not None)
     budget = outcome.manifest.get("budget") or {}
     from .formatting import usd
 
@@ -434,10 +452,44 @@ def _thresholds(text: str) -> Any:
         raise ConfigError(f"--max-regression: {exc}") from None
 
 
-def _after_run(args: argparse.Namespace, outcome: Any, gate: Any) -> int:
+def _shard(args: argparse.Namespace) -> Any:
+    """`--shard`/`--run-id` checked before anything is sent."""
+    from .shards import check_run_id, parse_shard
+
+    if args.ray_workers is not None and args.ray is None:
+        raise ConfigError("--ray-workers only applies with --ray")
+    if args.ray is not None and (args.shard is not None or args.run_id is not None):
+        raise ConfigError("--ray runs the whole job as one run: drop --shard/--run-id")
+    if args.ray is not None:
+        from .ray_backend import require_ray
+
+        require_ray()  # before anything is sent: a missing extra is one line
+    if args.run_id is not None:
+        check_run_id(args.run_id)
+    if args.shard is None:
+        return None
+    shard = parse_shard(args.shard)
+    if args.run_id is None and args.resume is None:
+        raise ConfigError("--shard needs --run-id ID: every shard must write into the same run "
+                          "(e.g. --run-id nightly-$(date +%F))")
+    return shard
+
+
+def _after_run(args: argparse.Namespace, outcome: Any, gate: Any, sharded: bool = False) -> int:
     """Reports and thresholds after a completed run: exit 1 when a threshold is broken."""
     from .quality_gate import broken
 
+    if sharded:  # reports and gates are the whole run's, once its last shard has ended
+        from .shards import whole_run
+
+        whole = whole_run(outcome.run_dir)
+        if whole is None:
+            if args.junit is not None or args.html is not None or gate.fail_under is not None \
+                    or gate.baseline is not None:
+                print("reports and gates: left to the last shard to end (or run `runner merge` "
+                      "and `runner report`)")
+            return EXIT_OK
+        outcome = _Merged(whole)
     if args.junit is not None or args.html is not None:
         from .results import read_results
 
@@ -459,6 +511,22 @@ def _after_run(args: argparse.Namespace, outcome: Any, gate: Any) -> int:
         for reason in reasons:
             print(f"  - {reason}", file=sys.stderr)
         return EXIT_THRESHOLD
+    return EXIT_OK
+
+
+class _Merged:
+    """A merged sharded run, where `_after_run` wants an outcome."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from .shards import merge
+
+    body = merge(args.run_dir)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted((body.get("counts") or {}).items()))
+    print(f"merged {args.run_dir}: {body.get('status')} ({counts or 'no rows'})")
     return EXIT_OK
 
 

@@ -13,7 +13,7 @@ import contextlib
 import gc
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,16 +37,17 @@ from .config import (
     Job,
     Limits,
 )
-from .errors import ProviderError, ResultsError, RunnerError, first_runner_error
+from .errors import ConfigError, ProviderError, ResultsError, RunnerError, first_runner_error
 from .health import Health
 from .journal import Journal
 from .limits import Gates
 from .manifest import Manifest
-from .plan import Plan
+from .plan import Plan, Request
 from .providers import Providers, open_providers
 from .result import SKIPPED
 from .resume import Previous, load_previous, plan_summary
-from .rundir import RunLock, find_run_dir, new_run_id, run_dir_for
+from .rundir import RunLock, find_run_dir, is_run_dir, new_run_id, run_dir_for, shard_root
+from .shards import PlanView, Shard, check_run_id, merge_if_done, shard_run_dir
 from .worker import Progress, RunState, flush, handle
 
 if TYPE_CHECKING:
@@ -80,7 +81,9 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
                   on_stopping: Callable[[float], None] | None = None,
                   clock: Callable[[], float] = time.perf_counter,
                   flush_rows: int = 500, flush_s: float = 1.0, batch: bool = False,
-                  cache: bool | None = None) -> RunOutcome:
+                  cache: bool | None = None,
+                  run_id: str | None = None, shard: Shard | None = None,
+                  ray: str | None = None, ray_workers: int | None = None) -> RunOutcome:
     """Run every request of `job` and write the results; request errors are rows, not raises.
 
     `resume` ("latest" or a run directory) continues an earlier run in place. With
@@ -89,26 +92,46 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
     later ones wait for the final files. Either way the rows are flushed and run.json says how
     the run ended. A results folder that cannot be written (full, read-only) ends the run as
     `failed` with a ResultsError naming the path; the rows already on disk stay for a resume.
+    `run_id` names a new run; with `shard`, this process runs that part of the plan into the
+    run's `shards/<i>/` (see `shards`). `ray` (a cluster address, or "" for a local instance or
+    the one `ray.init` started) runs the job on `ray_workers` actors (see `ray_backend`).
     """
+    if shard is not None:  # its share of the job's budget and rates
+        job = shard.scaled(job)
+    if ray is not None:  # issue 13: the same job on a Ray cluster
+        if batch or cache or job.cache or any(m.batch for m in job.models):
+            raise ConfigError("--ray runs chat requests: batch mode and the response cache "
+                              "are for one process (drop --ray, or --batch/--cache)")
+        from .ray_backend import run_on_ray
+
+        return await run_on_ray(job, address=ray, workers=ray_workers, out_dir=out_dir,
+                                concurrency=concurrency, rpm=rpm, budget_usd=budget_usd,
+                                refresh_prices=refresh_prices, resume=resume,
+                                retry_errors=retry_errors, force=force,
+                                handle_signals=handle_signals, grace_s=grace_s,
+                                on_stopping=on_stopping, flush_rows=flush_rows, flush_s=flush_s)
     plan = Plan(job)
-    limits = Limits(concurrency=concurrency, rpm=rpm).over(job.limits).over(
-        Limits(concurrency=DEFAULT_CONCURRENCY, timeout_s=DEFAULT_TIMEOUT_S,
-               stall_timeout_s=DEFAULT_STALL_TIMEOUT_S, retries=DEFAULT_RETRIES,
-               max_retry_wait_s=DEFAULT_MAX_RETRY_WAIT_S,
-               max_response_bytes=DEFAULT_MAX_RESPONSE_BYTES,
-               max_error_bytes=DEFAULT_MAX_ERROR_BYTES,
-               max_stream_events=DEFAULT_MAX_STREAM_EVENTS))
+    work: Plan | PlanView = shard.view(plan) if shard is not None else plan
+    limits = run_limits(job, concurrency, rpm)
     root = out_dir or job.output_dir
     budget_usd = budget_usd if budget_usd is not None else job.budget_usd
     batched = batched_providers(job, batch)  # batch mode (issue 15): refused before anything
     response_cache = open_cache(job, cache)
     with ExitStack() as locks:
         previous = None
+        if shard is not None:
+            run_dir, run_id, resuming = shard_run_dir(root, job, shard, run_id, resume,
+                                                      len(plan))
+            resume = run_dir if resuming else None
+            if not resuming:
+                locks.enter_context(RunLock(run_dir))
         if resume is not None:  # locked before reading: another process may be writing it
             run_dir = find_run_dir(root, job.name, str(resume))
             locks.enter_context(RunLock(run_dir))
             previous = load_previous(run_dir, job, force=force)
             batched |= open_batch_providers(run_dir) & set(job.providers)
+            if shard is not None:  # the run's merged rows hold the other shards' too
+                previous.restrict({request.request_id for request in work})
         async with AsyncExitStack() as stack:
             providers = await open_providers(stack, job, connections=limits.concurrency or 1,
                                              clock=clock, refresh_prices=refresh_prices,
@@ -116,22 +139,40 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
                                              or job.max_cost_per_request_usd is not None)
             if previous is not None:
                 run_id = str(previous.manifest["run_id"])
-            else:
-                run_id = new_run_id()
+            elif shard is None:
+                run_id = new_run_id() if run_id is None else check_run_id(run_id)
                 run_dir = run_dir_for(root, job.name, run_id)
+                if is_run_dir(run_dir):
+                    raise ConfigError(f"--run-id {run_id}: that run exists ({run_dir}); "
+                                      "continue it with --resume")
                 locks.enter_context(RunLock(run_dir))
             if response_cache is not None:
                 stack.callback(response_cache.close)
-            outcome = await _run(job, plan, limits, providers, run_dir, run_id, previous,
+            assert run_id is not None
+            outcome = await _run(job, work, limits, providers, run_dir, run_id, previous,
                                  budget_usd, progress, retry_errors, handle_signals, grace_s,
                                  on_stopping, clock, flush_rows, flush_s,
                                  extras={"batched": frozenset(batched),
                                          "cache": response_cache})
+    top = shard_root(run_dir) if shard is not None else None
+    if top is not None and outcome.status == "completed":  # the last shard to end merges
+        await anyio.to_thread.run_sync(merge_if_done, top, job.write_csv)
     return outcome
 
 
-async def _run(job: Job, plan: Plan, limits: Limits, providers: Providers, run_dir: Path,
-               run_id: str, previous: Previous | None, budget_usd: float | None,
+def run_limits(job: Job, concurrency: int | None, rpm: float | None) -> Limits:
+    """The run's limits: the flags over the job's over the defaults."""
+    return Limits(concurrency=concurrency, rpm=rpm).over(job.limits).over(
+        Limits(concurrency=DEFAULT_CONCURRENCY, timeout_s=DEFAULT_TIMEOUT_S,
+               stall_timeout_s=DEFAULT_STALL_TIMEOUT_S, retries=DEFAULT_RETRIES,
+               max_retry_wait_s=DEFAULT_MAX_RETRY_WAIT_S,
+               max_response_bytes=DEFAULT_MAX_RESPONSE_BYTES,
+               max_error_bytes=DEFAULT_MAX_ERROR_BYTES,
+               max_stream_events=DEFAULT_MAX_STREAM_EVENTS))
+
+
+async def _run(job: Job, plan: Plan | PlanView, limits: Limits, providers: Providers,
+               run_dir: Path, run_id: str, previous: Previous | None, budget_usd: float | None,
                progress: Progress | None, retry_errors: bool, handle_signals: bool,
                grace_s: float, on_stopping: Callable[[float], None] | None,
                clock: Callable[[], float], flush_rows: int, flush_s: float,
@@ -254,7 +295,7 @@ async def _watch_signals(run: RunState, pool: anyio.CancelScope, grace_s: float,
                 on_stopping(grace_s)
 
 
-async def _pool(run: RunState, plan: Plan, flush_s: float, health: Health,
+async def _pool(run: RunState, plan: Sequence[Request], flush_s: float, health: Health,
                 pool: anyio.CancelScope) -> None:
     workers = run.limits.concurrency or 1
     # one generator shared by every worker: each next() runs without a checkpoint, so no two

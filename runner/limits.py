@@ -13,7 +13,7 @@ import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -99,6 +99,14 @@ class Scope:
         )
 
 
+class SharedGates(Protocol):
+    """Rates and pauses held for many processes (a Ray run's ledger: `ray_backend`)."""
+
+    def rated(self, model: ModelSpec) -> bool: ...   # whether `acquire` may have to wait
+    async def acquire(self, model: ModelSpec, tokens: int) -> None: ...
+    def pause(self, model: ModelSpec, seconds: float) -> None: ...
+
+
 @dataclass(slots=True)
 class Gates:
     """Every scope's gates for one run."""
@@ -106,6 +114,7 @@ class Gates:
     job: Scope
     providers: dict[str, Scope] = field(default_factory=dict)
     models: dict[str, Scope] = field(default_factory=dict)
+    shared: SharedGates | None = None   # issue 13: the job's rates and pauses across processes
 
     @classmethod
     def build(cls, job: Job, overrides: Limits, clock: Callable[[], float]) -> Gates:
@@ -124,18 +133,21 @@ class Gates:
     def pause(self, model: ModelSpec, seconds: float) -> None:
         """Pause sending to the model's provider (every model there shares its rate limit)."""
         self.providers[model.provider].pause.pause_for(seconds)
+        if self.shared is not None:  # every other process must see it too
+            self.shared.pause(model, seconds)
 
     def slot(self, model: ModelSpec, tokens: int) -> AbstractAsyncContextManager[None]:
         """Hold a concurrency slot and pass the rate limits for one attempt."""
         scopes = self.scopes(model)
-        if all(s.concurrency is None and s.rpm is None and s.tpm is None and not s.pause.active
-               for s in scopes):
+        if (self.shared is None or not self.shared.rated(model)) and all(
+                s.concurrency is None and s.rpm is None and s.tpm is None and not s.pause.active
+                for s in scopes):
             return _FREE  # nothing to wait for: skip the machinery on the hot path
-        return self._slot(scopes, tokens)
+        return self._slot(scopes, tokens, model)
 
     @asynccontextmanager
-    async def _slot(self, scopes: tuple[Scope, Scope, Scope],
-                    tokens: int) -> AsyncIterator[None]:
+    async def _slot(self, scopes: tuple[Scope, Scope, Scope], tokens: int,
+                    model: ModelSpec | None = None) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             for scope in scopes:
                 if scope.concurrency is not None:
@@ -148,6 +160,8 @@ class Gates:
                         await scope.rpm.acquire()
                     if scope.tpm is not None:
                         await _charge(scope.tpm, scope.big_requests, float(tokens))
+                if self.shared is not None and model is not None:
+                    await self.shared.acquire(model, tokens)
                 # a 429 that came while we queued at the rate limiters voids the tokens we got:
                 # spending them after the pause would make its end a herd
                 if not any(scope.pause.active for scope in scopes):

@@ -22,7 +22,7 @@ from .config import Job
 from .errors import ResultsError
 from .journal import read_spent
 from .result import INTERRUPTED, OK, SKIPPED
-from .rundir import REQUESTS, RUN_JSON, quarantine, scan
+from .rundir import REQUESTS, RUN_JSON, quarantine, read_rows, scan, shard_root
 
 
 def plan_summary(job: Job) -> dict[str, Any]:
@@ -79,6 +79,11 @@ class Previous:
             kept[model] = max(before, factor) if before is not None else factor
         return kept
 
+    def restrict(self, request_ids: set[str]) -> None:
+        """Forget the rows of requests outside `request_ids` (a shard's part of the plan)."""
+        self.ok &= request_ids
+        self.errored &= request_ids
+
     def skip(self, retry_errors: bool) -> set[str]:
         """Request ids not to send again."""
         return self.ok | (set() if retry_errors else self.errored)
@@ -110,6 +115,11 @@ def load_previous(run_dir: Path, job: Job, *, force: bool) -> Previous:
     columns = ["request_id", "status", "error_type", "cost_usd", "estimated_cost_usd"]
     sources = scan(run_dir, columns, consequence="its requests will be sent again",
                    on_bad=quarantine)
+    top = shard_root(run_dir)
+    merged = top / REQUESTS if top is not None else None
+    if merged is not None and merged.is_file():  # a shard's rows merged into the run before
+        sources.insert(0, (merged, read_rows(merged, columns,
+                                             consequence="its requests will be sent again")))
     # without a journal, spend comes from rows: a run of that age kept every part (each attempt
     # row), its requests.parquet only the last row of each request
     has_parts = any(path.name != REQUESTS for path, _ in sources)

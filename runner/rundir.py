@@ -10,11 +10,15 @@ writes and the rows it holds out (the one module that knows where a run's files 
         requests.parquet    all rows, merged when the run ends
         requests.csv        the same, for spreadsheets
         summary.csv         one line per model
+        shards/<i>/         a sharded run (`--shard i/N`, or a Ray run's workers): each shard a
+                            run directory of the layout above; the top holds run.json (the
+                            shards' common facts) and, once merged, the combined row files
 
 The rows of a run are `requests.parquet` (what the last end merged) plus the parts written since,
 the last row of each request id winning: the same rule whether the run ended, is going on, was
-killed, or is being resumed. An unreadable part is reported (`UnreadableRowsWarning`, one line
-naming the file) and left out: its requests have no row, so a resume sends them again.
+killed, or is being resumed. A sharded run's rows are its merged files, then every shard's. An
+unreadable part is reported (`UnreadableRowsWarning`, one line naming the file) and left out:
+its requests have no row, so a resume sends them again.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ PARTS = "parts"
 REQUESTS = "requests.parquet"
 REQUESTS_CSV = "requests.csv"
 SUMMARY = "summary.csv"
+SHARDS = "shards"
 BAD_SUFFIX = ".bad"                 # an unreadable part, set aside by the final merge or a resume
 
 
@@ -326,6 +331,19 @@ def _var_kinds(schema: pa.Schema) -> VarKinds:
     return tuple(out)
 
 
+def var_kinds_of(run_dir: Path) -> dict[str, str]:
+    """The var columns the run's row files hold (a merge of shards or chunks keeps them)."""
+    import pyarrow.parquet as pq
+
+    kinds: dict[str, str] = {}
+    for path in row_files(run_dir):
+        try:
+            kinds.update(_var_kinds(pq.read_schema(path)))
+        except (OSError, ValueError):  # an unreadable file: the merge sets it aside
+            continue
+    return kinds
+
+
 def read_rows(path: Path, columns: list[str] | None = None, *,
               consequence: str = "its rows are left out",
               schema: pa.Schema | None = None) -> pa.Table | None:
@@ -361,9 +379,36 @@ def _check_types(schema: pa.Schema) -> None:
 
 
 def row_files(run_dir: Path) -> list[Path]:
-    """Where a run's rows are, oldest first: the last merge, then the parts written since."""
+    """Where a run's rows are, oldest first: the last merge, then the parts written since (in a
+    sharded run, then each shard's)."""
     final = run_dir / REQUESTS
-    return ([final] if final.is_file() else []) + part_files(run_dir)
+    files = ([final] if final.is_file() else []) + part_files(run_dir)
+    for shard in shard_dirs(run_dir):
+        files += row_files(shard)
+    return files
+
+
+# -- shards -------------------------------------------------------------------------------------
+
+def shard_dir(run_dir: Path, name: int | str) -> Path:
+    """Where shard `name` of a sharded run keeps its files."""
+    return run_dir / SHARDS / str(name)
+
+
+def shard_dirs(run_dir: Path) -> list[Path]:
+    """The shards of a sharded run (none for any other run), in number order."""
+    folder = run_dir / SHARDS
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir()]
+    return sorted(found, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit()
+                                        else 0, p.name))
+
+
+def shard_root(run_dir: Path) -> Path | None:
+    """The sharded run that `run_dir` is a shard of, or None."""
+    top = run_dir.parent.parent
+    return top if run_dir.parent.name == SHARDS and is_run_dir(top) else None
 
 
 def latest_rows(tables: list[pa.Table | None]) -> list[list[int]]:
