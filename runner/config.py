@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -26,6 +26,9 @@ from .prompts import Message as Message
 from .prompts import Prompt as Prompt
 from .prompts import resolve_prompts
 from .sources import Problems, invalid, load_yaml, locations
+
+if TYPE_CHECKING:
+    from .load_plan import Load
 
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
 SIMULATED = "simulated"
@@ -114,6 +117,7 @@ class Job:
     snapshot: Mapping[str, Any]   # the job file as parsed (it holds env var names, never keys)
     checks: CheckSet = CheckSet()  # each prompt's checks: its expected + job-level `checks:`
     judges: Mapping[tuple[str, str | None], ModelSpec] = field(default_factory=dict)
+    load: Load | None = None      # a load test (`load:`): when each request is sent
 
 
 def load_job(path: str | os.PathLike[str]) -> Job:
@@ -219,6 +223,12 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any],
         with problems.gather():
             checks = build_check_set(job.checks, {p.id: p.checks for p in prompts}, path=path)
             judges = _judges(path, checks, job.provider, known)
+    load = None
+    if job.load is not None:
+        from .load_plan import build_load  # it reads plans, which read this module
+
+        with problems.gather():
+            load = build_load(path, job.load)
     problems.raise_any()
     resolved = Job(
         name=job.name, description=job.description, path=path.resolve(),
@@ -231,7 +241,7 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any],
         output_dir=Path(job.output.dir) if Path(job.output.dir).is_absolute()
         else Path.cwd() / job.output.dir,
         write_csv=job.output.csv, simulator=job.simulator, snapshot=raw,
-        checks=checks, judges=judges,
+        checks=checks, judges=judges, load=load,
     )
     if not (skip.get("models") or skip.get("checks")):  # else models[i] would name another
         _check_offers(resolved)

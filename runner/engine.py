@@ -39,6 +39,8 @@ from .errors import ProviderError, ResultsError, RunnerError, first_runner_error
 from .health import Health
 from .journal import Journal
 from .limits import Gates
+from .load import drive
+from .load_plan import expected_rows
 from .manifest import Manifest
 from .plan import Plan
 from .providers import Providers, open_providers
@@ -88,6 +90,8 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
     `failed` with a ResultsError naming the path; the rows already on disk stay for a resume.
     """
     plan = Plan(job)
+    if job.load is not None and concurrency is None:  # a load test: its cap is the run's
+        concurrency = job.load.max_concurrency
     limits = Limits(concurrency=concurrency, rpm=rpm).over(job.limits).over(
         Limits(concurrency=DEFAULT_CONCURRENCY, timeout_s=DEFAULT_TIMEOUT_S,
                stall_timeout_s=DEFAULT_STALL_TIMEOUT_S, retries=DEFAULT_RETRIES,
@@ -129,8 +133,9 @@ async def _run(job: Job, plan: Plan, limits: Limits, providers: Providers, run_d
     budget = Budget(budget_usd, spent_usd=previous.spent_usd if previous else 0.0,
                     raised_estimates=previous.raised_estimates if previous else None)
     skip = previous.skip(retry_errors) if previous else set()
+    planned = len(plan) if job.load is None else expected_rows(job.load, len(skip))
     collector = Collector(run_dir, write_csv=job.write_csv, flush_rows=flush_rows,
-                          rows_expected=len(plan) - len(skip))
+                          rows_expected=planned - len(skip))
     journal = Journal(run_dir, session=(previous.journal_sessions or 0) + 1 if previous else 1,
                       carried_usd=previous.spent_usd if previous else 0.0)
     manifest = Manifest(run_dir, job, run_id, plan_size=len(plan), limits=limits,
@@ -139,6 +144,8 @@ async def _run(job: Job, plan: Plan, limits: Limits, providers: Providers, run_d
     run = RunState(job, run_id, providers, Gates.build(job, limits, anyio.current_time),
                    budget, collector, limits, clock, progress,
                    skip=skip, journal=journal)
+    if job.load is not None:  # a resumed sweep reuses the rates it measured
+        run.load = {"resumed_from": previous.manifest.get("load") if previous else None}
     health = Health()
     pool = anyio.CancelScope()
     status, failure = "failed", None
@@ -150,8 +157,8 @@ async def _run(job: Job, plan: Plan, limits: Limits, providers: Providers, run_d
         try:
             manifest.write("running", budget=budget.figures())
             if progress is not None:
-                progress.start(len(plan) - len(run.skip))
-            if len(plan) - len(run.skip) >= PREPARE_ROWS:
+                progress.start(planned - len(run.skip))
+            if planned - len(run.skip) >= PREPARE_ROWS:
                 collector.prepare()
             gc.collect()
             gc.freeze()  # set-up objects live all run: keep them out of every later collection
@@ -210,6 +217,8 @@ async def _end(run: RunState, manifest: Manifest, health: Health, status: str,
     counts = totals.pop("counts", None) or {k: v for k, v in run.counts.items() if v}
     facts = {"budget": run.budget.figures(), "counts": counts, "totals": totals,
              "stopped": run.stop_reason, "client": health.report()}
+    if run.load is not None:
+        facts["load"] = run.load
     if failure is not None:
         facts["error"] = str(failure)
     try:
@@ -262,9 +271,12 @@ async def _pool(run: RunState, plan: Plan, flush_s: float, health: Health,
         outer.start_soon(health.watch)
         outer.start_soon(run.journal.write_forever)
         with pool:
-            async with anyio.create_task_group() as tg:
-                for _ in range(workers):
-                    tg.start_soon(work)
+            if run.job.load is not None:  # a load test sends on its own schedule
+                await drive(run, plan)
+            else:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(workers):
+                        tg.start_soon(work)
         outer.cancel_scope.cancel()
 
 

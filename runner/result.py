@@ -63,6 +63,16 @@ TYPES: tuple[tuple[str, str], ...] = (
     ("judge_cost_usd", "float64"),
     ("judge_prompt_tokens", "int64"),
     ("judge_completion_tokens", "int64"),
+    # load tests (runner/load.py): the stage, when it was due and how late it went out; and
+    # the gaps between content chunks of a streamed answer (any run)
+    ("stage", "category"),
+    ("load_phase", "category"),
+    ("requested_rps", "float64"),
+    ("scheduled_at", "timestamp"),
+    ("send_lag_s", "float64"),
+    ("itl_p50_s", "float64"),
+    ("itl_p99_s", "float64"),
+    ("itl_max_s", "float64"),
 )
 COLUMNS = tuple(name for name, _ in TYPES)
 
@@ -137,6 +147,14 @@ class Result:
     judge_cost_usd: float | None = None     # llm_judge: what grading this row cost
     judge_prompt_tokens: int | None = None
     judge_completion_tokens: int | None = None
+    stage: str | None = None                # load tests: e.g. "03 poisson 4.5/s"
+    load_phase: str | None = None           # warmup, measure (the figures) or cooldown
+    requested_rps: float | None = None      # the stage's rate (a ramp: its mean); None: closed
+    scheduled_at: datetime | None = None    # when the schedule said to send it
+    send_lag_s: float | None = None         # how late it was sent (incl. waiting for the cap)
+    itl_p50_s: float | None = None          # gaps between content chunks of the answer
+    itl_p99_s: float | None = None
+    itl_max_s: float | None = None
 
     def as_row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _FIELD_NAMES}

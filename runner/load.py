@@ -1,0 +1,228 @@
+"""The load-test driver: a job's `Load` and the run's state in, every stage sent on its schedule
+(each slot through `worker.handle`, so limits, budget and retries all apply) and the stage
+facts for run.json out. `engine` calls `drive` in place of its closed-loop pool.
+
+Open-loop stages (`pace`) start each request at its scheduled time in a task of its own,
+whether or not the earlier ones have finished; the run's concurrency gate (load.max_concurrency)
+caps what is in flight, and a request waiting for it is late by that wait. Closed-loop stages
+(`loop`) keep N workers busy. Stages run one after another; a stage ends when its last request
+has finished.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from .errors import ConfigError
+from .load_plan import Load, Slots, Sweep, load_section, stage_facts
+from .plan import Plan
+from .result import OK, Result
+from .schedule import Stage, arrivals, sweep_rates
+from .worker import RunState, handle
+
+LATE_S = 0.025          # a request sent later than this after its time was sent late
+LATE_SHARE = 0.01       # a stage with more late requests than this did not keep its schedule
+CHECKPOINT_EVERY = 64   # when behind, yield to the loop after this many sends in a row
+
+Fire = Callable[[int, float, float], Coroutine[Any, Any, None]]
+
+
+async def pace(slots: Iterable[tuple[int, float]], fire: Fire, *, clock: Callable[[], float],
+               stopping: Callable[[], bool]) -> None:
+    """Start `fire(k, offset_s, lag_s)` in a task of its own at each slot's offset from now
+    (lag_s: how late that start is); return once every fired task has finished."""
+    async with anyio.create_task_group() as tg:
+        t0 = clock()
+        behind = 0
+        for k, offset in slots:
+            if stopping():
+                break
+            delay = t0 + offset - clock()
+            if delay > 0:
+                behind = 0
+                await anyio.sleep(delay)
+            else:  # late already: send at once, but let the loop run now and then
+                behind += 1
+                if behind % CHECKPOINT_EVERY == 0:
+                    await anyio.lowlevel.checkpoint()
+            tg.start_soon(fire, k, offset, max(0.0, clock() - t0 - offset))
+
+
+async def loop(slots: Iterator[int], fire: Fire, *, workers: int, clock: Callable[[], float],
+               stopping: Callable[[], bool], duration_s: float | None) -> None:
+    """`workers` workers each fire the next slot as soon as their last one finished, until
+    the slots run out or `duration_s` has passed (offset_s: when it was taken; lag_s: 0)."""
+    t0 = clock()
+
+    async def work() -> None:
+        for k in slots:  # one iterator shared by all: next() has no checkpoint
+            offset = clock() - t0
+            if stopping() or (duration_s is not None and offset >= duration_s):
+                return
+            await fire(k, offset, 0.0)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(workers):
+            tg.start_soon(work)
+
+
+@dataclass(slots=True)
+class Tally:
+    """What a stage did, as it ran: for a sweep's rates and the schedule's verdict."""
+
+    stage: Stage
+    sent: int = 0
+    late: int = 0
+    capped: int = 0                     # waited for load.max_concurrency (or other limits)
+    lags: list[float] = field(default_factory=list)
+    ok_measured: int = 0
+    first_send: float | None = None
+    last_end: float | None = None
+
+    def add(self, result: Result, sent_at: float, ended_at: float, lag_s: float,
+            queue_s: float) -> None:
+        self.sent += 1
+        self.lags.append(lag_s + queue_s)
+        self.late += lag_s + queue_s > LATE_S
+        self.capped += queue_s > 0.001
+        if result.load_phase == "measure" and result.status == OK:
+            self.ok_measured += 1
+            self.first_send = sent_at if self.first_send is None else \
+                min(self.first_send, sent_at)
+            self.last_end = ended_at if self.last_end is None else max(self.last_end, ended_at)
+
+    def rate_rps(self) -> float | None:
+        """Successful measured requests per second of the stage (GuideLLM's sweep rates)."""
+        if self.first_send is None or self.last_end is None or self.ok_measured == 0:
+            return None
+        span = self.last_end - self.first_send
+        return self.ok_measured / span if span > 0 else None
+
+    def facts(self) -> dict[str, Any]:
+        lags = sorted(self.lags)
+        p99 = lags[min(len(lags) - 1, int(0.99 * len(lags)))] if lags else None
+        kept = not self.stage.open_loop or self.sent == 0 or \
+            self.late <= LATE_SHARE * self.sent
+        return {**stage_facts(self.stage), "sent": self.sent, "late": self.late,
+                "capped": self.capped, "send_lag_p99_s": p99, "send_lag_max_s":
+                lags[-1] if lags else None, "schedule_kept": kept,
+                "measured_rate_rps": self.rate_rps()}
+
+
+def mean_rate_rps(stage: Stage) -> float | None:
+    """The `requested_rps` of a stage's rows: its rate (a ramp: its mean); None: closed loop."""
+    if stage.mode == "ramp" and stage.rate_rps and stage.to_rate_rps:
+        if stage.ramp == "linear" or stage.rate_rps == stage.to_rate_rps:
+            return (stage.rate_rps + stage.to_rate_rps) / 2
+        import math
+
+        return (stage.to_rate_rps - stage.rate_rps) / math.log(stage.to_rate_rps /
+                                                               stage.rate_rps)
+    return stage.rate_rps if stage.open_loop else None
+
+
+async def drive(run: RunState, plan: Plan) -> None:
+    """Send every stage of the job's load test in order; facts go to `run.load`."""
+    load = run.job.load
+    assert load is not None
+    slots = Slots(plan, load.order, load.seed)
+    before = (run.load or {}).get("resumed_from") or {}
+    facts: dict[str, Any] = {**load_section(load), "stages": []}
+    run.load = facts
+    for step in load.steps:
+        if run.stopping:
+            break
+        if isinstance(step, Stage):
+            await _stage(run, slots, step, facts)
+            continue
+        await _sweep(run, slots, step, load, facts, before)
+
+
+async def _sweep(run: RunState, slots: Slots, sweep: Sweep, load: Load, facts: dict[str, Any],
+                 before: dict[str, Any]) -> None:
+    key = str(sweep.first_index)
+    known = (before.get("sweeps") or {}).get(key)
+    rates: list[float] | None = None
+    if type(known) is list and all(type(r) in (int, float) for r in known):
+        rates = [float(r) for r in known]  # a resume: the rates this sweep measured before
+    measured: list[float | None] = []
+    for stage in sweep.measuring(load.max_concurrency):
+        if run.stopping:
+            return
+        tally = await _stage(run, slots, stage, facts)
+        measured.append(tally.rate_rps())
+    if rates is None:
+        low, high = measured
+        if low is None or high is None:
+            if run.stopping:
+                return
+            raise ConfigError(
+                f"load sweep: its {'synchronous' if low is None else 'throughput'} stage had "
+                "no successful measured request, so it has no rates to sweep (see the rows' "
+                "errors; raise the stage's bounds or fix the endpoint)")
+        rates = sweep_rates(low, max(high, low), sweep.rates, sweep.up_to)
+    facts.setdefault("sweeps", {})[key] = rates
+    for stage in sweep.at_rates(rates):
+        if run.stopping:
+            return
+        await _stage(run, slots, stage, facts)
+
+
+async def _stage(run: RunState, slots: Slots, stage: Stage, facts: dict[str, Any]) -> Tally:
+    """One stage: its slots sent open- or closed-loop; returns what it did."""
+    tally = Tally(stage)
+    end_s = stage.end_s()
+    rate = mean_rate_rps(stage)
+    wall0 = datetime.now(UTC)
+    clock = run.clock
+    t0 = clock()
+
+    async def fire(k: int, offset: float, lag_s: float) -> None:
+        sent_at = clock()
+
+        def stamp(result: Result) -> None:
+            queue_s = result.queue_s or 0.0
+            result.stage = stage.name
+            result.requested_rps = rate
+            result.load_phase = stage.phase(offset, end_s)
+            result.scheduled_at = wall0 + timedelta(seconds=offset)
+            result.send_lag_s = lag_s + queue_s
+            tally.add(result, sent_at - t0, clock() - t0, lag_s, queue_s)
+
+        await handle(run, slots.request(stage, k), stamp)
+
+    def todo(ks: Iterable[int]) -> Iterator[int]:
+        return (k for k in ks if slots.request_id(stage, k) not in run.skip)
+
+    stopping = _stopping(run)
+    if stage.open_loop:
+        times = arrivals(stage)
+        if run.skip:
+            pending: Iterable[tuple[int, float]] = (
+                (k, t) for k, t in enumerate(times) if slots.request_id(stage, k) not in run.skip)
+        else:
+            pending = enumerate(times)
+        await pace(pending, fire, clock=clock, stopping=stopping)
+    else:
+        count = itertools.count() if stage.requests is None else range(stage.requests)
+        await loop(todo(count) if run.skip else iter(count), fire,
+                   workers=stage.concurrency or 1, clock=clock, stopping=stopping,
+                   duration_s=stage.duration_s)
+    facts["stages"].append(tally.facts())
+    return tally
+
+
+def _stopping(run: RunState) -> Callable[[], bool]:
+    """A signal, or every provider the job uses stopped (auth, credits): send nothing more."""
+    providers = {m.provider for m in run.job.models}
+
+    def stopping() -> bool:
+        return run.stopping or all(p in run.stop_reason for p in providers)
+    return stopping
