@@ -22,6 +22,7 @@ import anyio.lowlevel
 
 from .errors import ConfigError
 from .load_plan import Load, Slots, Sweep, load_section, stage_facts
+from .load_stats import row_meets, stage_figures
 from .plan import Plan
 from .result import OK, Result
 from .schedule import Stage, arrivals, sweep_rates
@@ -75,45 +76,50 @@ async def loop(slots: Iterator[int], fire: Fire, *, workers: int, clock: Callabl
 
 @dataclass(slots=True)
 class Tally:
-    """What a stage did, as it ran: for a sweep's rates and the schedule's verdict."""
+    """What a stage did, as it ran: the columns `load_stats.stage_figures` reads (a sweep's
+    rates come from them), and how late its requests went out."""
 
     stage: Stage
     sent: int = 0
     late: int = 0
     capped: int = 0                     # waited for load.max_concurrency (or other limits)
-    lags: list[float] = field(default_factory=list)
-    ok_measured: int = 0
-    first_send: float | None = None
-    last_end: float | None = None
+    columns: dict[str, list[Any]] = field(default_factory=lambda: {
+        name: [] for name in ("scheduled_s", "ended_s", "status", "phase", "latency_s",
+                              "ttft_s", "tpot_s", "itl_p50_s", "itl_p99_s",
+                              "completion_tokens", "cost_usd", "send_lag_s", "slo_met")})
 
-    def add(self, result: Result, sent_at: float, ended_at: float, lag_s: float,
-            queue_s: float) -> None:
-        self.sent += 1
-        self.lags.append(lag_s + queue_s)
-        self.late += lag_s + queue_s > LATE_S
-        self.capped += queue_s > 0.001
-        if result.load_phase == "measure" and result.status == OK:
-            self.ok_measured += 1
-            self.first_send = sent_at if self.first_send is None else \
-                min(self.first_send, sent_at)
-            self.last_end = ended_at if self.last_end is None else max(self.last_end, ended_at)
+    def add(self, result: Result, offset_s: float, ended_s: float) -> None:
+        columns = self.columns
+        for name, value in (("scheduled_s", offset_s), ("ended_s", ended_s),
+                            ("status", result.status), ("phase", result.load_phase),
+                            ("latency_s", result.latency_s), ("ttft_s", result.ttft_s),
+                            ("tpot_s", result.tpot_s), ("itl_p50_s", result.itl_p50_s),
+                            ("itl_p99_s", result.itl_p99_s),
+                            ("completion_tokens", result.completion_tokens),
+                            ("cost_usd", result.cost_usd), ("send_lag_s", result.send_lag_s),
+                            ("slo_met", result.slo_met)):
+            columns[name].append(value)
+        if result.attempts:
+            self.sent += 1
+            self.late += (result.send_lag_s or 0.0) > LATE_S
+            self.capped += (result.queue_s or 0.0) > 0.001
 
-    def rate_rps(self) -> float | None:
-        """Successful measured requests per second of the stage (GuideLLM's sweep rates)."""
-        if self.first_send is None or self.last_end is None or self.ok_measured == 0:
-            return None
-        span = self.last_end - self.first_send
-        return self.ok_measured / span if span > 0 else None
+    def figures(self) -> dict[str, Any]:
+        return stage_figures(**self.columns)  # type: ignore[arg-type]
 
-    def facts(self) -> dict[str, Any]:
-        lags = sorted(self.lags)
-        p99 = lags[min(len(lags) - 1, int(0.99 * len(lags)))] if lags else None
+    def facts(self, figures: dict[str, Any]) -> dict[str, Any]:
         kept = not self.stage.open_loop or self.sent == 0 or \
             self.late <= LATE_SHARE * self.sent
         return {**stage_facts(self.stage), "sent": self.sent, "late": self.late,
-                "capped": self.capped, "send_lag_p99_s": p99, "send_lag_max_s":
-                lags[-1] if lags else None, "schedule_kept": kept,
-                "measured_rate_rps": self.rate_rps()}
+                "capped": self.capped, "send_lag_p99_s": _finite(figures["send_lag_p99_s"]),
+                "send_lag_max_s": _finite(figures["send_lag_max_s"]), "schedule_kept": kept,
+                "achieved_rps": _finite(figures["achieved_rps"]),
+                "request_throughput_rps": _finite(figures["request_throughput_rps"])}
+
+
+def _finite(value: float) -> float | None:
+    """run.json is strict JSON: no NaN."""
+    return value if value == value and abs(value) != float("inf") else None
 
 
 def mean_rate_rps(stage: Stage) -> float | None:
@@ -156,8 +162,8 @@ async def _sweep(run: RunState, slots: Slots, sweep: Sweep, load: Load, facts: d
     for stage in sweep.measuring(load.max_concurrency):
         if run.stopping:
             return
-        tally = await _stage(run, slots, stage, facts)
-        measured.append(tally.rate_rps())
+        figures = await _stage(run, slots, stage, facts)
+        measured.append(_finite(figures["request_throughput_rps"]) or None)
     if rates is None:
         low, high = measured
         if low is None or high is None:
@@ -175,8 +181,11 @@ async def _sweep(run: RunState, slots: Slots, sweep: Sweep, load: Load, facts: d
         await _stage(run, slots, stage, facts)
 
 
-async def _stage(run: RunState, slots: Slots, stage: Stage, facts: dict[str, Any]) -> Tally:
-    """One stage: its slots sent open- or closed-loop; returns what it did."""
+async def _stage(run: RunState, slots: Slots, stage: Stage,
+                 facts: dict[str, Any]) -> dict[str, Any]:
+    """One stage: its slots sent open- or closed-loop; returns its figures."""
+    assert run.job.load is not None
+    goodput = run.job.load.goodput
     tally = Tally(stage)
     end_s = stage.end_s()
     rate = mean_rate_rps(stage)
@@ -185,8 +194,6 @@ async def _stage(run: RunState, slots: Slots, stage: Stage, facts: dict[str, Any
     t0 = clock()
 
     async def fire(k: int, offset: float, lag_s: float) -> None:
-        sent_at = clock()
-
         def stamp(result: Result) -> None:
             queue_s = result.queue_s or 0.0
             result.stage = stage.name
@@ -194,7 +201,10 @@ async def _stage(run: RunState, slots: Slots, stage: Stage, facts: dict[str, Any
             result.load_phase = stage.phase(offset, end_s)
             result.scheduled_at = wall0 + timedelta(seconds=offset)
             result.send_lag_s = lag_s + queue_s
-            tally.add(result, sent_at - t0, clock() - t0, lag_s, queue_s)
+            if goodput is not None and result.status == OK:
+                result.slo_met = row_meets(goodput, result.ttft_s, result.tpot_s,
+                                           result.itl_p99_s, result.latency_s)
+            tally.add(result, offset, clock() - t0)
 
         await handle(run, slots.request(stage, k), stamp)
 
@@ -215,8 +225,9 @@ async def _stage(run: RunState, slots: Slots, stage: Stage, facts: dict[str, Any
         await loop(todo(count) if run.skip else iter(count), fire,
                    workers=stage.concurrency or 1, clock=clock, stopping=stopping,
                    duration_s=stage.duration_s)
-    facts["stages"].append(tally.facts())
-    return tally
+    figures = tally.figures()
+    facts["stages"].append(tally.facts(figures))
+    return figures
 
 
 def _stopping(run: RunState) -> Callable[[], bool]:

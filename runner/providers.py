@@ -57,10 +57,13 @@ async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
             for name in used}
     out = Providers(redactor=job_redactor(job, keys))
     if SIMULATED in used:
-        from .simulator import Simulator
+        from .simulator import Capacity, Simulator
 
+        limit = job.simulator.capacity  # a load test's server that saturates
         simulator = Simulator(simulated_models(job.simulator, job.path),  # type: ignore[arg-type]
-                              seed=job.simulator.seed).start()
+                              seed=job.simulator.seed,
+                              capacity=Capacity(limit.concurrent, limit.tokens_per_s)
+                              if limit is not None else None).start()
         stack.callback(simulator.stop)
         out.simulator_url = simulator.base_url
     for name in used:

@@ -73,6 +73,7 @@ TYPES: tuple[tuple[str, str], ...] = (
     ("itl_p50_s", "float64"),
     ("itl_p99_s", "float64"),
     ("itl_max_s", "float64"),
+    ("slo_met", "bool"),
 )
 COLUMNS = tuple(name for name, _ in TYPES)
 
@@ -155,6 +156,7 @@ class Result:
     itl_p50_s: float | None = None          # gaps between content chunks of the answer
     itl_p99_s: float | None = None
     itl_max_s: float | None = None
+    slo_met: bool | None = None             # met every load.goodput SLO (None: none set)
 
     def as_row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _FIELD_NAMES}

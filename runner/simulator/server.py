@@ -17,6 +17,7 @@ from aiohttp import web
 from runner.simulator.account import Account
 from runner.simulator.arrivals import Arrival, ArrivalLog
 from runner.simulator.bill import Charge, total_usd
+from runner.simulator.capacity import Capacity
 from runner.simulator.handlers import ChatService
 from runner.simulator.models import DEFAULT_MODELS, SimModel
 from runner.simulator.records import RecordLog
@@ -71,6 +72,7 @@ async def serve(
     on_ready: Callable[[int], None] | None = None,
     account: Account | None = None,
     bill: Path | None = None,
+    capacity: Capacity | None = None,
 ) -> None:
     """Serve on the running loop until cancelled; `on_ready(port)` is called once listening.
 
@@ -78,7 +80,7 @@ async def serve(
     hanging and in-flight requests are cut and billed before this returns."""
     log = ArrivalLog(request_log)
     charges: RecordLog[Charge] = RecordLog(bill)
-    service = ChatService(models, seed, log, account, charges)
+    service = ChatService(models, seed, log, account, charges, capacity)
     try:
         runner, bound_port = await _listen(service, host, port)
         try:
@@ -106,7 +108,9 @@ class Simulator:
         request_log: Path | None = None,
         account: Account | None = None,
         bill: Path | None = None,
+        capacity: Capacity | None = None,
     ) -> None:
+        self._capacity = capacity  # a server's queue and token budget (None: unlimited)
         self._account = account
         self._bill_path = bill
         self._bill: RecordLog[Charge] = RecordLog()
@@ -155,7 +159,7 @@ class Simulator:
 
     async def _boot(self) -> None:
         self._service = ChatService(self._models, self._seed, self._log, self._account,
-                                    self._bill)
+                                    self._bill, self._capacity)
         self._runner, self._port = await _listen(self._service, self._host, self._requested_port)
 
     def stop(self) -> None:
