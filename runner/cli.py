@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--html", nargs="?", const="", metavar="PATH",
                      help="write the HTML report (default: report.html in the run directory)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    _load_flags(run)
 
     validate = sub.add_parser("validate", help="check a job file without sending anything")
     validate.add_argument("job", type=Path)
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write a self-contained HTML report here")
     report.add_argument("--junit", type=Path, metavar="PATH",
                         help="also write JUnit XML (one test case per prompt x model)")
+    report.add_argument("--goodput", metavar="SLOS", help="load tests: judge goodput by these "
+                        "SLOs instead of the run's (e.g. ttft=0.5,tpot=0.05,latency=10)")
 
     compare = sub.add_parser("compare", help="per-model deltas of a run against a baseline run "
                              "(exit 1 on a regression)")
@@ -143,6 +146,80 @@ def build_parser() -> argparse.ArgumentParser:
                          "(points: 0.05), or off; metrics not named keep the defaults: "
                          f"{defaults_text()}; exit 1 when a limit is passed")
     return parser
+
+
+def _load_flags(run: argparse.ArgumentParser) -> None:
+    """`runner run` flags of a load test: one stage that replaces the job's `load:` (--load),
+    or changes of its settings (the others alone)."""
+    group = run.add_argument_group("load test (see README: Load tests)")
+    group.add_argument("--load", metavar="MODE", choices=("constant", "poisson", "ramp",
+                       "concurrency", "synchronous", "throughput", "sweep"),
+                       help="send the plan as a load test: constant, poisson, ramp, "
+                       "concurrency, synchronous, throughput or sweep")
+    group.add_argument("--rate", type=_positive_float, metavar="RPS",
+                       help="requests per second (constant, poisson; a ramp's start)")
+    group.add_argument("--to-rate", type=_positive_float, metavar="RPS", help="a ramp's end")
+    group.add_argument("--ramp", choices=("linear", "exponential"), help="a ramp's shape")
+    group.add_argument("--burstiness", type=_positive_float,
+                       help="gamma shape of the gaps (1: Poisson; lower: burstier)")
+    group.add_argument("--load-concurrency", type=_positive_int, metavar="N",
+                       help="mode concurrency: requests kept in flight")
+    group.add_argument("--duration-s", type=_positive_float, help="seconds per stage")
+    group.add_argument("--requests", type=_positive_int, metavar="N", help="requests per stage")
+    group.add_argument("--warmup-s", type=float, metavar="S", help="not measured: the first S s")
+    group.add_argument("--cooldown-s", type=float, metavar="S", help="not measured: the last S s")
+    group.add_argument("--sweep-rates", type=_positive_int, metavar="K",
+                       help="sweep: rate stages between synchronous and throughput")
+    group.add_argument("--max-concurrency", type=_positive_int, metavar="N",
+                       help="requests in flight at most (default 512)")
+    group.add_argument("--goodput", metavar="SLOS",
+                       help="SLOs of goodput, e.g. ttft=0.5,tpot=0.05,latency=10 (seconds)")
+
+
+_LOAD_FLAGS = {"load": "mode", "rate": "rate_rps", "to_rate": "to_rate_rps", "ramp": "ramp",
+               "burstiness": "burstiness", "load_concurrency": "concurrency",
+               "duration_s": "duration_s", "requests": "requests", "warmup_s": "warmup_s",
+               "cooldown_s": "cooldown_s", "sweep_rates": "rates",
+               "max_concurrency": "max_concurrency"}
+
+
+def _with_load_flags(args: argparse.Namespace, job: Any) -> Any:
+    """The job with the load flags applied (validated as the job file's `load:` is)."""
+    import dataclasses
+
+    from pydantic import ValidationError
+
+    from .errors import JobFileError
+    from .load_plan import build_load, parse_goodput
+    from .schema import LoadIn
+
+    given = {key: getattr(args, flag) for flag, key in _LOAD_FLAGS.items()
+             if getattr(args, flag) is not None}
+    if not given and args.goodput is None:
+        return job
+    section = dict(job.snapshot.get("load") or {})
+    if "mode" in given:  # a new stage: the job's stages and their settings go
+        section = {k: v for k, v in section.items()
+                   if k in ("max_concurrency", "order", "seed", "goodput")}
+    elif not section:
+        flags = ", ".join(f"--{flag.replace('_', '-')}" for flag in _LOAD_FLAGS
+                          if getattr(args, flag) is not None) or "--goodput"
+        raise ConfigError(f"{flags}: {args.job} has no load: section; give --load MODE too")
+    section.update(given)
+    if args.goodput is not None:
+        try:
+            section["goodput"] = dataclasses.asdict(parse_goodput(args.goodput))
+        except ValueError as exc:
+            raise ConfigError(f"--goodput: {exc}") from None
+    try:
+        load = build_load(args.job, LoadIn.model_validate(section))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        raise ConfigError(f"load flags: {where}: {error['msg']}") from None
+    except JobFileError as exc:
+        raise ConfigError(f"load flags: {exc}") from None
+    return dataclasses.replace(job, load=load, snapshot={**job.snapshot, "load": section})
 
 
 def _version() -> str:
@@ -275,7 +352,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .console import RunProgress, print_summary
     from .engine import run_job
 
-    job = load_job(args.job)
+    job = _with_load_flags(args, load_job(args.job))
     progress = None if args.quiet else RunProgress()
 
     async def go() -> Any:
@@ -291,6 +368,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     gate = _gate(args, job)
     outcome = anyio.run(go)
     print_summary(outcome)
+    if job.load is not None:
+        _print_load(outcome)
     if outcome.status == "interrupted":
         print(f"runner: interrupted; continue with: runner run {args.job} --resume "
               f"{outcome.run_dir}", file=sys.stderr)
@@ -305,6 +384,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
               "(see cost_over_estimate in the rows)", file=sys.stderr)
         return EXIT_OVERSPENT
     return code
+
+
+def _print_load(outcome: Any) -> None:
+    """A load run's per-stage table, its knee, and the stages it could not keep on time."""
+    from .load_report import print_load_report
+    from .results import read_results
+
+    print_load_report(read_results(outcome.run_dir), facts=outcome.manifest.get("load"))
 
 
 def _say_stopping(grace_s: float) -> None:
@@ -439,6 +526,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     df = read_results(args.results)
     print_report(df)
+    if "stage" in df.columns and df["stage"].notna().any():
+        _report_load(args, df)
     if args.junit is not None:
         from .junit import write_junit
 
@@ -448,6 +537,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         print(f"html report: {write_html(df, args.html)}")
     return EXIT_OK
+
+
+def _report_load(args: argparse.Namespace, df: Any) -> None:
+    """`runner report` of a load run: the stages, by the run's SLOs or --goodput's."""
+    import json
+
+    from .load_plan import parse_goodput
+    from .load_report import print_load_report
+    from .rundir import RUN_JSON, latest_run
+
+    goodput = None
+    if args.goodput is not None:
+        try:
+            goodput = parse_goodput(args.goodput)
+        except ValueError as exc:
+            raise ConfigError(f"--goodput: {exc}") from None
+    try:
+        facts = json.loads((latest_run(args.results) / RUN_JSON).read_text()).get("load")
+    except (OSError, ValueError, AttributeError, RunnerError):
+        facts = None  # the table stands without them
+    print_load_report(df, goodput, facts if isinstance(facts, dict) else None)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

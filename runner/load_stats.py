@@ -123,7 +123,7 @@ def row_meets(goodput: Goodput, ttft_s: float | None, tpot_s: float | None,
                       _f([latency_s]))[0])
 
 
-def knee(stages: Sequence[Mapping[str, Any]]) -> tuple[int | None, str]:
+def knee(stages: Sequence[Mapping[Any, Any]]) -> tuple[int | None, str]:
     """The knee of a sweep (or any set of rate stages): the index in `stages` of the highest-rate
     stage that still kept up, and a sentence saying what was found.
 
@@ -161,7 +161,7 @@ def knee(stages: Sequence[Mapping[str, Any]]) -> tuple[int | None, str]:
     return best, text
 
 
-def _keeps_up(stage: Mapping[str, Any], floor: float) -> bool:
+def _keeps_up(stage: Mapping[Any, Any], floor: float) -> bool:
     rate, done, ttft = (stage.get(k) for k in ("requested_rps", "request_throughput_rps",
                                                "ttft_p50_s"))
     if not (_num(rate) and _num(done) and _num(ttft)):
