@@ -20,11 +20,10 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from .errors import ConfigError
 from .load_plan import Load, Slots, Sweep, load_section, stage_facts
 from .load_stats import row_meets, stage_figures
 from .plan import Plan
-from .result import OK, Result
+from .result import OK, SKIPPED, Result
 from .schedule import Stage, arrivals, sweep_rates
 from .worker import RunState, handle
 
@@ -49,6 +48,8 @@ async def pace(slots: Iterable[tuple[int, float]], fire: Fire, *, clock: Callabl
             if delay > 0:
                 behind = 0
                 await anyio.sleep(delay)
+                if stopping():  # a signal (or a refusal) while it waited
+                    break
             else:  # late already: send at once, but let the loop run now and then
                 behind += 1
                 if behind % CHECKPOINT_EVERY == 0:
@@ -143,7 +144,7 @@ async def drive(run: RunState, plan: Plan) -> None:
     facts: dict[str, Any] = {**load_section(load), "stages": []}
     run.load = facts
     for step in load.steps:
-        if run.stopping:
+        if run.stopping or "stopped_by" in facts:
             break
         if isinstance(step, Stage):
             await _stage(run, slots, step, facts)
@@ -160,23 +161,22 @@ async def _sweep(run: RunState, slots: Slots, sweep: Sweep, load: Load, facts: d
         rates = [float(r) for r in known]  # a resume: the rates this sweep measured before
     measured: list[float | None] = []
     for stage in sweep.measuring(load.max_concurrency):
-        if run.stopping:
+        if run.stopping or "stopped_by" in facts:
             return
         figures = await _stage(run, slots, stage, facts)
         measured.append(_finite(figures["request_throughput_rps"]) or None)
     if rates is None:
         low, high = measured
         if low is None or high is None:
-            if run.stopping:
-                return
-            raise ConfigError(
-                f"load sweep: its {'synchronous' if low is None else 'throughput'} stage had "
-                "no successful measured request, so it has no rates to sweep (see the rows' "
-                "errors; raise the stage's bounds or fix the endpoint)")
+            facts.setdefault("notes", []).append(
+                f"sweep: its {'synchronous' if low is None else 'throughput'} stage had no "
+                "successful request in its measured window, so it has no rates to sweep and "
+                "its rate stages were not sent (see the rows' errors; lengthen the stages)")
+            return
         rates = sweep_rates(low, max(high, low), sweep.rates, sweep.up_to)
     facts.setdefault("sweeps", {})[key] = rates
     for stage in sweep.at_rates(rates):
-        if run.stopping:
+        if run.stopping or "stopped_by" in facts:
             return
         await _stage(run, slots, stage, facts)
 
@@ -205,13 +205,16 @@ async def _stage(run: RunState, slots: Slots, stage: Stage,
                 result.slo_met = row_meets(goodput, result.ttft_s, result.tpot_s,
                                            result.itl_p99_s, result.latency_s)
             tally.add(result, offset, clock() - t0)
+            if result.status == SKIPPED and "stopped_by" not in facts:
+                # refused (budget, cost cap, a stopped model): the schedule cannot be kept
+                facts["stopped_by"] = f"{result.error_type}: {result.error_message}"
 
         await handle(run, slots.request(stage, k), stamp)
 
     def todo(ks: Iterable[int]) -> Iterator[int]:
         return (k for k in ks if slots.request_id(stage, k) not in run.skip)
 
-    stopping = _stopping(run)
+    stopping = _stopping(run, facts)
     if stage.open_loop:
         times = arrivals(stage)
         if run.skip:
@@ -230,10 +233,9 @@ async def _stage(run: RunState, slots: Slots, stage: Stage,
     return figures
 
 
-def _stopping(run: RunState) -> Callable[[], bool]:
-    """A signal, or every provider the job uses stopped (auth, credits): send nothing more."""
-    providers = {m.provider for m in run.job.models}
-
+def _stopping(run: RunState, facts: dict[str, Any]) -> Callable[[], bool]:
+    """A signal, or a request refused without being sent (the budget, the cost cap, a stopped
+    provider or model): a load test sends nothing more."""
     def stopping() -> bool:
-        return run.stopping or all(p in run.stop_reason for p in providers)
+        return run.stopping or "stopped_by" in facts
     return stopping

@@ -46,7 +46,8 @@ def stage_table(df: pd.DataFrame, goodput: Goodput | None = None) -> pd.DataFram
 
 
 def _values(series: Any) -> list[Any]:
-    return [None if formatting.missing(v) else v for v in series.tolist()]
+    """A column as Python values, None for missing ones (NaN, NaT, pandas' NA)."""
+    return series.astype(object).where(series.notna(), None).tolist()  # type: ignore[no-any-return]
 
 
 def knee_line(table: pd.DataFrame) -> str:
@@ -103,10 +104,14 @@ def print_load_report(df: pd.DataFrame, goodput: Goodput | None = None,
 
 
 def schedule_warnings(facts: dict[str, Any] | None) -> list[str]:
-    """One line per stage whose requests went out late (run.json's `load.stages`)."""
+    """What run.json's `load` facts warn of: a sweep without rates, a stop, and one line per
+    stage whose requests went out late."""
     from .load import LATE_S
 
-    out = []
+    out = [str(note) for note in (facts or {}).get("notes") or []]
+    if (facts or {}).get("stopped_by"):
+        out.append(f"the load test stopped at a request it could not send "
+                   f"({facts['stopped_by']})")  # type: ignore[index]
     for stage in (facts or {}).get("stages") or []:
         if type(stage) is not dict or stage.get("schedule_kept", True):
             continue

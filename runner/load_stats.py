@@ -6,12 +6,13 @@ This is the one home of the definitions (README "Load tests" sets them beside vL
 GuideLLM's): the driver calls `stage_figures` on the rows it has just sent (a sweep's rates),
 `load_report` on the rows read back from the files.
 
-- window: from the first to the last scheduled send of the stage's measured requests (those
-  outside warm-up and cool-down).
-- achieved_rps: (measured requests - 1) / window: the rate the requests went out at.
-- request_throughput_rps: successful requests that ended inside the window / window (any
-  phase: the server's completions while the measured load was on); output_tokens_per_s the
-  same for their completion tokens; goodput_rps the same for those that also met every SLO.
+- measured requests: those the schedule sent outside the stage's warm-up and cool-down.
+- achieved_rps: (measured requests - 1) / (last - first scheduled send among them): the rate
+  they went out at.
+- request_throughput_rps: (measured successes - 1) / (last - first end among them): the rate
+  they were done at (a saturated server finishes them at its capacity, whatever was asked);
+  output_tokens_per_s: that times their mean completion tokens; goodput_rps: that times the
+  share of them that met every SLO (goodput_share).
 - latency, TTFT, TPOT and ITL percentiles: over the measured successful requests (ITL: of each
   request's own p50 and p99 gaps); error_rate: errors among the measured requests sent.
 """
@@ -60,11 +61,12 @@ def stage_figures(*, scheduled_s: Sequence[float | None], ended_s: Sequence[floa
     ok = states == "ok"
     scheduled, ended = _f(scheduled_s), _f(ended_s)
     m_sched = scheduled[measured & sent & ~np.isnan(scheduled)]
-    start = float(m_sched.min()) if len(m_sched) else NAN
-    window = float(m_sched.max()) - start if len(m_sched) else NAN
-    inside = ok & (ended >= start) & (ended <= start + window) if window > 0 else ok & False
+    window = float(m_sched.max() - m_sched.min()) if len(m_sched) else NAN
     tokens = _f(completion_tokens)
     mok = measured & ok
+    m_ends = ended[mok & ~np.isnan(ended)]
+    done_span = float(m_ends.max() - m_ends.min()) if len(m_ends) > 1 else NAN
+    throughput = (len(m_ends) - 1) / done_span if done_span > 0 else NAN
     judged = goodput is not None
     if goodput is not None:
         good = mok & meets(goodput, _f(ttft_s), _f(tpot_s), _f(itl_p99_s), _f(latency_s))
@@ -74,7 +76,8 @@ def stage_figures(*, scheduled_s: Sequence[float | None], ended_s: Sequence[floa
                                 dtype=bool)
     n_measured = int((measured & sent).sum())
     cost = _f(cost_usd)
-    per_s = (lambda count: count / window) if window > 0 else (lambda count: NAN)
+    share = float(good.sum()) / float(mok.sum()) if judged and mok.any() else NAN
+    mean_tokens = float(np.nanmean(tokens[mok])) if np.any(~np.isnan(tokens[mok])) else NAN
     figures: dict[str, Any] = {
         "n": len(states), "measured": n_measured, "ok": int(mok.sum()),
         "errors": int((measured & (states == "error")).sum()),
@@ -82,11 +85,10 @@ def stage_figures(*, scheduled_s: Sequence[float | None], ended_s: Sequence[floa
         if n_measured else NAN,
         "window_s": window,
         "achieved_rps": (n_measured - 1) / window if window > 0 else NAN,
-        "request_throughput_rps": per_s(float(inside.sum())),
-        "output_tokens_per_s": per_s(float(np.nansum(tokens[inside]))),
-        "goodput_rps": per_s(float((good & inside).sum())) if judged else NAN,
-        "goodput_share": float(good.sum()) / float(mok.sum()) if judged and mok.any()
-        else NAN,
+        "request_throughput_rps": throughput,
+        "output_tokens_per_s": throughput * mean_tokens,
+        "goodput_rps": throughput * share,
+        "goodput_share": share,
         "cost_usd": float(np.nansum(cost)),
         "cost_per_1k_requests_usd": float(np.nansum(cost[ok])) / float(ok.sum()) * 1000
         if ok.any() else NAN,
