@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="usage.cost of the overbill fault, times the price")
     sim.add_argument("--gzip-bomb-bytes", type=int, default=64 * 1024 * 1024,
                      help="inflated size of the gzip_bomb fault's error body")
+    sim.add_argument("--capacity-concurrent", type=_positive_int, metavar="N",
+                     help="generations at once; more requests queue (TTFT grows)")
+    sim.add_argument("--capacity-tokens-per-s", type=_positive_float, metavar="TPS",
+                     help="with --capacity-concurrent: output tokens/s the generations share")
     sim.add_argument("--request-log", type=Path, help="append one JSON line per request")
     sim.add_argument("--bill", type=Path, metavar="PATH",
                      help="append one JSON line per request as it ends: what it cost")
@@ -462,7 +466,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     import dataclasses
     import signal
 
-    from .simulator import DEFAULT_MODELS, Faults, serve
+    from .simulator import DEFAULT_MODELS, Capacity, Faults, serve
 
     rates = {f"{name}_rate": getattr(args, f"{name}_rate") for name in _FAULT_NAMES}
     try:
@@ -479,6 +483,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.tokens_per_s is not None:
         changes["tokens_per_s"] = args.tokens_per_s
     models = [dataclasses.replace(m, **changes) for m in DEFAULT_MODELS]
+    if args.capacity_tokens_per_s is not None and args.capacity_concurrent is None:
+        raise ConfigError("--capacity-tokens-per-s only applies with --capacity-concurrent")
+    capacity = Capacity(args.capacity_concurrent, args.capacity_tokens_per_s) \
+        if args.capacity_concurrent is not None else None
 
     def ready(port: int) -> None:
         print(f"simulator: OpenRouter dialect at http://{args.host}:{port}/api/v1, "
@@ -490,7 +498,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         # plain asyncio cancel, so the server's own clean-up still runs)
         serving = asyncio.ensure_future(serve(
             models, host=args.host, port=args.port, seed=args.seed,
-            request_log=args.request_log, on_ready=ready, bill=args.bill))
+            request_log=args.request_log, on_ready=ready, bill=args.bill, capacity=capacity))
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, serving.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await serving
