@@ -126,6 +126,11 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
      "models: list should have at least 1 item"),
     ("empty-prompts", HEAD + "prompts: []\n", {}, "job.yaml",
      "prompts: list should have at least 1 item"),
+    # load tests (tests/test_load.py has the whole table of these)
+    ("load-no-rate", HEAD + OK_PROMPTS + "load: {mode: poisson, duration_s: 5}\n", {},
+     "job.yaml", "load.rate_rps: mode poisson needs a rate"),
+    ("load-no-bounds", HEAD + OK_PROMPTS + "load: {mode: constant, rate_rps: 5}\n", {},
+     "job.yaml", "load.duration_s: give the stage's bounds"),
 ]
 BAD_IDS = [case[0] for case in BAD]
 RUN_TOO = {"missing-job-file", "unknown-top-key", "model-provider", "sandbox-escape",

@@ -11,10 +11,8 @@ from typing import Any
 
 import pytest
 
-import runner
-from runner.config import Job
 from runner.cli import main
-from runner.config import load_job
+from runner.config import Job, load_job
 from runner.errors import JobFileError
 from runner.itl import itl_figures
 from runner.load import loop, pace
@@ -266,3 +264,11 @@ def test_the_knee_is_the_last_rate_that_kept_up() -> None:
     where, text = knee(stages)
     assert where == 2 and "knee at 12" in text and "saturated from 16" in text
     assert knee(stages[:3])[1].endswith("no saturation seen: raise up_to or the rates)")
+
+
+def test_the_shipped_load_test_sweeps_a_saturating_simulator() -> None:
+    job = load_job(Path(__file__).resolve().parents[1] / "jobs" / "loadtest.yaml")
+    assert job.load is not None and job.simulator.capacity is not None
+    (sweep,) = job.load.steps
+    assert not isinstance(sweep, Stage) and sweep.rates >= 3 and sweep.up_to > 1
+    assert job.load.goodput is not None and {m.provider for m in job.models} == {"simulated"}
