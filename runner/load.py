@@ -21,7 +21,6 @@ import anyio
 import anyio.lowlevel
 
 from .load_plan import Load, Slots, Sweep, load_section, stage_facts
-from .load_stats import row_meets, stage_figures
 from .plan import Plan
 from .result import OK, SKIPPED, Result
 from .schedule import Stage, arrivals, sweep_rates
@@ -106,6 +105,8 @@ class Tally:
             self.capped += (result.queue_s or 0.0) > 0.001
 
     def figures(self) -> dict[str, Any]:
+        from .load_stats import stage_figures  # numpy: not before a run's first request
+
         return stage_figures(**self.columns)  # type: ignore[arg-type]
 
     def facts(self, figures: dict[str, Any]) -> dict[str, Any]:
@@ -186,6 +187,8 @@ async def _stage(run: RunState, slots: Slots, stage: Stage,
     """One stage: its slots sent open- or closed-loop; returns its figures."""
     assert run.job.load is not None
     goodput = run.job.load.goodput
+    if goodput is not None:
+        from .load_stats import row_meets
     tally = Tally(stage)
     end_s = stage.end_s()
     rate = mean_rate_rps(stage)

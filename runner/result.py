@@ -65,8 +65,8 @@ TYPES: tuple[tuple[str, str], ...] = (
     ("judge_completion_tokens", "int64"),
     # load tests (runner/load.py): the stage, when it was due and how late it went out; and
     # the gaps between content chunks of a streamed answer (any run)
-    ("stage", "category"),
-    ("load_phase", "category"),
+    ("stage", "string"),
+    ("load_phase", "string"),
     ("requested_rps", "float64"),
     ("scheduled_at", "timestamp"),
     ("send_lag_s", "float64"),
