@@ -138,7 +138,11 @@ def html_section(df: pd.DataFrame) -> dict[str, Any] | None:
         return None
     records = table.to_dict("records")
     where, sentence = knee(records)
-    rated = [r for r in records if not formatting.missing(r.get("request_throughput_rps"))]
+    # the synchronous stage and the rate stages make one curve; a throughput or concurrency
+    # stage's queue is its own choice, not a load level: it stays in the table only
+    rated = [r for r in records if not formatting.missing(r.get("request_throughput_rps"))
+             and (not formatting.missing(r.get("requested_rps"))
+                  or str(r["stage"]).endswith("synchronous"))]
     marked = None
     if where is not None:
         marked = (float(records[where]["request_throughput_rps"]), sentence)
