@@ -12,6 +12,7 @@ has finished.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -129,8 +130,6 @@ def mean_rate_rps(stage: Stage) -> float | None:
     if stage.mode == "ramp" and stage.rate_rps and stage.to_rate_rps:
         if stage.ramp == "linear" or stage.rate_rps == stage.to_rate_rps:
             return (stage.rate_rps + stage.to_rate_rps) / 2
-        import math
-
         return (stage.to_rate_rps - stage.rate_rps) / math.log(stage.to_rate_rps /
                                                                stage.rate_rps)
     return stage.rate_rps if stage.open_loop else None
@@ -203,7 +202,8 @@ async def _stage(run: RunState, slots: Slots, stage: Stage,
             result.requested_rps = rate
             result.load_phase = stage.phase(offset, end_s)
             result.scheduled_at = wall0 + timedelta(seconds=offset)
-            result.send_lag_s = lag_s + queue_s
+            if result.attempts:  # a request refused before sending was never late
+                result.send_lag_s = lag_s + queue_s
             if goodput is not None and result.status == OK:
                 result.slo_met = row_meets(goodput, result.ttft_s, result.tpot_s,
                                            result.itl_p99_s, result.latency_s)
