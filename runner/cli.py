@@ -306,8 +306,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             print(f"runner: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     plan = Plan(job)
+    load = ""
+    if job.load is not None:  # the plan is what each stage's slots cycle through
+        stages = sum(1 if not hasattr(step, "rates") else 2 + step.rates
+                     for step in job.load.steps)
+        load = f", sent as a load test of {stages} stage(s)"
     print(f"{args.job}: ok — {len(job.models)} models x {len(job.prompts)} prompts "
-          f"-> {len(plan)} requests")
+          f"-> {len(plan)} requests{load}")
     return EXIT_OK
 
 

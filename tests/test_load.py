@@ -272,3 +272,22 @@ def test_the_shipped_load_test_sweeps_a_saturating_simulator() -> None:
     (sweep,) = job.load.steps
     assert not isinstance(sweep, Stage) and sweep.rates >= 3 and sweep.up_to > 1
     assert job.load.goodput is not None and {m.provider for m in job.models} == {"simulated"}
+
+
+def test_the_stream_parser_times_each_content_chunk() -> None:
+    """ITL comes from the times content chunks were read (reasoning and usage-only events
+    are not content)."""
+    from runner.responses import Attempt, StreamParser
+
+    attempt = Attempt()
+    parser = StreamParser(attempt, 100)
+
+    def chunk(delta: str) -> bytes:
+        return b'data: {"choices": [{"delta": ' + delta.encode() + b"}]}"
+
+    parser.feed([chunk('{"reasoning": "hm"}')], 0.05)
+    parser.feed([chunk('{"content": "a"}'), chunk('{"content": "b"}')], 0.1)
+    parser.feed([chunk('{"content": "c"}')], 0.3)
+    parser.feed([b'data: {"choices": [], "usage": {"completion_tokens": 3}}'], 0.4)
+    assert attempt.content_at_s == [0.1, 0.1, 0.3]
+    assert itl_figures(attempt.content_at_s)[2] == pytest.approx(0.2)
