@@ -189,41 +189,13 @@ _LOAD_FLAGS = {"load": "mode", "rate": "rate_rps", "to_rate": "to_rate_rps", "ra
 
 def _with_load_flags(args: argparse.Namespace, job: Any) -> Any:
     """The job with the load flags applied (validated as the job file's `load:` is)."""
-    import dataclasses
-
-    from pydantic import ValidationError
-
-    from .errors import JobFileError
-    from .load_plan import build_load, parse_goodput
-    from .schema import LoadIn
+    from .load_plan import with_flags
 
     given = {key: getattr(args, flag) for flag, key in _LOAD_FLAGS.items()
              if getattr(args, flag) is not None}
-    if not given and args.goodput is None:
-        return job
-    section = dict(job.snapshot.get("load") or {})
-    if "mode" in given:  # a new stage: the job's stages and their settings go
-        section = {k: v for k, v in section.items()
-                   if k in ("max_concurrency", "order", "seed", "goodput")}
-    elif not section:
-        flags = ", ".join(f"--{flag.replace('_', '-')}" for flag in _LOAD_FLAGS
-                          if getattr(args, flag) is not None) or "--goodput"
-        raise ConfigError(f"{flags}: {args.job} has no load: section; give --load MODE too")
-    section.update(given)
-    if args.goodput is not None:
-        try:
-            section["goodput"] = dataclasses.asdict(parse_goodput(args.goodput))
-        except ValueError as exc:
-            raise ConfigError(f"--goodput: {exc}") from None
-    try:
-        load = build_load(args.job, LoadIn.model_validate(section))
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"])
-        raise ConfigError(f"load flags: {where}: {error['msg']}") from None
-    except JobFileError as exc:
-        raise ConfigError(f"load flags: {exc}") from None
-    return dataclasses.replace(job, load=load, snapshot={**job.snapshot, "load": section})
+    flags = ", ".join(f"--{flag.replace('_', '-')}" for flag in _LOAD_FLAGS
+                      if getattr(args, flag) is not None)
+    return with_flags(job, given, args.goodput, flags)
 
 
 def _version() -> str:
@@ -554,23 +526,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _report_load(args: argparse.Namespace, df: Any) -> None:
     """`runner report` of a load run: the stages, by the run's SLOs or --goodput's."""
-    import json
-
-    from .load_plan import parse_goodput
-    from .load_report import print_load_report
-    from .rundir import RUN_JSON, latest_run
+    from .load_report import print_load_report, run_facts
 
     goodput = None
     if args.goodput is not None:
+        from .load_plan import parse_goodput
+
         try:
             goodput = parse_goodput(args.goodput)
         except ValueError as exc:
             raise ConfigError(f"--goodput: {exc}") from None
-    try:
-        facts = json.loads((latest_run(args.results) / RUN_JSON).read_text()).get("load")
-    except (OSError, ValueError, AttributeError, RunnerError):
-        facts = None  # the table stands without them
-    print_load_report(df, goodput, facts if isinstance(facts, dict) else None)
+    print_load_report(df, goodput, run_facts(args.results))
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import schema
-from .errors import JobFileError
+from .errors import ConfigError, JobFileError
 from .plan import Plan, Request
 from .schedule import CLOSED_LOOP, Stage
 
@@ -230,3 +230,36 @@ def expected_rows(load: Load, done: int = 0) -> int:
                 estimate = by_time if estimate is None else min(estimate, by_time)
             total += estimate or 0
     return max(total, done)
+
+
+def with_flags(job: Any, given: Mapping[str, Any], goodput: str | None,
+               flags: str = "") -> Any:
+    """`job` with the `runner run` load flags applied: `given` maps `load:` keys to flag values
+    (a `mode` starts a new single stage; the others change the job's own `load:`); a
+    ConfigError names the flag to fix (`flags`: the ones given, as typed)."""
+    from pydantic import ValidationError
+
+    if not given and goodput is None:
+        return job
+    section = dict(job.snapshot.get("load") or {})
+    if "mode" in given:  # a new stage: the job's stages and their settings go
+        section = {k: v for k, v in section.items()
+                   if k in ("max_concurrency", "order", "seed", "goodput")}
+    elif not section:
+        raise ConfigError(f"{flags or '--goodput'}: {job.path} has no load: section; give "
+                          "--load MODE too")
+    section.update(given)
+    if goodput is not None:
+        try:
+            section["goodput"] = dataclasses.asdict(parse_goodput(goodput))
+        except ValueError as exc:
+            raise ConfigError(f"--goodput: {exc}") from None
+    try:
+        load = build_load(job.path, schema.LoadIn.model_validate(section))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        raise ConfigError(f"load flags: {where}: {error['msg']}") from None
+    except JobFileError as exc:
+        raise ConfigError(f"load flags: {exc}") from None
+    return dataclasses.replace(job, load=load, snapshot={**job.snapshot, "load": section})

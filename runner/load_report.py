@@ -8,6 +8,7 @@ taken from the rows (`scheduled_at` and `ended_at`, from the stage's first sched
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import charts, formatting
@@ -101,6 +102,21 @@ def print_load_report(df: pd.DataFrame, goodput: Goodput | None = None,
     console.print(escape(knee_line(table)), highlight=False)
     for line in schedule_warnings(facts):
         console.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False)
+
+
+def run_facts(results: Path) -> dict[str, Any] | None:
+    """run.json's `load` facts of a run directory (a job directory: its latest run), or None
+    when they cannot be read (the table stands without them)."""
+    import json
+
+    from .errors import RunnerError
+    from .rundir import RUN_JSON, latest_run
+
+    try:
+        facts = json.loads((latest_run(results) / RUN_JSON).read_text()).get("load")
+    except (OSError, ValueError, AttributeError, RunnerError):
+        return None
+    return facts if isinstance(facts, dict) else None
 
 
 def schedule_warnings(facts: dict[str, Any] | None) -> list[str]:
