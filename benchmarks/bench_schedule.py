@@ -103,7 +103,8 @@ def scheduler_alone(rate: float, seconds: float) -> None:
 
     from runner.load import pace
 
-    if hasattr(os, "sched_setaffinity") and harness.cores() > 1:
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    if before is not None and len(before) > 1:
         os.sched_setaffinity(0, {harness.CLIENT_CORE})
     lags: list[float] = []
 
@@ -111,8 +112,12 @@ def scheduler_alone(rate: float, seconds: float) -> None:
         lags.append(lag)
 
     n = int(rate * seconds)
-    anyio.run(lambda: pace(((k, k / rate) for k in range(n)), fire,
-                           clock=anyio.current_time, stopping=lambda: False))
+    try:
+        anyio.run(lambda: pace(((k, k / rate) for k in range(n)), fire,
+                               clock=anyio.current_time, stopping=lambda: False))
+    finally:
+        if before is not None:
+            os.sched_setaffinity(0, before)  # the sweep's processes pin themselves
     print(harness.table(["scheduler alone", "req/s", "lag p50 ms", "lag p99 ms", "lag max ms"],
                         [["no requests", rate, harness.percentile(lags, 50) * 1000,
                           harness.percentile(lags, 99) * 1000, max(lags) * 1000]]))
