@@ -83,13 +83,13 @@ class Tally:
     stage: Stage
     sent: int = 0
     late: int = 0
-    capped: int = 0                     # waited for load.max_concurrency (or other limits)
+    capped: int = 0                     # waited for load.max_concurrency or the limits
     columns: dict[str, list[Any]] = field(default_factory=lambda: {
         name: [] for name in ("scheduled_s", "ended_s", "status", "phase", "latency_s",
                               "ttft_s", "tpot_s", "itl_p50_s", "itl_p99_s",
                               "completion_tokens", "cost_usd", "send_lag_s", "slo_met")})
 
-    def add(self, result: Result, offset_s: float, ended_s: float) -> None:
+    def add(self, result: Result, offset_s: float, ended_s: float, waited_s: float) -> None:
         columns = self.columns
         for name, value in (("scheduled_s", offset_s), ("ended_s", ended_s),
                             ("status", result.status), ("phase", result.load_phase),
@@ -103,7 +103,7 @@ class Tally:
         if result.attempts:
             self.sent += 1
             self.late += (result.send_lag_s or 0.0) > LATE_S
-            self.capped += (result.queue_s or 0.0) > 0.001
+            self.capped += waited_s > 0.001
 
     def figures(self) -> dict[str, Any]:
         from .load_stats import stage_figures  # numpy: not before a run's first request
@@ -143,17 +143,20 @@ async def drive(run: RunState, plan: Plan) -> None:
     before = (run.load or {}).get("resumed_from") or {}
     facts: dict[str, Any] = {**load_section(load), "stages": []}
     run.load = facts
+    # the cap on requests in flight: the job scope of the limits has no limiter (a closed
+    # pool is its own cap), and waiting inside the HTTP pool would be counted as latency
+    cap = anyio.CapacityLimiter(load.max_concurrency)
     for step in load.steps:
         if run.stopping or "stopped_by" in facts:
             break
         if isinstance(step, Stage):
-            await _stage(run, slots, step, facts)
+            await _stage(run, slots, step, facts, cap)
             continue
-        await _sweep(run, slots, step, load, facts, before)
+        await _sweep(run, slots, step, load, facts, before, cap)
 
 
 async def _sweep(run: RunState, slots: Slots, sweep: Sweep, load: Load, facts: dict[str, Any],
-                 before: dict[str, Any]) -> None:
+                 before: dict[str, Any], cap: anyio.CapacityLimiter) -> None:
     key = str(sweep.first_index)
     known = (before.get("sweeps") or {}).get(key)
     rates: list[float] | None = None
@@ -163,7 +166,7 @@ async def _sweep(run: RunState, slots: Slots, sweep: Sweep, load: Load, facts: d
     for stage in sweep.measuring(load.max_concurrency):
         if run.stopping or "stopped_by" in facts:
             return
-        figures = await _stage(run, slots, stage, facts)
+        figures = await _stage(run, slots, stage, facts, cap)
         measured.append(_finite(figures["request_throughput_rps"]) or None)
     if rates is None:
         low, high = measured
@@ -178,11 +181,11 @@ async def _sweep(run: RunState, slots: Slots, sweep: Sweep, load: Load, facts: d
     for stage in sweep.at_rates(rates):
         if run.stopping or "stopped_by" in facts:
             return
-        await _stage(run, slots, stage, facts)
+        await _stage(run, slots, stage, facts, cap)
 
 
-async def _stage(run: RunState, slots: Slots, stage: Stage,
-                 facts: dict[str, Any]) -> dict[str, Any]:
+async def _stage(run: RunState, slots: Slots, stage: Stage, facts: dict[str, Any],
+                 cap: anyio.CapacityLimiter) -> dict[str, Any]:
     """One stage: its slots sent open- or closed-loop; returns its figures."""
     assert run.job.load is not None
     goodput = run.job.load.goodput
@@ -196,18 +199,25 @@ async def _stage(run: RunState, slots: Slots, stage: Stage,
     t0 = clock()
 
     async def fire(k: int, offset: float, lag_s: float) -> None:
+        asked = clock()
+        async with cap:
+            now = clock()
+            # late by: the scheduler, the task's start, the cap (then the limits, in stamp)
+            await _send(k, offset, max(lag_s, now - t0 - offset), now - asked)
+
+    async def _send(k: int, offset: float, lag_s: float, capped_s: float) -> None:
         def stamp(result: Result) -> None:
-            queue_s = result.queue_s or 0.0
+            waited_s = capped_s + (result.queue_s or 0.0)
             result.stage = stage.name
             result.requested_rps = rate
             result.load_phase = stage.phase(offset, end_s)
             result.scheduled_at = wall0 + timedelta(seconds=offset)
             if result.attempts:  # a request refused before sending was never late
-                result.send_lag_s = lag_s + queue_s
+                result.send_lag_s = lag_s + (result.queue_s or 0.0)
             if goodput is not None and result.status == OK:
                 result.slo_met = row_meets(goodput, result.ttft_s, result.tpot_s,
                                            result.itl_p99_s, result.latency_s)
-            tally.add(result, offset, clock() - t0)
+            tally.add(result, offset, clock() - t0, waited_s)
             if result.status == SKIPPED and "stopped_by" not in facts:
                 # refused (budget, cost cap, a stopped model): the schedule cannot be kept
                 facts["stopped_by"] = f"{result.error_type}: {result.error_message}"

@@ -168,3 +168,15 @@ async def test_beyond_capacity_requests_queue_for_a_generation_slot() -> None:
             (first_a, end_a), (first_b, end_b) = await asyncio.gather(ask(), ask())
     earlier_end, later_first = min((end_a, first_b), (end_b, first_a))
     assert later_first >= earlier_end - 0.005  # read order: allow the loop's own step
+
+
+def test_the_cap_on_requests_in_flight_makes_them_late_not_slow(tmp_path: Path) -> None:
+    """With max_concurrency 1, requests due every 10 ms wait for the one before (0.1 s each):
+    the wait is send lag, not latency, and the stage says it did not keep its schedule."""
+    outcome = _run(tmp_path, "load: {mode: constant, rate_rps: 100, requests: 5, "
+                   "max_concurrency: 1}\n")
+    df = outcome.rows.sort_values("scheduled_at")
+    stage = outcome.manifest["load"]["stages"][0]
+    assert stage["capped"] >= 3 and stage["schedule_kept"] is False
+    assert df["send_lag_s"].iloc[-1] > df["latency_s"].max()  # waited for 4 answers
+    assert df["send_lag_s"].is_monotonic_increasing
