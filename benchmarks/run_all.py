@@ -27,6 +27,8 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "startup": ("bench_startup.py", ["--repeats", "3"]),
     "soak": ("bench_soak.py", ["--quick"]),
     "wholeprocess": ("bench_wholeprocess.py", ["--quick"]),
+    "schedule": ("bench_schedule.py", ["--seconds", "3", "--sweep-seconds", "1.5",
+                                       "--no-guidellm"]),
 }
 
 

@@ -262,3 +262,36 @@ def _quantile(ordered: Sequence[float], q: float) -> float:
 
 def _cut(text: str, limit: int = _LABEL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def xy_lines(series: Mapping[str, Sequence[tuple[float, float, str]]], *, title: str,
+             x_label: str, y_label: str, colors: Mapping[str, str] | None = None,
+             marked: tuple[float, str] | None = None) -> Element:
+    """One line per series through its (x, y, tooltip) points, in x order, over a numeric x
+    axis (e.g. latency against achieved rate); `marked` (x, label) draws a dashed vertical
+    line there (e.g. a sweep's knee)."""
+    names = [name for name, points in series.items() if len(points)]
+    if not names:
+        return _empty(title)
+    palette = colors or colors_for(names)
+    xs = [p[0] for name in names for p in series[name]]
+    ys = [p[1] for name in names for p in series[name]]
+
+    def marks(x: _Scale, y: _Scale) -> list[Element]:
+        out = []
+        if marked is not None:
+            out.append(el("line", "", el("title", marked[1]), x1=f"{x(marked[0]):.1f}",
+                          x2=f"{x(marked[0]):.1f}", y1=_TOP, y2=360 - _BOTTOM,
+                          stroke="#555", stroke_dasharray="5 4", stroke_width=1.5))
+        for name in names:
+            points = sorted(series[name])
+            out.append(el("polyline", points=" ".join(f"{x(px):.1f},{y(py):.1f}"
+                                                      for px, py, _ in points),
+                          fill="none", stroke=palette[name], stroke_width=2))
+            out += [el("circle", "", el("title", tip), cx=f"{x(px):.1f}", cy=f"{y(py):.1f}",
+                       r="3.5", fill=palette[name]) for px, py, tip in points]
+        return out
+
+    return _xy_chart(names, palette, title, x_label, y_label,
+                     nice_ticks(min(0.0, *xs), max(xs)), nice_ticks(min(0.0, *ys), max(ys)),
+                     marks)

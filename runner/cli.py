@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "needs pip install 'runner[ray]'")
     run.add_argument("--ray-workers", type=_positive_int, metavar="N",
                      help="with --ray: worker actors (default: one per node)")
+    _load_flags(run)
 
     validate = sub.add_parser("validate", help="check a job file without sending anything")
     validate.add_argument("job", type=Path)
@@ -130,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="usage.cost of the overbill fault, times the price")
     sim.add_argument("--gzip-bomb-bytes", type=int, default=64 * 1024 * 1024,
                      help="inflated size of the gzip_bomb fault's error body")
+    sim.add_argument("--capacity-concurrent", type=_positive_int, metavar="N",
+                     help="generations at once; more requests queue (TTFT grows)")
+    sim.add_argument("--capacity-tokens-per-s", type=_positive_float, metavar="TPS",
+                     help="with --capacity-concurrent: output tokens/s the generations share")
     sim.add_argument("--request-log", type=Path, help="append one JSON line per request")
     sim.add_argument("--bill", type=Path, metavar="PATH",
                      help="append one JSON line per request as it ends: what it cost")
@@ -163,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write a self-contained HTML report here")
     report.add_argument("--junit", type=Path, metavar="PATH",
                         help="also write JUnit XML (one test case per prompt x model)")
+    report.add_argument("--goodput", metavar="SLOS", help="load tests: judge goodput by these "
+                        "SLOs instead of the run's (e.g. ttft=0.5,tpot=0.05,latency=10)")
 
     merge = sub.add_parser("merge", help="fold a sharded run's shards into its combined "
                            "requests.parquet and summary.csv")
@@ -181,6 +188,52 @@ def build_parser() -> argparse.ArgumentParser:
                          "to fail), or off; metrics not named keep the defaults: "
                          f"{defaults_text()}; exit 1 when a limit is passed")
     return parser
+
+
+def _load_flags(run: argparse.ArgumentParser) -> None:
+    """`runner run` flags of a load test: one stage that replaces the job's `load:` (--load),
+    or changes of its settings (the others alone)."""
+    group = run.add_argument_group("load test (see README: Load tests)")
+    group.add_argument("--load", metavar="MODE", choices=("constant", "poisson", "ramp",
+                       "concurrency", "synchronous", "throughput", "sweep"),
+                       help="send the plan as a load test: constant, poisson, ramp, "
+                       "concurrency, synchronous, throughput or sweep")
+    group.add_argument("--rate", type=_positive_float, metavar="RPS",
+                       help="requests per second (constant, poisson; a ramp's start)")
+    group.add_argument("--to-rate", type=_positive_float, metavar="RPS", help="a ramp's end")
+    group.add_argument("--ramp", choices=("linear", "exponential"), help="a ramp's shape")
+    group.add_argument("--burstiness", type=_positive_float,
+                       help="gamma shape of the gaps (1: Poisson; lower: burstier)")
+    group.add_argument("--load-concurrency", type=_positive_int, metavar="N",
+                       help="mode concurrency: requests kept in flight")
+    group.add_argument("--duration-s", type=_positive_float, help="seconds per stage")
+    group.add_argument("--requests", type=_positive_int, metavar="N", help="requests per stage")
+    group.add_argument("--warmup-s", type=float, metavar="S", help="not measured: the first S s")
+    group.add_argument("--cooldown-s", type=float, metavar="S", help="not measured: the last S s")
+    group.add_argument("--sweep-rates", type=_positive_int, metavar="K",
+                       help="sweep: rate stages between synchronous and throughput")
+    group.add_argument("--max-concurrency", type=_positive_int, metavar="N",
+                       help="requests in flight at most (default 512)")
+    group.add_argument("--goodput", metavar="SLOS",
+                       help="SLOs of goodput, e.g. ttft=0.5,tpot=0.05,latency=10 (seconds)")
+
+
+_LOAD_FLAGS = {"load": "mode", "rate": "rate_rps", "to_rate": "to_rate_rps", "ramp": "ramp",
+               "burstiness": "burstiness", "load_concurrency": "concurrency",
+               "duration_s": "duration_s", "requests": "requests", "warmup_s": "warmup_s",
+               "cooldown_s": "cooldown_s", "sweep_rates": "rates",
+               "max_concurrency": "max_concurrency"}
+
+
+def _with_load_flags(args: argparse.Namespace, job: Any) -> Any:
+    """The job with the load flags applied (validated as the job file's `load:` is)."""
+    from .load_plan import with_flags
+
+    given = {key: getattr(args, flag) for flag, key in _LOAD_FLAGS.items()
+             if getattr(args, flag) is not None}
+    flags = ", ".join(f"--{flag.replace('_', '-')}" for flag in _LOAD_FLAGS
+                      if getattr(args, flag) is not None)
+    return with_flags(job, given, args.goodput, flags)
 
 
 def _version() -> str:
@@ -264,8 +317,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             print(f"runner: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     plan = Plan(job)
+    load = ""
+    if job.load is not None:  # the plan is what each stage's slots cycle through
+        stages = sum(1 if not hasattr(step, "rates") else 2 + step.rates
+                     for step in job.load.steps)
+        load = f", sent as a load test of {stages} stage(s)"
     print(f"{args.job}: ok — {len(job.models)} models x {len(job.prompts)} prompts "
-          f"-> {len(plan)} requests")
+          f"-> {len(plan)} requests{load}")
     return EXIT_OK
 
 
@@ -318,7 +376,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .console import RunProgress, print_summary
     from .engine import run_job
 
-    job = load_job(args.job)
+    job = _with_load_flags(args, load_job(args.job))
     progress = None if args.quiet else RunProgress()
     shard = _shard(args)
 
@@ -338,6 +396,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     outcome = anyio.run(go)
     print_summary(outcome)
     _say_cache(outcome.manifest.get("cache"), outcome.counts)
+    if job.load is not None:
+        _print_load(outcome)
     if outcome.status == "interrupted":
         again = f"--shard {args.shard} --run-id {outcome.run_id} --resume" if shard else \
             f"--resume {outcome.run_dir}" + (" --ray" if args.ray is not None else "")
@@ -416,6 +476,14 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return EXIT_OK
+
+
+def _print_load(outcome: Any) -> None:
+    """A load run's per-stage table, its knee, and the stages it could not keep on time."""
+    from .load_report import print_load_report
+    from .results import read_results
+
+    print_load_report(read_results(outcome.run_dir), facts=outcome.manifest.get("load"))
 
 
 def _say_stopping(grace_s: float) -> None:
@@ -536,7 +604,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     import dataclasses
     import signal
 
-    from .simulator import DEFAULT_MODELS, Faults, serve
+    from .simulator import DEFAULT_MODELS, Capacity, Faults, serve
     from .simulator.batches import BatchSettings
 
     rates = {f"{name}_rate": getattr(args, f"{name}_rate") for name in _FAULT_NAMES}
@@ -554,6 +622,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.tokens_per_s is not None:
         changes["tokens_per_s"] = args.tokens_per_s
     models = [dataclasses.replace(m, **changes) for m in DEFAULT_MODELS]
+    if args.capacity_tokens_per_s is not None and args.capacity_concurrent is None:
+        raise ConfigError("--capacity-tokens-per-s only applies with --capacity-concurrent")
+    capacity = Capacity(args.capacity_concurrent, args.capacity_tokens_per_s) \
+        if args.capacity_concurrent is not None else None
 
     def ready(port: int) -> None:
         print(f"simulator: OpenRouter dialect at http://{args.host}:{port}/api/v1, "
@@ -568,7 +640,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             request_log=args.request_log, on_ready=ready, bill=args.bill,
             batches=BatchSettings(args.batch_delay_s, args.batch_expire,
                                   args.batch_line_error_rate),
-            batch_log=args.batch_log))
+            batch_log=args.batch_log, capacity=capacity))
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, serving.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await serving
@@ -604,6 +676,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     df = read_results(args.results)
     print_report(df)
+    if "stage" in df.columns and df["stage"].notna().any():
+        _report_load(args, df)
     if args.junit is not None:
         from .junit import write_junit
 
@@ -613,6 +687,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         print(f"html report: {write_html(df, args.html)}")
     return EXIT_OK
+
+
+def _report_load(args: argparse.Namespace, df: Any) -> None:
+    """`runner report` of a load run: the stages, by the run's SLOs or --goodput's."""
+    from .load_report import print_load_report, run_facts
+
+    goodput = None
+    if args.goodput is not None:
+        from .load_plan import parse_goodput
+
+        try:
+            goodput = parse_goodput(args.goodput)
+        except ValueError as exc:
+            raise ConfigError(f"--goodput: {exc}") from None
+    print_load_report(df, goodput, run_facts(args.results))
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

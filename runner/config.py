@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -27,6 +27,9 @@ from .prompts import Prompt as Prompt
 from .prompts import resolve_prompts
 from .sources import Problems, invalid, load_yaml, locations
 from .stored import STORED, check_stored, check_stored_judges
+
+if TYPE_CHECKING:
+    from .load_plan import Load
 
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
 SIMULATED = "simulated"
@@ -131,6 +134,7 @@ class Job:
     checks: CheckSet = CheckSet()  # each prompt's checks: its expected + job-level `checks:`
     judges: Mapping[tuple[str, str | None], ModelSpec] = field(default_factory=dict)
     cache: bool = False           # answer identical requests from the response cache
+    load: Load | None = None      # a load test (`load:`): when each request is sent
 
 
 def load_job(path: str | os.PathLike[str]) -> Job:
@@ -243,6 +247,20 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any],
                                      vars_of={p.id: _vars_of(p) for p in prompts})
             judges = _judges(path, checks, job.provider, known)
             check_stored_judges(path, judges.values())
+    load = None
+    if job.load is not None:
+        from .load_plan import build_load  # it reads plans, which read this module
+
+        with problems.gather():
+            load = build_load(path, job.load)
+            # a load test measures the endpoint: an answer from a batch or the cache is not one
+            if job.cache:
+                raise JobFileError(path, "cache", "a load test (load:) measures the endpoint: "
+                                   "drop cache: true (answers from the cache are not measured)")
+            if any(isinstance(m, schema.ModelIn) and m.batch for m in job.models) or any(
+                    p.batch for p in job.providers.values()):
+                raise JobFileError(path, "load", "a load test sends on a schedule; batch mode "
+                                   "(batch: true) sends through a batch API: drop one of them")
     problems.raise_any()
     resolved = Job(
         name=job.name, description=job.description, path=path.resolve(),
@@ -256,7 +274,7 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any],
         output_dir=Path(job.output.dir) if Path(job.output.dir).is_absolute()
         else Path.cwd() / job.output.dir,
         write_csv=job.output.csv, simulator=job.simulator, snapshot=raw,
-        checks=checks, judges=judges, cache=job.cache,
+        checks=checks, judges=judges, cache=job.cache, load=load,
     )
     if not (skip.get("models") or skip.get("checks")):  # else models[i] would name another
         _check_offers(resolved)

@@ -41,6 +41,8 @@ from .errors import ConfigError, ProviderError, ResultsError, RunnerError, first
 from .health import Health
 from .journal import Journal
 from .limits import Gates
+from .load import drive as drive_load
+from .load_plan import expected_rows
 from .manifest import Manifest
 from .plan import Plan, Request
 from .providers import Providers, open_providers
@@ -102,6 +104,9 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
         if batch or cache or job.cache or any(m.batch for m in job.models):
             raise ConfigError("--ray runs chat requests: batch mode and the response cache "
                               "are for one process (drop --ray, or --batch/--cache)")
+        if job.load is not None:
+            raise ConfigError("--ray: a load test (load:) runs in one process, on one schedule "
+                              "(drop --ray)")
         from .ray_backend import run_on_ray
 
         return await run_on_ray(job, address=ray, workers=ray_workers, out_dir=out_dir,
@@ -111,6 +116,12 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
                                 handle_signals=handle_signals, grace_s=grace_s,
                                 on_stopping=on_stopping, flush_rows=flush_rows, flush_s=flush_s)
     plan = Plan(job)
+    if job.load is not None and (shard is not None or batch or cache):
+        raise ConfigError("a load test (load:) runs one schedule in one process: drop "
+                          + ("--shard" if shard is not None else "--batch" if batch
+                             else "--cache"))
+    if job.load is not None and concurrency is None:  # a load test: its cap is the run's
+        concurrency = job.load.max_concurrency
     work: Plan | PlanView = shard.view(plan) if shard is not None else plan
     limits = run_limits(job, concurrency, rpm)
     root = out_dir or job.output_dir
@@ -181,8 +192,9 @@ async def _run(job: Job, plan: Plan | PlanView, limits: Limits, providers: Provi
     budget = Budget(budget_usd, spent_usd=previous.spent_usd if previous else 0.0,
                     raised_estimates=previous.raised_estimates if previous else None)
     skip = previous.skip(retry_errors) if previous else set()
+    planned = len(plan) if job.load is None else expected_rows(job.load, len(skip))
     collector = Collector(run_dir, write_csv=job.write_csv, flush_rows=flush_rows,
-                          rows_expected=len(plan) - len(skip), var_kinds=plan.var_kinds())
+                          rows_expected=planned - len(skip), var_kinds=plan.var_kinds())
     journal = Journal(run_dir, session=(previous.journal_sessions or 0) + 1 if previous else 1,
                       carried_usd=previous.spent_usd if previous else 0.0)
     manifest = Manifest(run_dir, job, run_id, plan_size=len(plan), limits=limits,
@@ -191,6 +203,8 @@ async def _run(job: Job, plan: Plan | PlanView, limits: Limits, providers: Provi
     run = RunState(job, run_id, providers, Gates.build(job, limits, anyio.current_time),
                    budget, collector, limits, clock, progress,
                    skip=skip, journal=journal, **(extras or {}))
+    if job.load is not None:  # a resumed sweep reuses the rates it measured
+        run.load = {"resumed_from": previous.manifest.get("load") if previous else None}
     health = Health()
     pool = anyio.CancelScope()
     status, failure = "failed", None
@@ -202,8 +216,8 @@ async def _run(job: Job, plan: Plan | PlanView, limits: Limits, providers: Provi
         try:
             manifest.write("running", budget=budget.figures())
             if progress is not None:
-                progress.start(len(plan) - len(run.skip))
-            if len(plan) - len(run.skip) >= PREPARE_ROWS:
+                progress.start(planned - len(run.skip))
+            if planned - len(run.skip) >= PREPARE_ROWS:
                 collector.prepare()
             gc.collect()
             gc.freeze()  # set-up objects live all run: keep them out of every later collection
@@ -267,6 +281,8 @@ async def _end(run: RunState, manifest: Manifest, health: Health, status: str,
     if run.batched:
         with contextlib.suppress(ResultsError):  # batches.jsonl is the record; this a copy
             facts["batches"] = batch_summary(run.collector.run_dir)
+    if run.load is not None:
+        facts["load"] = run.load
     if failure is not None:
         facts["error"] = str(failure)
     try:
@@ -322,11 +338,15 @@ async def _pool(run: RunState, plan: Sequence[Request], flush_s: float, health: 
         outer.start_soon(health.watch)
         outer.start_soon(run.journal.write_forever)
         with pool:
-            async with anyio.create_task_group() as tg:
-                if run.batched:
-                    tg.start_soon(drive, run, plan, set(run.batched))
-                for _ in range(workers):
-                    tg.start_soon(work)
+            if run.job.load is not None:  # a load test sends on its own schedule
+                assert isinstance(plan, Plan)  # (refused with shards, above)
+                await drive_load(run, plan)
+            else:
+                async with anyio.create_task_group() as tg:
+                    if run.batched:
+                        tg.start_soon(drive, run, plan, set(run.batched))
+                    for _ in range(workers):
+                        tg.start_soon(work)
         outer.cancel_scope.cancel()
 
 

@@ -84,7 +84,7 @@ def _page(df: pd.DataFrame, job: str, runs: list[str], grid_lines: int) -> dict[
         "summary": _summary_table(summary), **_distributions(latest, colors),
         **_scatters(latest, summary, colors), "errors": _errors(latest),
         "trends": _trends(df, runs, colors) if len(runs) > 1 else None,
-        "failed": _failed_checks(latest),
+        "failed": _failed_checks(latest), "load": _load_section(latest),
     }
 
 
@@ -244,6 +244,13 @@ def _failed_checks(latest: pd.DataFrame) -> dict[str, Any] | None:
         "table": Table(("model", "prompt", "repeat", "failures", "response"), rows,
                        left=frozenset({0, 1, 3, 4}), text=frozenset({3, 4})),
     }
+
+
+def _load_section(latest: pd.DataFrame) -> dict[str, Any] | None:
+    """A load test's stages (its own module and partial, load.html.j2), or None."""
+    from .load_report import html_section
+
+    return html_section(latest)
 
 
 # --- small pieces ----------------------------------------------------------------------------

@@ -58,14 +58,17 @@ async def open_providers(stack: AsyncExitStack, job: Job, *, connections: int,
             for name in used if name != STORED}
     out = Providers(redactor=job_redactor(job, keys))
     if SIMULATED in used:
-        from .simulator import Simulator
+        from .simulator import Capacity, Simulator
         from .simulator.batches import BatchSettings
 
         settings = job.simulator
+        limit = settings.capacity  # a load test's server that saturates
         simulator = Simulator(simulated_models(settings, job.path),  # type: ignore[arg-type]
                               seed=settings.seed,
                               batches=BatchSettings(settings.batch_delay_s, settings.batch_expire,
-                                                    settings.batch_line_error_rate)).start()
+                                                    settings.batch_line_error_rate),
+                              capacity=Capacity(limit.concurrent, limit.tokens_per_s)
+                              if limit is not None else None).start()
         stack.callback(simulator.stop)
         out.simulator_url = simulator.base_url
     if STORED in used:  # answers from the dataset: no endpoint, no catalogue, no key

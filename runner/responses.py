@@ -13,7 +13,7 @@ import contextlib
 import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -47,6 +47,7 @@ class Attempt:
     finish_reason: str | None = None
     native_finish_reason: str | None = None
     text: str = ""
+    content_at_s: list[float] = field(default_factory=list)  # when content chunks came (ITL)
 
     def fail(self, error_type: str, message: str, status: int | None = None) -> Attempt:
         self.ok = False
@@ -278,6 +279,7 @@ class StreamParser:
                     if type(text) is not str:
                         text = content_text(text, "choices[0].delta.content")
                     self.parts.append(text)
+                    attempt.content_at_s.append(at_s)
                 if attempt.ttft_s is None and (text or delta.get("reasoning")
                                                or delta.get("reasoning_content")):
                     attempt.ttft_s = at_s

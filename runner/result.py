@@ -84,6 +84,17 @@ TYPES: tuple[tuple[str, str], ...] = (
     ("messages_json", "string"),
     ("target", "string"),
     ("metadata_json", "string"),
+    # load tests (runner/load.py): the stage, when it was due and how late it went out; and
+    # the gaps between content chunks of a streamed answer (any run)
+    ("stage", "string"),
+    ("load_phase", "string"),
+    ("requested_rps", "float64"),
+    ("scheduled_at", "timestamp"),
+    ("send_lag_s", "float64"),
+    ("itl_p50_s", "float64"),
+    ("itl_p99_s", "float64"),
+    ("itl_max_s", "float64"),
+    ("slo_met", "bool"),
 )
 COLUMNS = tuple(name for name, _ in TYPES)
 VAR_PREFIX = "var_"   # `var_<name>`: one column per var (every dataset field), kinds per job
@@ -172,6 +183,15 @@ class Result:
     target: str | None = None               # the row's expected answer, rendered
     metadata_json: str | None = None        # the prompt's metadata and the row's metadata fields
     var_values: dict[str, Any] | None = None  # not a column: var name -> value (`var_<name>`)
+    stage: str | None = None                # load tests: e.g. "03 poisson 4.5/s"
+    load_phase: str | None = None           # warmup, measure (the figures) or cooldown
+    requested_rps: float | None = None      # the stage's rate (a ramp: its mean); None: closed
+    scheduled_at: datetime | None = None    # when the schedule said to send it
+    send_lag_s: float | None = None         # how late it was sent (incl. waiting for the cap)
+    itl_p50_s: float | None = None          # gaps between content chunks of the answer
+    itl_p99_s: float | None = None
+    itl_max_s: float | None = None
+    slo_met: bool | None = None             # met every load.goodput SLO (None: none set)
 
     def as_row(self) -> dict[str, Any]:
         row = {name: getattr(self, name) for name in _FIELD_NAMES}

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from .client import Attempt
 from .content import recorded_messages
+from .itl import itl_figures
 from .plan import Request
 from .pricing import Price
 from .result import ERROR, OK, Result, json_text
@@ -90,6 +91,8 @@ def fold(result: Result, attempt: Attempt, cost: float | None, source: str | Non
         result.cost_source = source
     if worst is not None and cost is not None:
         result.cost_over_estimate = bool(cost > worst + 1e-12) or bool(result.cost_over_estimate)
+    if result.stream:
+        result.itl_p50_s, result.itl_p99_s, result.itl_max_s = itl_figures(attempt.content_at_s)
     tokens, latency, ttft = attempt.completion_tokens, attempt.latency_s, result.ttft_s
     if attempt.ok and tokens and latency:
         if ttft is not None and latency > ttft:

@@ -132,12 +132,20 @@ class SimModelIn(Strict):
     faults: FaultsIn | None = None
 
 
+class CapacityIn(Strict):
+    """The simulated server's capacity: beyond it requests queue and their TTFT grows."""
+
+    concurrent: int = Field(gt=0, le=100_000)          # generations running at once
+    tokens_per_s: float | None = Field(default=None, gt=0)   # output tokens/s, all together
+
+
 class SimulatorIn(Strict):
     seed: int = 0
     models: list[SimModelIn] = []
     batch_delay_s: float = Field(default=0.0, ge=0)          # its batch API (issue 15)
     batch_expire: bool = False
     batch_line_error_rate: float = Field(default=0.0, ge=0, le=1)
+    capacity: CapacityIn | None = None
 
 
 class MaxPriceIn(Strict):
@@ -471,6 +479,46 @@ class CheckIn(Strict):
         return self
 
 
+class StageIn(Strict):
+    """One stage of a load test (see runner/load_plan.py for which keys each mode takes)."""
+
+    mode: Literal["constant", "poisson", "ramp", "concurrency", "synchronous", "throughput",
+                  "sweep"]
+    rate_rps: float | None = Field(default=None, gt=0, le=1_000_000)
+    to_rate_rps: float | None = Field(default=None, gt=0, le=1_000_000)
+    ramp: Literal["linear", "exponential"] | None = None
+    burstiness: float | None = Field(default=None, gt=0, le=1000)
+    concurrency: int | None = Field(default=None, gt=0, le=10_000)
+    duration_s: float | None = Field(default=None, gt=0)
+    requests: int | None = Field(default=None, gt=0, le=10_000_000)
+    warmup_s: float = Field(default=0.0, ge=0)
+    cooldown_s: float = Field(default=0.0, ge=0)
+    rates: int | None = Field(default=None, ge=1, le=100)          # sweep: K rates between
+    arrivals: Literal["constant", "poisson"] | None = None        # sweep: of its K stages
+    up_to: float | None = Field(default=None, gt=0, le=10)         # sweep: top rate x throughput
+
+
+class GoodputIn(Strict):
+    """Service-level objectives: a request counts toward goodput when it meets every one."""
+
+    ttft_s: float | None = Field(default=None, gt=0)
+    tpot_s: float | None = Field(default=None, gt=0)
+    itl_s: float | None = Field(default=None, gt=0)
+    latency_s: float | None = Field(default=None, gt=0)
+
+
+class LoadIn(StageIn):
+    """A load test: one stage (its keys inline) or `stages:`, sent in order."""
+
+    mode: Literal["constant", "poisson", "ramp", "concurrency", "synchronous", "throughput",
+                  "sweep"] | None = None  # type: ignore[assignment]
+    stages: list[StageIn] | None = Field(default=None, min_length=1, max_length=200)
+    max_concurrency: int = Field(default=512, gt=0, le=10_000)
+    order: Literal["cycle", "sample"] = "cycle"
+    seed: int = 0
+    goodput: GoodputIn | None = None
+
+
 class JobIn(Strict):
     name: str
     description: str = ""
@@ -490,6 +538,7 @@ class JobIn(Strict):
     output: OutputIn = OutputIn()
     checks: list[CheckIn] = []
     cache: bool = False           # answer identical requests from the response cache
+    load: LoadIn | None = None                  # a load test: when each request is sent
 
     @field_validator("name")
     @classmethod
@@ -503,7 +552,12 @@ class JobIn(Strict):
 
 def model_names() -> set[str]:
     """The class name of every job-file model (pydantic puts them into error locations)."""
-    return {model.__name__ for model in Strict.__subclasses__()}
+    found, todo = set(), list(Strict.__subclasses__())
+    while todo:  # subclasses of subclasses too (LoadIn extends StageIn)
+        model = todo.pop()
+        found.add(model.__name__)
+        todo += model.__subclasses__()
+    return found
 
 
 def field_names() -> set[str]:
@@ -511,6 +565,7 @@ def field_names() -> set[str]:
     names: set[str] = set()
     for model in (BatchIn, JudgeIn, MaxPriceIn, PriceIn, ParamsIn, LimitsIn, ProviderIn, FaultsIn,
                   SimModelIn, SimulatorIn, ModelIn, MessageIn, PromptIn, OutputIn, CheckIn,
-                  JobIn, NumberCloseIn, TransformIn, PartIn, ImageUrlIn, DatasetIn):
+                  JobIn, NumberCloseIn, TransformIn, PartIn, ImageUrlIn, DatasetIn, StageIn,
+                  GoodputIn, LoadIn, CapacityIn):
         names.update(model.model_fields)
     return names

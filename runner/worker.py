@@ -85,6 +85,7 @@ class RunState:
     model_limits: dict[str, Limits] = field(default_factory=dict)  # label -> merged, once
     batched: frozenset[str] = frozenset()   # providers whose requests go as batches (batch.py)
     cache: ResponseCache | None = None      # the response cache, when it is on (cache.py)
+    load: dict[str, Any] | None = None              # a load test's facts for run.json
 
 
 @dataclass(slots=True)
@@ -117,9 +118,11 @@ async def flush(run: RunState) -> None:
                 raise
 
 
-async def handle(run: RunState, request: Request) -> None:
+async def handle(run: RunState, request: Request,
+                 stamp: Callable[[Result], None] | None = None) -> None:
     """Send one request (with retries), grade it, and record its row; never raises for a
-    failed request. Cut off by cancellation, it still records the row of what was sent."""
+    failed request. Cut off by cancellation, it still records the row of what was sent.
+    `stamp(result)` fills a load test's columns just before the row is recorded."""
     result = new_result(run.run_id, run.job.name, request, run.providers.redactor)
     t_ready = run.clock()
     call = _call_for(run, request, t_ready)
@@ -147,9 +150,13 @@ async def handle(run: RunState, request: Request) -> None:
             if result.status != OK:  # a resume sends it again
                 result.status, result.error_type = ERROR, INTERRUPTED
                 result.error_message = "cut off by an interrupt"
+            if stamp is not None:
+                stamp(result)
             _close_row(run, result, t_ready, call.started)
         raise
     result.queue_s = call.queue_s
+    if stamp is not None:
+        stamp(result)
     _close_row(run, result, t_ready, call.started)
     if run.collector.pending >= run.collector.flush_rows:
         await flush(run)

@@ -199,6 +199,17 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
      "job.yaml", "checks[0].equals: reads {{ target }} but prompt"),
     ("stored-without-dataset", "name: t\nmodels: [{id: q, provider: stored}]\nprompts: [hi]\n",
      {}, "job.yaml", "models[0]: provider stored answers with a field of each dataset row"),
+    # load tests (tests/test_load.py has the whole table of these)
+    ("load-no-rate", HEAD + OK_PROMPTS + "load: {mode: poisson, duration_s: 5}\n", {},
+     "job.yaml", "load.rate_rps: mode poisson needs a rate"),
+    ("load-no-bounds", HEAD + OK_PROMPTS + "load: {mode: constant, rate_rps: 5}\n", {},
+     "job.yaml", "load.duration_s: give the stage's bounds"),
+    ("load-with-cache", HEAD + OK_PROMPTS + "cache: true\n"
+     "load: {mode: constant, rate_rps: 5, requests: 4}\n", {}, "job.yaml",
+     "cache: a load test (load:) measures the endpoint"),
+    ("load-with-batch", "name: t\n" + LOCAL + "models: [{id: m/a, provider: local, batch: true}]\n"
+     + OK_PROMPTS + "load: {mode: constant, rate_rps: 5, requests: 4}\n", {}, "job.yaml",
+     "load: a load test sends on a schedule; batch mode"),
 ]
 BAD_IDS = [case[0] for case in BAD]
 RUN_TOO = {"missing-job-file", "unknown-top-key", "model-provider", "sandbox-escape",

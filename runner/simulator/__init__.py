@@ -11,10 +11,11 @@ loopback endpoint speaking OpenRouter (/api/v1) and plain OpenAI (/v1) out, with
 from runner.simulator.account import Account
 from runner.simulator.arrivals import Arrival
 from runner.simulator.bill import Charge, read_bill, total_usd
+from runner.simulator.capacity import Capacity
 from runner.simulator.models import DEFAULT_MODELS, FAULT_NAMES, Faults, SimModel
 from runner.simulator.server import Simulator, serve
 
 __all__ = [
-    "DEFAULT_MODELS", "FAULT_NAMES", "Account", "Arrival", "Charge", "Faults", "SimModel",
-    "Simulator", "read_bill", "serve", "total_usd",
+    "DEFAULT_MODELS", "FAULT_NAMES", "Account", "Arrival", "Capacity", "Charge", "Faults",
+    "SimModel", "Simulator", "read_bill", "serve", "total_usd",
 ]

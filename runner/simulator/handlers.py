@@ -15,6 +15,7 @@ from aiohttp import web
 from runner.simulator.account import Account
 from runner.simulator.arrivals import Arrival, ArrivalLog
 from runner.simulator.bill import Charge, Meter, bill_body
+from runner.simulator.capacity import Capacity
 from runner.simulator.catalogue import models_body
 from runner.simulator.faults import Fate, draw_fate, status_of
 from runner.simulator.hostile import (
@@ -48,10 +49,13 @@ REQUEST_ID_HEADER = "X-Runner-Request-Id"
 class ChatService:
     """The state behind the endpoints: served models, seed, arrival counters and log."""
 
-    __slots__ = ("_account", "_arrival_counts", "_bill", "_closing", "_log", "_models", "_seed")
+    __slots__ = ("_account", "_arrival_counts", "_bill", "_capacity", "_closing", "_log",
+                 "_models", "_seed")
 
     def __init__(self, models: Sequence[SimModel], seed: int, log: ArrivalLog,
-                 account: Account | None = None, bill: RecordLog[Charge] | None = None) -> None:
+                 account: Account | None = None, bill: RecordLog[Charge] | None = None,
+                 capacity: Capacity | None = None) -> None:
+        self._capacity = capacity
         self._account = account or Account()
         self._bill: RecordLog[Charge] = bill if bill is not None else RecordLog()
         self._models = {m.id: m for m in models}
@@ -157,7 +161,10 @@ class ChatService:
             return error_response(402, refusal)
         record(status_of(fate, stream=order.stream), model.id, order.stream, fate.fault)
         meter.order(model, order.prompt_tokens, order.cap_tokens)
-        return await self._reply(request, dialect, order, fate, completion, meter)
+        if self._capacity is None or fate.fault in ("hang", "endless_stream"):
+            return await self._reply(request, dialect, order, fate, completion, meter)
+        async with self._capacity.admit(order) as paced:  # beyond capacity: it queues
+            return await self._reply(request, dialect, paced, fate, completion, meter)
 
     async def _reply(
         self, request: web.Request, dialect: Dialect, order: Order, fate: Fate,

@@ -18,6 +18,7 @@ from runner.simulator.account import Account
 from runner.simulator.arrivals import Arrival, ArrivalLog
 from runner.simulator.batches import BatchService, BatchSettings, Submission
 from runner.simulator.bill import Charge, total_usd
+from runner.simulator.capacity import Capacity
 from runner.simulator.handlers import ChatService
 from runner.simulator.models import DEFAULT_MODELS, SimModel
 from runner.simulator.records import RecordLog
@@ -78,6 +79,7 @@ async def serve(
     bill: Path | None = None,
     batches: BatchSettings | None = None,
     batch_log: Path | None = None,
+    capacity: Capacity | None = None,
 ) -> None:
     """Serve on the running loop until cancelled; `on_ready(port)` is called once listening.
 
@@ -86,7 +88,7 @@ async def serve(
     `Submission` per file upload and batch creation."""
     log = ArrivalLog(request_log)
     charges: RecordLog[Charge] = RecordLog(bill)
-    service = ChatService(models, seed, log, account, charges)
+    service = ChatService(models, seed, log, account, charges, capacity)
     submissions: RecordLog[Submission] = RecordLog(batch_log)
     batch_service = BatchService({m.id: m for m in models}, seed, charges, batches, submissions)
     try:
@@ -118,7 +120,9 @@ class Simulator:
         account: Account | None = None,
         bill: Path | None = None,
         batches: BatchSettings | None = None,
+        capacity: Capacity | None = None,
     ) -> None:
+        self._capacity = capacity  # a server's queue and token budget (None: unlimited)
         self._account = account
         self._batch_settings = batches
         self._batches: BatchService | None = None
@@ -169,7 +173,7 @@ class Simulator:
 
     async def _boot(self) -> None:
         self._service = ChatService(self._models, self._seed, self._log, self._account,
-                                    self._bill)
+                                    self._bill, self._capacity)
         self._batches = BatchService({m.id: m for m in self._models}, self._seed, self._bill,
                                      self._batch_settings)
         self._runner, self._port = await _listen(self._service, self._host, self._requested_port,
