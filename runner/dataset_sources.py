@@ -264,6 +264,15 @@ def _csv(path: Path) -> Source:
 
 
 def _load_records(path: Path, suffix: str) -> list[Any]:
+    data = load_records(path, suffix)
+    if not isinstance(data, list):
+        raise JobFileError(path, "", "a dataset must be a list of rows (objects)")
+    return data
+
+
+def load_records(path: Path, suffix: str) -> Any:
+    """What a .jsonl (the list of its lines), .json or .yaml file holds, parsed; anything
+    unreadable is a one-line JobFileError naming the file and line (prompt files read here too)."""
     if suffix == ".jsonl":
         rows = []
         for n, line in enumerate(read_text(path).splitlines(), 1):
@@ -285,8 +294,6 @@ def _load_records(path: Path, suffix: str) -> list[Any]:
             raise JobFileError(path, "", "invalid JSON: nested too deeply") from None
     else:
         data = load_yaml(path)
-    if not isinstance(data, list):
-        raise JobFileError(path, "", "a dataset must be a list of rows (objects)")
     return data
 
 

@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from .dataset_sources import load_records
 from .errors import JobFileError
 from .schema import PromptIn, field_names
-from .sources import Problems, invalid, load_yaml, read_text
+from .sources import Problems, invalid, read_text
 
 _FIELDS = {"id", "text", "messages", "system", "expected", "metadata"}
 SUFFIXES = (".jsonl", ".json", ".csv", ".yaml", ".yml", ".txt")
 SEPARATOR = "---"   # a line of its own between the prompts of a .txt file
-_TOO_DEEP = "invalid JSON: nested too deeply"
 _DATA_FILE = ("has no text or messages: a prompts file holds whole prompts; to send data rows "
               "through a template, name the file under dataset: beside text: or messages:")
 
@@ -48,19 +47,10 @@ def read_prompt_file(path: Path, field: str,
     rows: Any
     if suffix == ".txt":
         rows = _txt(path)
-    elif suffix == ".jsonl":
-        rows = _jsonl(path)
     elif suffix == ".csv":
         rows = _csv(path)
-    elif suffix == ".json":
-        try:
-            rows = json.loads(read_text(path))
-        except json.JSONDecodeError as exc:
-            raise JobFileError(path, f"line {exc.lineno}", f"invalid JSON: {exc.msg}") from None
-        except RecursionError:
-            raise JobFileError(path, "", _TOO_DEEP) from None
     else:
-        rows = load_yaml(path)
+        rows = load_records(path, suffix)
     if not isinstance(rows, list):
         raise JobFileError(path, "", f"must be a {'JSON' if suffix == '.json' else 'YAML'} "
                            "list of prompts")
@@ -100,20 +90,6 @@ def _chat(rows: list[Any]) -> bool:
 
     return all(message(r) for r in rows) or all(
         isinstance(r, list) and r and all(message(m) for m in r) for r in rows)
-
-
-def _jsonl(path: Path) -> list[Any]:
-    rows = []
-    for n, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise JobFileError(path, f"line {n}", f"invalid JSON: {exc.msg}") from None
-        except RecursionError:
-            raise JobFileError(path, f"line {n}", _TOO_DEEP) from None
-    return rows
 
 
 def _csv(path: Path) -> list[dict[str, Any]]:
