@@ -223,9 +223,13 @@ def main() -> None:
                         if to_first is not None:
                             first.setdefault(path, []).append(to_first)
             pf: tuple[float, float, str] | None = None
+            pf_error = None
             if promptfoo is not None:
-                pf = _promptfoo_round(promptfoo, tmp, port, rounds)
-    _print(sizes, rounds, walls, first, pf, promptfoo is not None, list(paths))
+                try:
+                    pf = _promptfoo_round(promptfoo, tmp, port, rounds)
+                except SystemExit as exc:  # its crash must not lose the tables measured above
+                    pf_error = " ".join(str(exc).split())[:300]
+    _print(sizes, rounds, walls, first, pf, pf_error, list(paths))
 
 
 def _promptfoo_round(exe: list[str], tmp: Path, port: int, rounds: int,
@@ -244,7 +248,7 @@ def _promptfoo_round(exe: list[str], tmp: Path, port: int, rounds: int,
 
 def _print(sizes: list[int], rounds: int, walls: dict[tuple[str, int], list[float]],
            firsts: dict[str, list[float]], pf: tuple[float, float, str] | None,
-           have_promptfoo: bool, paths: list[str]) -> None:
+           pf_error: str | None, paths: list[str]) -> None:
     print(f"## Whole process: {CONCURRENCY} in flight, streamed, `--quiet`, canned loopback "
           f"server, best and median of {rounds} ({harness.pinning_note()})")
     print(f"machine: {harness.machine()}\n")
@@ -281,6 +285,9 @@ def _print(sizes: list[int], rounds: int, walls: dict[tuple[str, int], list[floa
         print(f"target 8,000 requests >= {TARGET_RATIO}x bare: "
               f"{'met' if ratio >= TARGET_RATIO else 'NOT met'} ({ratio:.2f}x)")
     print()
+    if pf_error is not None:
+        print(f"promptfoo: failed, comparison skipped: {pf_error}")
+        return
     if pf is None:
         print("promptfoo: not installed (`npm install promptfoo` in the repository, or pass "
               "--promptfoo DIR), or --no-promptfoo: comparison skipped")
