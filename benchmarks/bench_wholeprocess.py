@@ -8,7 +8,8 @@ A user times the whole command, and most jobs are small, so this measures what t
 benchmark leaves out: imports, set-up, the final files. Each job is a fresh process pinned to
 core 0 (`taskset`), the canned server (`canned_server.py`) runs on core 1; 32 in flight,
 streamed (10 SSE events per answer). Paths, run one after the other, `--rounds` times
-interleaved, best round kept (interference only ever slows a round down):
+interleaved; the table shows the best round (interference only ever slows a round down) and the
+median, and the ratio of each (on a shared machine the median says how stable the best is):
 
   runner   `runner run job.yaml --quiet`: load and check the job, read /models, send every
            request, write requests.parquet, requests.csv, summary.csv and run.json
@@ -32,6 +33,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -198,8 +200,8 @@ def main() -> None:
         return
     sizes, rounds = ([1, 2000], 1) if args.quick else (args.sizes, args.rounds)
     promptfoo = None if args.no_promptfoo else find_promptfoo(args.promptfoo)
-    best: dict[tuple[str, int], float] = {}
-    first: dict[str, float] = {}
+    walls: dict[tuple[str, int], list[float]] = {}
+    first: dict[str, list[float]] = {}
     paths = {"runner": harness.ROOT, "bare": harness.ROOT}
     if args.before is not None:
         paths["runner (before)"] = args.before.resolve()
@@ -217,13 +219,17 @@ def main() -> None:
                         on = stamp_port if n == 1 else port
                         cmd = bare_cmd(on, n) if path == "bare" else runner_cmd(tmp, on, n)
                         wall, to_first = timed(cmd, stamps if n == 1 else None, cwd=root)
-                        best[(path, n)] = min(wall, best.get((path, n), wall))
+                        walls.setdefault((path, n), []).append(wall)
                         if to_first is not None:
-                            first[path] = min(to_first, first.get(path, to_first))
+                            first.setdefault(path, []).append(to_first)
             pf: tuple[float, float, str] | None = None
+            pf_error = None
             if promptfoo is not None:
-                pf = _promptfoo_round(promptfoo, tmp, port, rounds)
-    _print(sizes, rounds, best, first, pf, promptfoo is not None, list(paths))
+                try:
+                    pf = _promptfoo_round(promptfoo, tmp, port, rounds)
+                except SystemExit as exc:  # its crash must not lose the tables measured above
+                    pf_error = " ".join(str(exc).split())[:300]
+    _print(sizes, rounds, walls, first, pf, pf_error, list(paths))
 
 
 def _promptfoo_round(exe: list[str], tmp: Path, port: int, rounds: int,
@@ -240,24 +246,32 @@ def _promptfoo_round(exe: list[str], tmp: Path, port: int, rounds: int,
     return pf_best, run_best, promptfoo_version(exe)
 
 
-def _print(sizes: list[int], rounds: int, best: dict[tuple[str, int], float],
-           first: dict[str, float], pf: tuple[float, float, str] | None,
-           have_promptfoo: bool, paths: list[str]) -> None:
+def _print(sizes: list[int], rounds: int, walls: dict[tuple[str, int], list[float]],
+           firsts: dict[str, list[float]], pf: tuple[float, float, str] | None,
+           pf_error: str | None, paths: list[str]) -> None:
     print(f"## Whole process: {CONCURRENCY} in flight, streamed, `--quiet`, canned loopback "
-          f"server, best of {rounds} ({harness.pinning_note()})")
+          f"server, best and median of {rounds} ({harness.pinning_note()})")
     print(f"machine: {harness.machine()}\n")
+    best = {key: min(values) for key, values in walls.items()}
+    median = {key: statistics.median(values) for key, values in walls.items()}
+    first = {path: min(values) for path, values in firsts.items()}
     rows = []
     before = "runner (before)" in paths
     for n in sizes:
         run, bare = best[("runner", n)], best[("bare", n)]
-        rows.append([f"{n:,}", f"{run:.2f}", f"{bare:.2f}", bare / run]
-                    + ([f"{best[('runner (before)', n)]:.2f}"] if before else []))
-    print(harness.table(["requests", "runner s", "bare aiohttp loop s",
-                         "ratio (bare s / runner s)"] + (["runner (before) s"] if before else []),
-                        rows))
+        run_m, bare_m = median[("runner", n)], median[("bare", n)]
+        rows.append([f"{n:,}", f"{run:.2f} / {run_m:.2f}", f"{bare:.2f} / {bare_m:.2f}",
+                     f"{bare / run:.2f} / {bare_m / run_m:.2f}"]
+                    + ([f"{best[('runner (before)', n)]:.2f} / "
+                        f"{median[('runner (before)', n)]:.2f}"] if before else []))
+    print(harness.table(["requests", "runner s (best / median)",
+                         "bare aiohttp loop s (best / median)",
+                         "ratio bare s / runner s (best / median)"]
+                        + (["runner (before) s (best / median)"] if before else []), rows))
     if first:
-        print("\ntime to first request (spawn to arrival at the server), 1-request job: "
-              + ", ".join(f"{path} {s:.2f} s" for path, s in first.items()))
+        print("\ntime to first request (spawn to arrival at the server), 1-request job, best / "
+              "median: " + ", ".join(f"{path} {s:.2f} / {statistics.median(firsts[path]):.2f} s"
+                                     for path, s in first.items()))
     if 1 in sizes:
         one = best[("runner", 1)]
         print(f"target 1 request < {TARGET_ONE_S} s: {'met' if one < TARGET_ONE_S else 'NOT met'} "
@@ -271,6 +285,9 @@ def _print(sizes: list[int], rounds: int, best: dict[tuple[str, int], float],
         print(f"target 8,000 requests >= {TARGET_RATIO}x bare: "
               f"{'met' if ratio >= TARGET_RATIO else 'NOT met'} ({ratio:.2f}x)")
     print()
+    if pf_error is not None:
+        print(f"promptfoo: failed, comparison skipped: {pf_error}")
+        return
     if pf is None:
         print("promptfoo: not installed (`npm install promptfoo` in the repository, or pass "
               "--promptfoo DIR), or --no-promptfoo: comparison skipped")

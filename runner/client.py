@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 from yarl import URL
 
@@ -31,6 +30,7 @@ from .config import (
 )
 from .content import wire
 from .errors import ProviderError
+from .lazy_tls import aiohttp  # aiohttp without reading every CA certificate at import
 from .plan import Request
 from .redact import Redactor, header_secrets, provider_secrets
 from .responses import (

@@ -79,24 +79,22 @@ class RunProgress:
 
 
 def print_summary(outcome: Any) -> None:
-    """The per-model table at the end of a run, and where the files are."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = _console()
+    """The per-model table at the end of a run, and where the files are. On a terminal the table
+    is rich's; to a pipe or a log it is plain aligned text (the same cells), and rich, a fifth of
+    a small run's start-up work, is not imported."""
     # written at the end: the rows need not be read again (nor pandas imported to read them)
     summary = _read_summary(outcome.run_dir / "summary.csv")
+    tty = sys.stdout.isatty()
     if summary:
-        table = Table(title=f"{outcome.manifest['job']} — run {outcome.run_id} "
-                      f"({outcome.status})")
+        title = f"{outcome.manifest['job']} — run {outcome.run_id} ({outcome.status})"
         graded = "pass_rate" in summary[0]
         judged = "judge_cost_usd" in summary[0]
-        for name in ("model", "n", "ok", "errors", "skipped", "latency p50", "latency p90",
-                     "ttft p50", "tok/s p50", "cost") + (("pass rate",) if graded else ()) \
-                + (("judge cost", "total cost") if judged else ()):
-            table.add_column(name, justify="left" if name == "model" else "right")
+        names = ("model", "n", "ok", "errors", "skipped", "latency p50", "latency p90",
+                 "ttft p50", "tok/s p50", "cost") + (("pass rate",) if graded else ()) \
+            + (("judge cost", "total cost") if judged else ())
+        rows = []
         for row in summary:
-            cells = [escape(str(row["model"])), str(row["n"]), str(row["ok"]),
+            cells = [str(row["model"]), str(row["n"]), str(row["ok"]),
                      str(row["errors"]), str(row["skipped"]), seconds(row["latency_p50_s"]),
                      seconds(row["latency_p90_s"]), seconds(row["ttft_p50_s"]),
                      whole(row["output_tokens_per_s_p50"]), usd(row["cost_usd"])]
@@ -104,35 +102,74 @@ def print_summary(outcome: Any) -> None:
                 cells.append(percent(row.get("pass_rate")))
             if judged:
                 cells += [usd(row.get("judge_cost_usd")), usd(row.get("total_cost_usd"))]
-            table.add_row(*cells)
-        console.print(table)
+            rows.append(cells)
+        if tty:
+            _rich_table(title, names, rows)
+        else:
+            print(plain_table(title, names, rows))
+    # (label, rich style of the label, text)
+    notes: list[tuple[str, str, str]] = []
     from .health import saturation_warning
 
     warning = saturation_warning(outcome.manifest.get("client") or {})
     if warning is not None:
-        console.print(f"[yellow]warning:[/] {escape(warning)}")
+        notes.append(("warning", "yellow", warning))
     budget = outcome.manifest.get("budget") or {}
     if budget.get("budget_usd"):
-        console.print(f"budget {usd(budget['budget_usd'])}: spent {usd(budget['spent_usd'])} "
-                      f"({percent(budget['utilisation'] or 0)}); worst-case reservations "
-                      f"held {usd(budget['reserved_unused_usd'])} more than was spent")
+        notes.append(("", "", f"budget {usd(budget['budget_usd'])}: spent "
+                      f"{usd(budget['spent_usd'])} ({percent(budget['utilisation'] or 0)}); "
+                      f"worst-case reservations held {usd(budget['reserved_unused_usd'])} more "
+                      "than was spent"))
     if budget.get("cost_overruns"):
-        raised = ", ".join(f"{escape(model)} x{factor:.3g}" if factor else
-                           f"{escape(model)} (priced free, billed)"
+        raised = ", ".join(f"{model} x{factor:.3g}" if factor else f"{model} (priced free, billed)"
                            for model, factor in (budget.get("raised_estimates") or {}).items())
-        console.print(f"[bold yellow]warning:[/] {budget['cost_overruns']} attempt(s) cost more "
-                      f"than its worst case; later estimates were raised: {raised}")
+        notes.append(("warning", "bold yellow", f"{budget['cost_overruns']} attempt(s) cost more "
+                      f"than its worst case; later estimates were raised: {raised}"))
     for key, why in (outcome.manifest.get("stopped") or {}).items():
         if key.startswith("model:"):
-            console.print(f"[yellow]stopped:[/] sending to model {escape(key[6:])} ({why}: the "
-                          "server asked to wait longer than limits.max_retry_wait_s); its "
-                          "other requests are skipped rows that a --resume sends")
+            notes.append(("stopped", "yellow", f"sending to model {key[6:]} ({why}: the server "
+                          "asked to wait longer than limits.max_retry_wait_s); its other "
+                          "requests are skipped rows that a --resume sends"))
     if budget.get("exceeded"):
-        console.print(f"[bold red]BUDGET EXCEEDED:[/] spent {usd(budget['spent_usd'])} of "
-                      f"{usd(budget['budget_usd'])} (over by {usd(budget['overspent_usd'])})")
+        notes.append(("BUDGET EXCEEDED", "bold red", f"spent {usd(budget['spent_usd'])} of "
+                      f"{usd(budget['budget_usd'])} (over by {usd(budget['overspent_usd'])})"))
     checks = ", checks.parquet" if (outcome.run_dir / "checks.parquet").is_file() else ""
-    console.print(f"results: {outcome.run_dir}/requests.parquet (also requests.csv, "
-                  f"summary.csv, run.json{checks})", soft_wrap=True)
+    notes.append(("", "", f"results: {outcome.run_dir}/requests.parquet (also requests.csv, "
+                  f"summary.csv, run.json{checks})"))
+    if not tty:
+        for label, _, text in notes:
+            print(f"{label}: {text}" if label else text)
+        return
+    from rich.markup import escape
+
+    console = _console()
+    for label, style, text in notes:
+        console.print(f"[{style}]{label}:[/] {escape(text)}" if label else escape(text),
+                      soft_wrap=True)
+
+
+def plain_table(title: str, names: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table as aligned plain text (the first column left-aligned, the others right)."""
+    widths = [max(len(name), *(len(row[i]) for row in rows)) for i, name in enumerate(names)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                         for i, (cell, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return "\n".join([title, line(names), line(["-" * w for w in widths]),
+                      *(line(row) for row in rows)])
+
+
+def _rich_table(title: str, names: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(title))
+    for name in names:
+        table.add_column(name, justify="left" if name == "model" else "right")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    _console().print(table)
 
 
 def _read_summary(path: Path) -> list[dict[str, Any]]:

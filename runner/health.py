@@ -19,6 +19,9 @@ import anyio
 
 LAG_P99_LIMIT_S = 0.020     # wake-ups later than this at p99: latencies carry client delay
 CPU_SHARE_LIMIT = 0.9       # the process used > 90% of one core: it was the bottleneck
+# ...over at least this long: a run of a few requests keeps the core busy for its few
+# milliseconds because it has nothing else to do, which says nothing about its latencies
+CPU_SHARE_MIN_WALL_S = 1.0
 
 # Lag histogram edges: 0.1 ms to ~100 s, 5% apart. Memory stays fixed however long the run.
 _EDGES_S = tuple(1e-4 * 1.05 ** k for k in range(int(math.log(1e6) / math.log(1.05)) + 2))
@@ -77,7 +80,7 @@ class Health:
         cpu_s = max(0.0, cpu1 - self._cpu0)
         wall_s = max(0.0, t1 - self._t0)
         lag_p99_s = self.lag_quantile_s(0.99)
-        cpu_share = cpu_s / wall_s if wall_s > 0 else 0.0
+        cpu_share = cpu_s / wall_s if wall_s >= CPU_SHARE_MIN_WALL_S else 0.0
         return {
             "cpu_s": round(cpu_s, 3),
             "loop_lag_p99_ms": round(lag_p99_s * 1000, 3),

@@ -48,3 +48,20 @@ def test_an_idle_run_is_not_saturated() -> None:
     assert report == {"cpu_s": 0.5, "loop_lag_p99_ms": 2.0, "loop_lag_max_ms": 2.0,
                       "saturated": False}
     assert health.warning() is None
+
+
+def test_a_run_too_short_to_judge_is_not_called_saturated() -> None:
+    """A one-request run keeps the CPU busy for its few milliseconds (it has nothing else to
+    do): that is no sign of a saturated client, and its output must not warn about one."""
+    cpu = itertools.chain([1.0], itertools.repeat(1.003))     # 3 ms of CPU over 3 ms of wall
+    wall = itertools.chain([0.0], itertools.repeat(0.003))
+    health = Health(clock=lambda: next(wall), cpu_clock=lambda: next(cpu))
+    assert health.report()["saturated"] is False
+    assert health.warning() is None
+
+
+def test_a_long_run_at_full_cpu_is_saturated() -> None:
+    cpu = itertools.chain([1.0], itertools.repeat(6.0))       # 5 CPU s over 5 wall s
+    wall = itertools.chain([0.0], itertools.repeat(5.0))
+    health = Health(clock=lambda: next(wall), cpu_clock=lambda: next(cpu))
+    assert health.report()["saturated"] is True

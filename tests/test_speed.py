@@ -208,3 +208,32 @@ def test_a_fold_of_nothing_has_no_lines() -> None:
     fold = Fold()
     assert fold.lines() == [] and fold.totals() == {"requests": 0, "counts": {}}
     assert math.isnan(float("nan"))
+
+
+def test_the_summary_printed_to_a_pipe_is_plain_text_without_rich(tmp_path: Path) -> None:
+    """Piped (a log, CI), the end-of-run table is plain aligned text with the same cells, and
+    rich (a fifth of a small run's start-up work) is never imported."""
+    (tmp_path / "summary.csv").write_text(
+        "model,n,ok,errors,skipped,latency_p50_s,latency_p90_s,ttft_p50_s,"
+        "output_tokens_per_s_p50,cost_usd\n"
+        "a/model,2,1,1,0,0.25,0.5,0.125,40.0,0.000021\n")
+    code = f"""
+from pathlib import Path
+from types import SimpleNamespace
+from runner.console import print_summary
+print_summary(SimpleNamespace(run_dir=Path({str(tmp_path)!r}), run_id="r1", status="completed",
+                              manifest={{"job": "j", "budget": {{"exceeded": True,
+                                         "spent_usd": 2.0, "budget_usd": 1.0,
+                                         "overspent_usd": 1.0, "utilisation": 2.0,
+                                         "reserved_unused_usd": 0.0}}}}))
+"""
+    out = subprocess.run([sys.executable, "-c", f"{code}\nimport sys\n"
+                          "print('rich' in sys.modules)"], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.splitlines()
+    assert out[0] == "j — run r1 (completed)"
+    assert out[1].split() == ["model", "n", "ok", "errors", "skipped", "latency", "p50",
+                              "latency", "p90", "ttft", "p50", "tok/s", "p50", "cost"]
+    assert out[3].split() == ["a/model", "2", "1", "1", "0", "0.250s", "0.500s", "0.125s", "40",
+                              "$0.000021"]
+    assert "BUDGET EXCEEDED: spent $2.000000 of $1.000000 (over by $1.000000)" in out
+    assert out[-2].startswith("results: ") and out[-1] == "False"
