@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--refresh-prices", action="store_true", help="ignore the price cache")
     plan.add_argument("--show", type=_count, default=0, metavar="N",
                       help="also print the first N requests as they would be sent")
+    plan.add_argument("--batch", action="store_true",
+                      help="price every model at its provider's batch price (as run --batch)")
 
     sim = sub.add_parser("simulate", help="serve the OpenRouter-compatible simulator")
     sim.add_argument("--host", default="127.0.0.1")
@@ -338,7 +340,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     job = load_job(args.job)
     result = anyio.run(lambda: estimate(job, budget_usd=args.budget_usd,
-                                        refresh_prices=args.refresh_prices))
+                                        refresh_prices=args.refresh_prices, batch=args.batch))
     total_requests = sum(m.requests for m in result.models)
     shown = Plan(job)[:args.show]
     if args.json:

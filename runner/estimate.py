@@ -19,7 +19,7 @@ from .config import Job, Message, Prompt
 from .content import images_only
 from .conversation import turn_weights, worst_prompt_tokens_extra
 from .plan import Plan, combination, combinations
-from .pricing import Price, estimate_prompt_tokens, max_output_tokens
+from .pricing import Price, batch_price, estimate_prompt_tokens, max_output_tokens
 from .providers import open_providers
 from .templates import Template
 
@@ -138,9 +138,15 @@ def _jinja_texts(plan: Plan, p: int, c: int, jinja: list[tuple[int, Template]]) 
 
 
 async def estimate(job: Job, *, budget_usd: float | None = None,
-                   refresh_prices: bool = False) -> Estimate:
-    """Worst-case cost per model, from the providers' catalogues and the job's pricing."""
+                   refresh_prices: bool = False, batch: bool = False) -> Estimate:
+    """Worst-case cost per model, from the providers' catalogues and the job's pricing; a model
+    sent through its provider's batch API (`batch: true`, or `batch` for every one, as
+    `run --batch`) at the batch price. A job with conversations keeps the chat price: its
+    turns are sent by chat in batch mode too."""
+    from .batch.driver import batched_providers, discount
+
     plan = Plan(job)
+    batched = batched_providers(job, batch) if not any(p.turns for p in job.prompts) else set()
     async with AsyncExitStack() as stack:
         providers = await open_providers(stack, job, connections=2, require_keys=False,
                                          refresh_prices=refresh_prices)
@@ -149,6 +155,8 @@ async def estimate(job: Job, *, budget_usd: float | None = None,
     models = []
     for m, model in enumerate(job.models):
         price = providers.prices.get((model.provider, model.id))
+        if price is not None and model.provider in batched:
+            price = batch_price(price, discount(job.providers[model.provider]))
         requests = counts[model.label]
         worst: float | None = None
         if price is not None:
@@ -169,6 +177,9 @@ async def estimate(job: Job, *, budget_usd: float | None = None,
         models.append(ModelEstimate(model.label, model.provider, requests, worst))
     judges = _judges(job, plan, sizes, providers.prices)
     notes = [f"prices unknown: {exc}" for exc in providers.errors.values()]
+    if batched:
+        notes.append(f"priced at the batch price (batch API) for provider(s) "
+                     f"{', '.join(sorted(batched))}")
     sampled = [job.prompts[p].id for p, size in enumerate(sizes) if size.sampled]
     if sampled:
         notes.append(f"prompt sizes of {len(sampled)} prompt(s) with template logic and many "

@@ -200,6 +200,20 @@ def test_the_budget_reserves_whole_batches_at_the_batch_price(
     assert outcome.manifest["budget"]["spent_usd"] == pytest.approx(billed, rel=1e-6)
 
 
+def test_plan_prices_batched_models_at_the_batch_price(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`runner plan --batch` (as `run --batch`) shows the worst case a batch run reserves: the
+    simulator's batch API takes half the chat price."""
+    quickstart = str(Path(__file__).parent.parent / "jobs" / "quickstart.yaml")
+    assert main(["plan", quickstart, "--json"]) == 0
+    chat = json.loads(capsys.readouterr().out)["worst_case_usd"]
+    assert main(["plan", quickstart, "--json", "--batch"]) == 0
+    batched = json.loads(capsys.readouterr().out)["worst_case_usd"]
+    assert batched.keys() == chat.keys()
+    for model, usd in chat.items():
+        assert batched[model] == pytest.approx(usd / 2)
+
+
 def test_expired_batches_and_line_errors_are_error_rows(write_job: Callable[..., Path],
                                                         results_dir: Path) -> None:
     path = write_job("""
