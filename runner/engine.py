@@ -232,14 +232,23 @@ async def _run(job: Job, plan: Plan | PlanView, limits: Limits, providers: Provi
         raise ResultsError(f"{failure} (rows so far are kept in {run_dir}; continue with "
                            "--resume once fixed)") if isinstance(failure, ResultsError) \
             else failure
-    rejected = [name for name, why in run.stop_reason.items() if why == "auth"]
-    if rejected:
-        provider = job.providers[rejected[0]]
-        raise ProviderError(
-            f"provider {provider.name!r} rejected the API key in {provider.api_key_env} "
-            f"(HTTP 401): check that key; the run stopped after the first rejection "
-            f"({run.counts[SKIPPED]} requests not sent; rows in {run_dir})")
+    rejected = key_rejected(job, run.stop_reason, run.counts[SKIPPED], run_dir)
+    if rejected is not None:
+        raise rejected
     return RunOutcome(run_dir, run_id, status, dict(final["counts"]), final)
+
+
+def key_rejected(job: Job, stop_reason: dict[str, str], skipped: int,
+                 run_dir: Path | str) -> ProviderError | None:
+    """The one line for a run stopped by a rejected key (HTTP 401), or None (also a Ray run's)."""
+    rejected = [name for name, why in stop_reason.items() if why == "auth"]
+    if not rejected:
+        return None
+    provider = job.providers[rejected[0]]
+    return ProviderError(
+        f"provider {provider.name!r} rejected the API key in {provider.api_key_env} "
+        f"(HTTP 401): check that key; the run stopped after the first rejection "
+        f"({skipped} requests not sent; rows in {run_dir})")
 
 
 async def _end(run: RunState, manifest: Manifest, health: Health, status: str,

@@ -437,10 +437,11 @@ async def run_on_ray(job: Job, *, address: str | None, workers: int | None,
                      on_stopping: Callable[[float], None] | None, flush_rows: int,
                      flush_s: float, chunk_size: int | None = None) -> RunOutcome:
     """`engine.run_job` on a Ray cluster (see the module's docstring); returns a RunOutcome."""
-    from .engine import RunOutcome, run_limits  # noqa: F811
+    from .engine import RunOutcome, key_rejected, run_limits  # noqa: F811
     from .journal import read_spent
     from .manifest import Manifest
     from .plan import Plan
+    from .result import SKIPPED
     from .resume import load_previous, plan_summary
     from .rundir import RunLock, find_run_dir, new_run_id, run_dir_for, scan, shard_dir
     from .shards import merge
@@ -593,6 +594,9 @@ async def run_on_ray(job: Job, *, address: str | None, workers: int | None,
                                    totals=merged.get("totals") or {}, stopped=stopped,
                                    shards="ray", workers=count, lost_workers=lost)
             watcher.cancel_scope.cancel()
+    rejected = key_rejected(job, stopped, counts.get(SKIPPED, 0), run_dir)
+    if rejected is not None:  # as a local run: the one line, exit 2
+        raise rejected
     return RunOutcome(run_dir, run_id, status, counts, final)
 
 

@@ -23,13 +23,20 @@ from .conftest import ROOT
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
+# the workers' own environment (the driver never ships a key): fake keys only they see
+REJECTED_KEY_ENV, REJECTED_KEY = "RAY_TEST_REJECTED_KEY", "sk-or-v1-TESTSECRET-rejected-0123"
+FAKE_AWS = {"AWS_ACCESS_KEY_ID": "AKIATESTFAKEKEYID0000",
+            "AWS_SECRET_ACCESS_KEY": "TESTSECRETfakeAWSsecretAccessKey0000000",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     """One small local Ray instance for the whole session (2 CPUs, a capped object store)."""
     ray.init(num_cpus=2, object_store_memory=100 * 1024 * 1024, include_dashboard=False,
              log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), REJECTED_KEY_ENV: REJECTED_KEY,
+                                       **FAKE_AWS}})
     yield
     ray.shutdown()
 
@@ -199,3 +206,36 @@ def test_the_rate_is_the_jobs_not_one_per_worker(ray_cluster: None,
     # (each worker at the job's rate would take half that)
     floor_s = (planned - rpm / 60) / (rpm / 60)
     assert times[-1] - times[0] >= floor_s * 0.95
+
+
+def test_a_rejected_key_stops_a_ray_run_like_a_local_one(
+        ray_cluster: None, write_job: Callable[..., Path], results_dir: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from runner.cli import main
+
+    monkeypatch.setenv(REJECTED_KEY_ENV, REJECTED_KEY)  # the driver checks it is set
+    with Simulator(_models(), account=Account(rejected_keys={REJECTED_KEY})) as sim:
+        path = write_job(f"""
+            name: rejected
+            providers:
+              local: {{base_url: "{sim.openai_base_url}", api_key_env: {REJECTED_KEY_ENV}}}
+            provider: local
+            models: [sim/fast-mini, sim/balanced]
+            prompts: [a, b, c, d, e]
+            params: {{max_tokens: 8, stream: false}}
+            repeats: 4
+            limits: {{concurrency: 2}}
+        """)
+        code = main(["run", str(path), "--out", str(results_dir), "--quiet", "--ray",
+                     "--ray-workers", "2"])
+        sent = len(sim.arrivals())
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and REJECTED_KEY_ENV in lines[0] and "401" in lines[0]
+    assert "TESTSECRET" not in err
+    assert sent <= 8, f"{sent} requests sent with a rejected key"
+    run_dir = next((results_dir / "rejected").iterdir())
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    df = runner.read_results(run_dir)
+    assert len(df) == 40 and df["request_id"].is_unique   # every planned request has its row
