@@ -25,6 +25,7 @@ from .pricing import Price, catalogue_prices
 from .prompts import Message as Message
 from .prompts import Prompt as Prompt
 from .prompts import resolve_prompts
+from .remote import is_url
 from .sources import Problems, invalid, load_yaml, locations
 from .stored import STORED, check_stored, check_stored_judges
 
@@ -131,6 +132,7 @@ class Job:
     checks: CheckSet = CheckSet()  # each prompt's checks: its expected + job-level `checks:`
     judges: Mapping[tuple[str, str | None], ModelSpec] = field(default_factory=dict)
     cache: bool = False           # answer identical requests from the response cache
+    output_url: str | None = None  # output.dir when it is a filesystem URL (a Ray run's)
 
 
 def load_job(path: str | os.PathLike[str]) -> Job:
@@ -257,6 +259,7 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any],
         else Path.cwd() / job.output.dir,
         write_csv=job.output.csv, simulator=job.simulator, snapshot=raw,
         checks=checks, judges=judges, cache=job.cache,
+        output_url=job.output.dir if is_url(job.output.dir) else None,
     )
     if not (skip.get("models") or skip.get("checks")):  # else models[i] would name another
         _check_offers(resolved)

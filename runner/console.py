@@ -131,7 +131,8 @@ def print_summary(outcome: Any) -> None:
         console.print(f"[bold red]BUDGET EXCEEDED:[/] spent {usd(budget['spent_usd'])} of "
                       f"{usd(budget['budget_usd'])} (over by {usd(budget['overspent_usd'])})")
     checks = ", checks.parquet" if (outcome.run_dir / "checks.parquet").is_file() else ""
-    console.print(f"results: {outcome.run_dir}/requests.parquet (also requests.csv, "
+    where = f"{outcome.url}: " if outcome.url else f"{outcome.run_dir}/"  # issue 13: a URL
+    console.print(f"results: {where}requests.parquet (also requests.csv, "
                   f"summary.csv, run.json{checks})", soft_wrap=True)
 
 

@@ -44,6 +44,7 @@ from .limits import Gates
 from .manifest import Manifest
 from .plan import Plan, Request
 from .providers import Providers, open_providers
+from .remote import refuse_local
 from .result import SKIPPED
 from .resume import Previous, load_previous, plan_summary
 from .rundir import RunLock, find_run_dir, is_run_dir, new_run_id, run_dir_for, shard_root
@@ -65,15 +66,16 @@ class RunOutcome:
     status: str
     counts: dict[str, int]
     manifest: dict[str, Any] = field(repr=False)
+    url: str | None = None   # where the run is when its output is a filesystem URL (issue 13)
 
     @property
     def rows(self) -> pd.DataFrame:
         from .results import read_results
 
-        return read_results(self.run_dir)
+        return read_results(self.url or self.run_dir)
 
 
-async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | None = None,
+async def run_job(job: Job, *, out_dir: Path | str | None = None, concurrency: int | None = None,
                   rpm: float | None = None, budget_usd: float | None = None,
                   progress: Progress | None = None, refresh_prices: bool = False,
                   resume: str | Path | None = None, retry_errors: bool = False,
@@ -110,6 +112,8 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
                                 retry_errors=retry_errors, force=force,
                                 handle_signals=handle_signals, grace_s=grace_s,
                                 on_stopping=on_stopping, flush_rows=flush_rows, flush_s=flush_s)
+    refuse_local(out_dir if out_dir is not None else job.output_url)  # issue 13: Ray only
+    out_dir = Path(out_dir) if out_dir is not None else None
     plan = Plan(job)
     work: Plan | PlanView = shard.view(plan) if shard is not None else plan
     limits = run_limits(job, concurrency, rpm)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -39,6 +40,29 @@ def ray_cluster() -> Iterator[None]:
                                        **FAKE_AWS}})
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def s3_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An S3 server on loopback (moto) with an empty bucket: the URL of a prefix in it. The
+    fake keys are in this process's environment only for the test (the workers have theirs)."""
+    import logging
+
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per S3 request
+    for name, value in FAKE_AWS.items():
+        monkeypatch.setenv(name, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    where = f"endpoint_override={host}:{port}&scheme=http"
+    bucket = f"runs-{secrets.token_hex(4)}"   # moto's buckets outlive its server: a new one
+    fs, _ = pafs.FileSystem.from_uri(f"s3://{bucket}?{where}&allow_bucket_creation=true")
+    fs.create_dir(bucket)
+    yield f"s3://{bucket}/prefix?{where}"
+    server.stop()
 
 
 class _Tripwire(Account):
@@ -239,3 +263,96 @@ def test_a_rejected_key_stops_a_ray_run_like_a_local_one(
     assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
     df = runner.read_results(run_dir)
     assert len(df) == 40 and df["request_id"].is_unique   # every planned request has its row
+
+
+def _no_key_in(files: list[Path]) -> None:
+    for path in files:
+        data = path.read_bytes()
+        for secret in (FAKE_AWS["AWS_SECRET_ACCESS_KEY"], FAKE_AWS["AWS_ACCESS_KEY_ID"]):
+            assert secret.encode() not in data, f"{path.name} holds a key"
+
+
+def test_a_ray_run_writes_to_an_s3_url(ray_cluster: None, write_job: Callable[..., Path],
+                                       s3_url: str, tmp_path: Path) -> None:
+    from runner.remote import Remote, child
+
+    with Simulator(_models()) as sim:
+        path = _job(write_job, sim, extra="limits: {concurrency: 4}")
+        outcome = runner.run(path, out_dir=s3_url, ray="", ray_workers=2)
+    assert outcome.status == "completed"
+    run_url = child(s3_url, "onray", outcome.run_id)
+    assert outcome.url == run_url
+    df = runner.read_results(run_url)   # read back from S3: one row per planned request
+    assert len(df) == 30 and df["request_id"].is_unique and list(df["index"]) == list(range(30))
+    assert (df["status"] == "ok").all()
+    assert len(runner.read_results(child(s3_url, "onray"))) == 30   # the job's folder too
+    files = Remote(run_url).pull(tmp_path / "copy")
+    names = {p.relative_to(tmp_path / "copy").as_posix() for p in files}
+    assert {"run.json", "requests.parquet", "requests.csv", "summary.csv"} <= names
+    assert not [n for n in names if n.startswith("shards/")]   # the workers' parts are merged
+    manifest = json.loads((tmp_path / "copy" / "run.json").read_text())
+    assert manifest["status"] == "completed" and manifest["workers"] == 2
+    _no_key_in(files)
+
+
+def test_output_dir_url_in_the_job_file_and_resume(
+        ray_cluster: None, write_job: Callable[..., Path], s3_url: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from runner.cli import main
+    from runner.remote import Remote, child
+
+    account = _Tripwire(after=8)
+    with Simulator(_models(ttft_s=0.2), account=account) as sim:
+        path = _job(write_job, sim, repeats=6,
+                    extra=f"limits: {{concurrency: 4}}\noutput: {{dir: \"{s3_url}\"}}")
+
+        def interrupt() -> None:
+            if account.event.wait(120):
+                os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C on the driver
+
+        threading.Thread(target=interrupt, daemon=True).start()
+        assert main(["run", str(path), "--quiet", "--ray", "--ray-workers", "2"]) == 130
+        err = capsys.readouterr().err
+        runs = Remote(child(s3_url, "onray")).folders()
+        assert len(runs) == 1
+        # where to continue: the run's URL, quoted for the shell
+        assert f"--resume '{child(s3_url, 'onray', runs[0])}' --ray" in err
+        first = runner.read_results(child(s3_url, "onray", runs[0]))
+        assert 0 < len(first) < 60
+        assert main(["run", str(path), "--quiet", "--ray", "--ray-workers", "2",
+                     "--resume", "latest"]) == 0
+    df = runner.read_results(child(s3_url, "onray", runs[0]))
+    assert len(df) == 60 and df["request_id"].is_unique and (df["status"] == "ok").all()
+    assert Remote(child(s3_url, "onray")).folders() == runs   # continued in place
+    _no_key_in(Remote(child(s3_url, "onray")).pull(tmp_path / "copy"))
+
+
+def test_a_local_run_refuses_a_url_output(write_job: Callable[..., Path],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from runner.cli import main
+
+    with Simulator(_models()) as sim:
+        path = _job(write_job, sim, extra='output: {dir: "s3://bucket/prefix"}')
+        assert main(["validate", str(path)]) == 0   # a Ray run writes there
+        code = main(["run", str(path), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and "--ray" in err and "s3://bucket/prefix" in err
+        assert len(err.strip().splitlines()) == 1
+        assert main(["run", str(_job(write_job, sim)), "--quiet", "--out",
+                     "s3://bucket/prefix"]) == 2
+    assert "only a Ray run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["s3://AKIAX:SECRETX@bucket/prefix",
+                                 "s3://bucket/prefix?secret_key=SECRETX&access_key=AKIAX"])
+def test_a_url_holding_a_key_is_refused(write_job: Callable[..., Path], url: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from runner.cli import main
+
+    with Simulator(_models()) as sim:
+        path = _job(write_job, sim, extra=f'output: {{dir: "{url}"}}')
+        assert main(["validate", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "output.dir" in err and "environment" in err and "SECRETX" not in err
+        assert main(["run", str(_job(write_job, sim)), "--ray", "--out", url]) == 2
+        assert "SECRETX" not in capsys.readouterr().err
