@@ -8,7 +8,9 @@ folder of the run directory (a filesystem every node shares). One ledger actor
 (`ledger.Ledger`) owns the job's budget, rates and 429 pauses, grants them in leases, and
 journals the money leases in the run's spend.journal: a lease is a reservation there, so a lost
 worker's lease counts as spent and a resume reads the journal like a local run's. A worker lost
-mid-chunk has the indices it wrote no row for sent by the others.
+mid-chunk has the indices it wrote no row for sent by the others. With a filesystem URL as the
+output (`remote`), the workers push their part files there and the driver, working in a local
+copy of the run, pulls them, merges and publishes the run.
 """
 
 from __future__ import annotations

@@ -199,6 +199,9 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
      "job.yaml", "checks[0].equals: reads {{ target }} but prompt"),
     ("stored-without-dataset", "name: t\nmodels: [{id: q, provider: stored}]\nprompts: [hi]\n",
      {}, "job.yaml", "models[0]: provider stored answers with a field of each dataset row"),
+    # issue 13: an output URL is stored in run.json, so it must not hold a key
+    ("output-url-with-key", HEAD + OK_PROMPTS + "output: {dir: 's3://AKIAX:SECRETX@b/p'}\n", {},
+     "job.yaml", "output.dir: s3:// URL holds credentials (got user:key@, not shown)"),
 ]
 BAD_IDS = [case[0] for case in BAD]
 RUN_TOO = {"missing-job-file", "unknown-top-key", "model-provider", "sandbox-escape",
