@@ -12,6 +12,7 @@ holding a key is refused, so that no key reaches run.json or a message.
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _SECRET_KEYS = frozenset({"access_key", "secret_key", "session_token", "credentials",
                           "token", "password"})
 SKIPPED_NAMES = frozenset({".lock"})  # a local lock means nothing elsewhere
+COPY_BYTES = 8 * 1024 * 1024         # files are copied in pieces of this size
 
 
 def is_url(target: object) -> bool:
@@ -88,9 +90,9 @@ class Remote:
             if path.name in SKIPPED_NAMES or path.name.endswith(".tmp"):
                 continue
             target = f"{base}/{path.relative_to(local).as_posix()}"
-            try:
-                with fs.open_output_stream(target) as out:
-                    out.write(path.read_bytes())
+            try:  # streamed (a merged run can be large); S3 shows the object once whole
+                with path.open("rb") as src, fs.open_output_stream(target) as out:
+                    shutil.copyfileobj(src, out, COPY_BYTES)
             except (OSError, ValueError) as exc:
                 raise ResultsError(f"{child(self.url, path.relative_to(local).as_posix())}: "
                                    f"cannot write ({_first_line(exc)})") from None
@@ -112,8 +114,8 @@ class Remote:
             path = local / info.path[len(base):].lstrip("/")
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                with fs.open_input_stream(info.path) as src:
-                    path.write_bytes(src.read())
+                with fs.open_input_stream(info.path) as src, path.open("wb") as dst:
+                    shutil.copyfileobj(src, dst, COPY_BYTES)
             except (OSError, ValueError) as exc:
                 raise ResultsError(f"{self.url}: cannot read {info.base_name} "
                                    f"({_first_line(exc)})") from None

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import secrets
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -20,15 +19,13 @@ import runner
 from runner.simulator import DEFAULT_MODELS, Account, Faults, Simulator
 
 from .conftest import ROOT
+from .s3 import FAKE_AWS, s3_prefix
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
 # the workers' own environment (the driver never ships a key): fake keys only they see
 REJECTED_KEY_ENV, REJECTED_KEY = "RAY_TEST_REJECTED_KEY", "sk-or-v1-TESTSECRET-rejected-0123"
-FAKE_AWS = {"AWS_ACCESS_KEY_ID": "AKIATESTFAKEKEYID0000",
-            "AWS_SECRET_ACCESS_KEY": "TESTSECRETfakeAWSsecretAccessKey0000000",
-            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
 
 @pytest.fixture(scope="session")
@@ -44,25 +41,10 @@ def ray_cluster() -> Iterator[None]:
 
 @pytest.fixture
 def s3_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """An S3 server on loopback (moto) with an empty bucket: the URL of a prefix in it. The
-    fake keys are in this process's environment only for the test (the workers have theirs)."""
-    import logging
-
-    import pyarrow.fs as pafs
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per S3 request
     for name, value in FAKE_AWS.items():
         monkeypatch.setenv(name, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    where = f"endpoint_override={host}:{port}&scheme=http"
-    bucket = f"runs-{secrets.token_hex(4)}"   # moto's buckets outlive its server: a new one
-    fs, _ = pafs.FileSystem.from_uri(f"s3://{bucket}?{where}&allow_bucket_creation=true")
-    fs.create_dir(bucket)
-    yield f"s3://{bucket}/prefix?{where}"
-    server.stop()
+    with s3_prefix() as url:
+        yield url
 
 
 class _Tripwire(Account):
@@ -292,7 +274,7 @@ def test_a_ray_run_writes_to_an_s3_url(ray_cluster: None, write_job: Callable[..
     assert not [n for n in names if n.startswith("shards/")]   # the workers' parts are merged
     manifest = json.loads((tmp_path / "copy" / "run.json").read_text())
     assert manifest["status"] == "completed" and manifest["workers"] == 2
-    _no_key_in(files)
+    _no_key_in(files + [p for p in outcome.run_dir.rglob("*") if p.is_file()])  # local copy
 
 
 def test_output_dir_url_in_the_job_file_and_resume(
@@ -325,34 +307,3 @@ def test_output_dir_url_in_the_job_file_and_resume(
     assert len(df) == 60 and df["request_id"].is_unique and (df["status"] == "ok").all()
     assert Remote(child(s3_url, "onray")).folders() == runs   # continued in place
     _no_key_in(Remote(child(s3_url, "onray")).pull(tmp_path / "copy"))
-
-
-def test_a_local_run_refuses_a_url_output(write_job: Callable[..., Path],
-                                          capsys: pytest.CaptureFixture[str]) -> None:
-    from runner.cli import main
-
-    with Simulator(_models()) as sim:
-        path = _job(write_job, sim, extra='output: {dir: "s3://bucket/prefix"}')
-        assert main(["validate", str(path)]) == 0   # a Ray run writes there
-        code = main(["run", str(path), "--quiet"])
-        err = capsys.readouterr().err
-        assert code == 2 and "--ray" in err and "s3://bucket/prefix" in err
-        assert len(err.strip().splitlines()) == 1
-        assert main(["run", str(_job(write_job, sim)), "--quiet", "--out",
-                     "s3://bucket/prefix"]) == 2
-    assert "only a Ray run" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("url", ["s3://AKIAX:SECRETX@bucket/prefix",
-                                 "s3://bucket/prefix?secret_key=SECRETX&access_key=AKIAX"])
-def test_a_url_holding_a_key_is_refused(write_job: Callable[..., Path], url: str,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from runner.cli import main
-
-    with Simulator(_models()) as sim:
-        path = _job(write_job, sim, extra=f'output: {{dir: "{url}"}}')
-        assert main(["validate", str(path)]) == 2
-        err = capsys.readouterr().err
-        assert "output.dir" in err and "environment" in err and "SECRETX" not in err
-        assert main(["run", str(_job(write_job, sim)), "--ray", "--out", url]) == 2
-        assert "SECRETX" not in capsys.readouterr().err
