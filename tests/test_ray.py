@@ -307,3 +307,32 @@ def test_output_dir_url_in_the_job_file_and_resume(
     assert len(df) == 60 and df["request_id"].is_unique and (df["status"] == "ok").all()
     assert Remote(child(s3_url, "onray")).folders() == runs   # continued in place
     _no_key_in(Remote(child(s3_url, "onray")).pull(tmp_path / "copy"))
+
+
+def test_a_lost_workers_rows_on_s3_are_kept_and_the_rest_rerun(
+        ray_cluster: None, write_job: Callable[..., Path], s3_url: str) -> None:
+    from runner.remote import child
+
+    account = _Tripwire(after=10)
+    with Simulator(_models(ttft_s=0.2), account=account) as sim:
+        path = _job(write_job, sim, repeats=6, extra="limits: {concurrency: 4}")
+        done: list[Any] = []
+
+        def drive() -> None:
+            try:
+                done.append(runner.run(path, out_dir=s3_url, ray="", ray_workers=2,
+                                       flush_rows=1, flush_s=0.05))
+            finally:
+                account.event.set()
+
+        driver = threading.Thread(target=drive)
+        driver.start()
+        assert account.event.wait(120), "the run never sent its first requests"
+        victim = next(name for name in ray.util.list_named_actors() if name.endswith("-w0"))
+        ray.kill(ray.get_actor(victim))
+        driver.join(300)
+        assert not driver.is_alive()
+    outcome = done[0]
+    assert outcome.manifest["lost_workers"]
+    df = runner.read_results(child(s3_url, "onray", outcome.run_id))
+    assert len(df) == 60 and df["request_id"].is_unique and (df["status"] == "ok").all()
