@@ -22,6 +22,7 @@ import random
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .budget import Reservation
+from .collect import Collector
 from .config import Job, Limits, ModelSpec
 from .errors import ConfigError, ResultsError
 from .ledger import LEASE_HORIZON_S, LeasedBudget, Ledger, rate_keys
@@ -245,6 +247,56 @@ class _SharedGates:
         self.ledger.pause.remote(model.provider, seconds)
 
 
+class _WorkerCollector(Collector):
+    """A worker's collector: it counts the rows taken for writing until their part file is
+    written (and pushed to the run's URL, when the output is one)."""
+
+    __slots__ = ("remote", "writing", "written", "push_lock", "pushed")
+
+    def __init__(self, folder: Path, remote: Remote | None, **kwargs: Any) -> None:
+        super().__init__(folder, **kwargs)
+        self.remote = remote
+        self.writing = 0
+        self.written = threading.Condition()
+        self.push_lock = threading.Lock()
+        self.pushed: set[str] = set()
+
+    def take(self) -> list[dict[str, Any]]:
+        rows = super().take()
+        if rows:
+            with self.written:
+                self.writing += 1
+        return rows
+
+    def write_part(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            super().write_part(rows)
+            if self.remote is not None:
+                self._push()
+        finally:
+            if rows:
+                with self.written:
+                    self.writing -= 1
+                    self.written.notify_all()
+
+    def _push(self) -> None:
+        """Every part file not pushed yet (two writes may end in either order)."""
+        from .rundir import part_files
+
+        assert self.remote is not None
+        with self.push_lock:
+            new = [p for p in part_files(self.run_dir) if p.name not in self.pushed]
+            self.remote.push(self.run_dir, [p.relative_to(self.run_dir).as_posix()
+                                            for p in new])
+            self.pushed.update(p.name for p in new)
+
+    def wait_written(self) -> None:
+        """Return once no rows taken are still being written (run in a thread)."""
+        with self.written:
+            while self.writing:
+                self.written.wait()
+
+
 class WorkerActor:
     """One process of a Ray run: the worker pool over the chunks the driver hands it."""
 
@@ -256,7 +308,6 @@ class WorkerActor:
         # output to a URL: rows are written here first, then each part file is pushed there
         self.remote = Remote(remote) if remote is not None else None
         self.folder = Path(tempfile.mkdtemp(prefix="runner-worker-")) if remote else Path(folder)
-        self.pushed: set[str] = set()
         self.limits = limits
         self.ledger = ledger
         self.keys = set(rate_keys)
@@ -274,7 +325,6 @@ class WorkerActor:
         return _runner_file()
 
     async def start(self) -> None:
-        from .collect import Collector
         from .config import load_job
         from .health import Health
         from .limits import Gates
@@ -297,8 +347,9 @@ class WorkerActor:
         self.more = anyio.Event()
         self.short = anyio.Event()
         self.budget.on_short = self.short.set
-        collector = Collector(self.folder, write_csv=False, flush_rows=self.flush_rows,
-                              var_kinds=self.plan.var_kinds())
+        self.collector = collector = _WorkerCollector(
+            self.folder, self.remote, write_csv=False, flush_rows=self.flush_rows,
+            var_kinds=self.plan.var_kinds())
         self.run = RunState(local, self.run_id, providers, gates, self.budget, collector,
                             self.limits, time.perf_counter, self.chunks)
         self.health = Health()
@@ -334,20 +385,13 @@ class WorkerActor:
         return chunk.left
 
     async def _flush(self) -> None:
-        """Write the finished rows as a part file (and push it, when the output is a URL)."""
+        """Write the finished rows as a part file, and wait for the writes already under way
+        (a request's own flush may hold the chunk's last row): the chunk is then on disk (or at
+        the URL), so a worker lost later never takes a row the driver counts as done."""
         from .worker import flush
 
         await flush(self.run)
-        if self.remote is not None:
-            await anyio.to_thread.run_sync(self._push)
-
-    def _push(self) -> None:
-        from .rundir import part_files
-
-        assert self.remote is not None
-        new = [p for p in part_files(self.folder) if p.name not in self.pushed]
-        self.remote.push(self.folder, [p.relative_to(self.folder).as_posix() for p in new])
-        self.pushed.update(p.name for p in new)
+        await anyio.to_thread.run_sync(self.collector.wait_written)
 
     def _wake(self) -> None:
         event, self.more = self.more, anyio.Event()
@@ -357,6 +401,8 @@ class WorkerActor:
                 chunk.done.set()
 
     async def _serve(self) -> None:
+        from .worker import flush
+
         async def work() -> None:
             from .worker import handle
 
@@ -371,7 +417,7 @@ class WorkerActor:
         async def flush_every() -> None:
             while True:
                 await anyio.sleep(self.flush_s)
-                await self._flush()
+                await flush(self.run)
 
         async with anyio.create_task_group() as outer:
             outer.start_soon(flush_every)
