@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import warnings
 from collections.abc import Sequence
@@ -29,6 +30,18 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         self.exit(EXIT_BAD_INPUT, f"runner: error: {message}\n")
+
+
+def _out(text: str) -> Path | str:
+    """--out: a folder, or a filesystem URL (kept as text: a Path would fold its `//`)."""
+    from .remote import check_url, is_url
+
+    if not is_url(text):
+        return Path(text)
+    try:
+        return check_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -56,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a job file")
     run.add_argument("job", type=Path)
-    run.add_argument("--out", type=Path, help="results root (default: the job's output.dir)")
+    run.add_argument("--out", type=_out, help="results root, a folder or (with --ray) a "
+                     "filesystem URL such as s3://bucket/prefix (default: the job's output.dir)")
     run.add_argument("--concurrency", type=_positive_int, help="requests in flight")
     run.add_argument("--rpm", type=_positive_float, help="requests per minute, whole job")
     run.add_argument("--budget-usd", type=_positive_float, help="never spend more than this")
@@ -402,7 +416,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _print_load(outcome)
     if outcome.status == "interrupted":
         again = f"--shard {args.shard} --run-id {outcome.run_id} --resume" if shard else \
-            f"--resume {outcome.run_dir}" + (" --ray" if args.ray is not None else "")
+            f"--resume {shlex.quote(str(outcome.url or outcome.run_dir))}" + (
+                " --ray" if args.ray is not None else "")
         print(f"runner: interrupted; continue with: runner run {args.job} {again}",
               file=sys.stderr)
         return EXIT_INTERRUPTED

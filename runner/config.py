@@ -25,6 +25,7 @@ from .pricing import Price, catalogue_prices
 from .prompts import Message as Message
 from .prompts import Prompt as Prompt
 from .prompts import resolve_prompts
+from .remote import is_url
 from .sources import Problems, invalid, load_yaml, locations
 from .stored import STORED, check_stored, check_stored_judges
 
@@ -135,6 +136,7 @@ class Job:
     judges: Mapping[tuple[str, str | None], ModelSpec] = field(default_factory=dict)
     cache: bool = False           # answer identical requests from the response cache
     load: Load | None = None      # a load test (`load:`): when each request is sent
+    output_url: str | None = None  # output.dir when it is a filesystem URL (a Ray run's)
 
 
 def load_job(path: str | os.PathLike[str]) -> Job:
@@ -275,6 +277,7 @@ def _resolve(path: Path, job: schema.JobIn, raw: dict[str, Any],
         else Path.cwd() / job.output.dir,
         write_csv=job.output.csv, simulator=job.simulator, snapshot=raw,
         checks=checks, judges=judges, cache=job.cache, load=load,
+        output_url=job.output.dir if is_url(job.output.dir) else None,
     )
     if not (skip.get("models") or skip.get("checks")):  # else models[i] would name another
         _check_offers(resolved)

@@ -134,7 +134,8 @@ def print_summary(outcome: Any) -> None:
         notes.append(("BUDGET EXCEEDED", "bold red", f"spent {usd(budget['spent_usd'])} of "
                       f"{usd(budget['budget_usd'])} (over by {usd(budget['overspent_usd'])})"))
     checks = ", checks.parquet" if (outcome.run_dir / "checks.parquet").is_file() else ""
-    notes.append(("", "", f"results: {outcome.run_dir}/requests.parquet (also requests.csv, "
+    where = f"{outcome.url}: " if outcome.url else f"{outcome.run_dir}/"  # issue 13: a URL
+    notes.append(("", "", f"results: {where}requests.parquet (also requests.csv, "
                   f"summary.csv, run.json{checks})"))
     if not tty:
         for label, _, text in notes:

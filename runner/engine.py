@@ -46,6 +46,7 @@ from .load_plan import expected_rows
 from .manifest import Manifest
 from .plan import Plan, Request
 from .providers import Providers, open_providers
+from .remote import refuse_local
 from .result import SKIPPED
 from .resume import Previous, load_previous, plan_summary
 from .rundir import RunLock, find_run_dir, is_run_dir, new_run_id, run_dir_for, shard_root
@@ -67,15 +68,16 @@ class RunOutcome:
     status: str
     counts: dict[str, int]
     manifest: dict[str, Any] = field(repr=False)
+    url: str | None = None   # where the run is when its output is a filesystem URL (issue 13)
 
     @property
     def rows(self) -> pd.DataFrame:
         from .results import read_results
 
-        return read_results(self.run_dir)
+        return read_results(self.url or self.run_dir)
 
 
-async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | None = None,
+async def run_job(job: Job, *, out_dir: Path | str | None = None, concurrency: int | None = None,
                   rpm: float | None = None, budget_usd: float | None = None,
                   progress: Progress | None = None, refresh_prices: bool = False,
                   resume: str | Path | None = None, retry_errors: bool = False,
@@ -115,6 +117,8 @@ async def run_job(job: Job, *, out_dir: Path | None = None, concurrency: int | N
                                 retry_errors=retry_errors, force=force,
                                 handle_signals=handle_signals, grace_s=grace_s,
                                 on_stopping=on_stopping, flush_rows=flush_rows, flush_s=flush_s)
+    refuse_local(out_dir if out_dir is not None else job.output_url)  # issue 13: Ray only
+    out_dir = Path(out_dir) if out_dir is not None else None
     plan = Plan(job)
     if job.load is not None and (shard is not None or batch or cache):
         raise ConfigError("a load test (load:) runs one schedule in one process: drop "
@@ -246,14 +250,23 @@ async def _run(job: Job, plan: Plan | PlanView, limits: Limits, providers: Provi
         raise ResultsError(f"{failure} (rows so far are kept in {run_dir}; continue with "
                            "--resume once fixed)") if isinstance(failure, ResultsError) \
             else failure
-    rejected = [name for name, why in run.stop_reason.items() if why == "auth"]
-    if rejected:
-        provider = job.providers[rejected[0]]
-        raise ProviderError(
-            f"provider {provider.name!r} rejected the API key in {provider.api_key_env} "
-            f"(HTTP 401): check that key; the run stopped after the first rejection "
-            f"({run.counts[SKIPPED]} requests not sent; rows in {run_dir})")
+    rejected = key_rejected(job, run.stop_reason, run.counts[SKIPPED], run_dir)
+    if rejected is not None:
+        raise rejected
     return RunOutcome(run_dir, run_id, status, dict(final["counts"]), final)
+
+
+def key_rejected(job: Job, stop_reason: dict[str, str], skipped: int,
+                 run_dir: Path | str) -> ProviderError | None:
+    """The one line for a run stopped by a rejected key (HTTP 401), or None (also a Ray run's)."""
+    rejected = [name for name, why in stop_reason.items() if why == "auth"]
+    if not rejected:
+        return None
+    provider = job.providers[rejected[0]]
+    return ProviderError(
+        f"provider {provider.name!r} rejected the API key in {provider.api_key_env} "
+        f"(HTTP 401): check that key; the run stopped after the first rejection "
+        f"({skipped} requests not sent; rows in {run_dir})")
 
 
 async def _end(run: RunState, manifest: Manifest, health: Health, status: str,

@@ -8,7 +8,9 @@ folder of the run directory (a filesystem every node shares). One ledger actor
 (`ledger.Ledger`) owns the job's budget, rates and 429 pauses, grants them in leases, and
 journals the money leases in the run's spend.journal: a lease is a reservation there, so a lost
 worker's lease counts as spent and a resume reads the journal like a local run's. A worker lost
-mid-chunk has the indices it wrote no row for sent by the others.
+mid-chunk has the indices it wrote no row for sent by the others. With a filesystem URL as the
+output (`remote`), the workers push their part files there and the driver, working in a local
+copy of the run, pulls them, merges and publishes the run.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import asyncio
 import contextlib
 import math
 import random
+import shutil
 import signal
+import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,9 +34,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .budget import Reservation
+from .collect import Collector
 from .config import Job, Limits, ModelSpec
 from .errors import ConfigError, ResultsError
 from .ledger import LEASE_HORIZON_S, LeasedBudget, Ledger, rate_keys
+from .remote import Remote, child, is_url, publish_run, pull_run
+from .rundir import RUN_JSON, SHARDS
 
 if TYPE_CHECKING:
     from .engine import RunOutcome
@@ -239,14 +247,67 @@ class _SharedGates:
         self.ledger.pause.remote(model.provider, seconds)
 
 
+class _WorkerCollector(Collector):
+    """A worker's collector: it counts the rows taken for writing until their part file is
+    written (and pushed to the run's URL, when the output is one)."""
+
+    __slots__ = ("remote", "writing", "written", "push_lock", "pushed")
+
+    def __init__(self, folder: Path, remote: Remote | None, **kwargs: Any) -> None:
+        super().__init__(folder, **kwargs)
+        self.remote = remote
+        self.writing = 0
+        self.written = threading.Condition()
+        self.push_lock = threading.Lock()
+        self.pushed: set[str] = set()
+
+    def take(self) -> list[dict[str, Any]]:
+        rows = super().take()
+        if rows:
+            with self.written:
+                self.writing += 1
+        return rows
+
+    def write_part(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            super().write_part(rows)
+            if self.remote is not None:
+                self._push()
+        finally:
+            if rows:
+                with self.written:
+                    self.writing -= 1
+                    self.written.notify_all()
+
+    def _push(self) -> None:
+        """Every part file not pushed yet (two writes may end in either order)."""
+        from .rundir import part_files
+
+        assert self.remote is not None
+        with self.push_lock:
+            new = [p for p in part_files(self.run_dir) if p.name not in self.pushed]
+            self.remote.push(self.run_dir, [p.relative_to(self.run_dir).as_posix()
+                                            for p in new])
+            self.pushed.update(p.name for p in new)
+
+    def wait_written(self) -> None:
+        """Return once no rows taken are still being written (run in a thread)."""
+        with self.written:
+            while self.writing:
+                self.written.wait()
+
+
 class WorkerActor:
     """One process of a Ray run: the worker pool over the chunks the driver hands it."""
 
     def __init__(self, name: str, job_path: str, run_id: str, folder: str, limits: Limits,
                  budget_usd: float | None, known_spent_usd: float, rate_keys: list[str],
-                 ledger: Any, refresh_prices: bool, flush_rows: int, flush_s: float) -> None:
+                 ledger: Any, refresh_prices: bool, flush_rows: int, flush_s: float,
+                 remote: str | None = None) -> None:
         self.name, self.job_path, self.run_id = name, job_path, run_id
-        self.folder = Path(folder)
+        # output to a URL: rows are written here first, then each part file is pushed there
+        self.remote = Remote(remote) if remote is not None else None
+        self.folder = Path(tempfile.mkdtemp(prefix="runner-worker-")) if remote else Path(folder)
         self.limits = limits
         self.ledger = ledger
         self.keys = set(rate_keys)
@@ -264,7 +325,6 @@ class WorkerActor:
         return _runner_file()
 
     async def start(self) -> None:
-        from .collect import Collector
         from .config import load_job
         from .health import Health
         from .limits import Gates
@@ -287,8 +347,9 @@ class WorkerActor:
         self.more = anyio.Event()
         self.short = anyio.Event()
         self.budget.on_short = self.short.set
-        collector = Collector(self.folder, write_csv=False, flush_rows=self.flush_rows,
-                              var_kinds=self.plan.var_kinds())
+        self.collector = collector = _WorkerCollector(
+            self.folder, self.remote, write_csv=False, flush_rows=self.flush_rows,
+            var_kinds=self.plan.var_kinds())
         self.run = RunState(local, self.run_id, providers, gates, self.budget, collector,
                             self.limits, time.perf_counter, self.chunks)
         self.health = Health()
@@ -320,10 +381,17 @@ class WorkerActor:
         self._wake()
         if indices and not self.run.stopping:
             await chunk.done.wait()
+        await self._flush()
+        return chunk.left
+
+    async def _flush(self) -> None:
+        """Write the finished rows as a part file, and wait for the writes already under way
+        (a request's own flush may hold the chunk's last row): the chunk is then on disk (or at
+        the URL), so a worker lost later never takes a row the driver counts as done."""
         from .worker import flush
 
         await flush(self.run)
-        return chunk.left
+        await anyio.to_thread.run_sync(self.collector.wait_written)
 
     def _wake(self) -> None:
         event, self.more = self.more, anyio.Event()
@@ -413,15 +481,16 @@ class WorkerActor:
         if self.task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-        from .worker import flush
-
-        await flush(self.run)
+        await self._flush()
         budget = self.budget
         await self.ledger.grant.remote(self.name, budget.report(), budget.unused_usd, 0.0)
         shared = self.run.gates.shared
         if isinstance(shared, _SharedGates):
             self.ledger.give_back.remote({k: v for k, v in shared.have.items() if v > 0})
-        await anyio.to_thread.run_sync(self.run.collector.finish)
+        if self.remote is None:
+            await anyio.to_thread.run_sync(self.run.collector.finish)
+        else:  # its parts are pushed: the driver merges them
+            shutil.rmtree(self.folder, ignore_errors=True)
         await self.stack.aclose()
         return {"counts": dict(self.run.counts), "stopped": dict(self.run.stop_reason),
                 "budget": budget.figures()}
@@ -430,33 +499,47 @@ class WorkerActor:
 # -- the driver ---------------------------------------------------------------------------------
 
 async def run_on_ray(job: Job, *, address: str | None, workers: int | None,
-                     out_dir: Path | None, concurrency: int | None, rpm: float | None,
+                     out_dir: Path | str | None, concurrency: int | None, rpm: float | None,
                      budget_usd: float | None, refresh_prices: bool,
                      resume: str | Path | None, retry_errors: bool, force: bool,
                      handle_signals: bool, grace_s: float,
                      on_stopping: Callable[[float], None] | None, flush_rows: int,
                      flush_s: float, chunk_size: int | None = None) -> RunOutcome:
     """`engine.run_job` on a Ray cluster (see the module's docstring); returns a RunOutcome."""
-    from .engine import RunOutcome, run_limits  # noqa: F811
+    from .engine import RunOutcome, key_rejected, run_limits  # noqa: F811
     from .journal import read_spent
     from .manifest import Manifest
     from .plan import Plan
+    from .result import SKIPPED
     from .resume import load_previous, plan_summary
     from .rundir import RunLock, find_run_dir, new_run_id, run_dir_for, scan, shard_dir
     from .shards import merge
 
     runner_file = _runner_file()
     ray = require_ray()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     if not ray.is_initialized():
         ray.init(address=address or None, runtime_env=_runtime_env(), include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     plan = Plan(job)
     limits = run_limits(job, concurrency, rpm)
-    root = out_dir or job.output_dir
+    # output to a URL: the driver works in a local copy of the run (its journal, the merge)
+    # and publishes it; the workers push their parts there themselves
+    url = out_dir if isinstance(out_dir, str) and is_url(out_dir) else \
+        job.output_url if out_dir is None else None
+    if resume is not None and is_url(str(resume)):
+        url = url or str(resume)
+    remote_run: Remote | None = None
+    root = Path(tempfile.mkdtemp(prefix="runner-ray-")) if url else \
+        Path(out_dir or job.output_dir)
     budget_usd = budget_usd if budget_usd is not None else job.budget_usd
     with ExitStack() as locks:
         previous = None
         if resume is not None:
+            if url:
+                copy, run_url = await anyio.to_thread.run_sync(
+                    pull_run, url, job.name, str(resume), root)
+                remote_run, resume = Remote(run_url), copy
             run_dir = find_run_dir(root, job.name, str(resume))
             locks.enter_context(RunLock(run_dir))
             previous = load_previous(run_dir, job, force=force)
@@ -465,6 +548,8 @@ async def run_on_ray(job: Job, *, address: str | None, workers: int | None,
             run_id = new_run_id()
             run_dir = run_dir_for(root, job.name, run_id)
             locks.enter_context(RunLock(run_dir))
+            if url:
+                remote_run = Remote(child(url, job.name, run_id))
         skip = previous.skip(retry_errors) if previous is not None else set()
         todo = [i for i in range(len(plan)) if not skip or plan[i].request_id not in skip]
         spent = read_spent(run_dir)
@@ -474,7 +559,11 @@ async def run_on_ray(job: Job, *, address: str | None, workers: int | None,
         manifest = Manifest(run_dir, job, run_id, plan_size=len(plan), limits=limits,
                             plan=plan_summary(job), previous=previous)
         rates = job_rates(job, limits)
-        ledger = ray.remote(LedgerActor).options(num_cpus=0, runtime_env=_runtime_env()).remote(
+        # its journal is the driver's local copy when the output is a URL: on the driver's node
+        here = {"scheduling_strategy": NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False)} if remote_run else {}
+        ledger = ray.remote(LedgerActor).options(num_cpus=0, runtime_env=_runtime_env(),
+                                                 **here).remote(
             str(run_dir), budget_usd, spent_usd, rates, session)
         spawned_handles: list[Any] = [ledger]
 
@@ -502,7 +591,7 @@ async def run_on_ray(job: Job, *, address: str | None, workers: int | None,
                 scheduling_strategy="SPREAD", max_concurrency=10_000).remote(
                 name, str(job.path), run_id, str(shard_dir(run_dir, name)), worker_limits,
                 budget_usd, spent_usd, sorted(rates), ledger, refresh_prices, flush_rows,
-                flush_s)
+                flush_s, remote_run.child(SHARDS, name).url if remote_run else None)
             spawned_handles.append(handle)
             await ledger.register.remote(name, handle)
             imported = await handle.where.remote()
@@ -517,11 +606,15 @@ async def run_on_ray(job: Job, *, address: str | None, workers: int | None,
 
         live: dict[str, Any] = dict([await spawn() for _ in range(count)])
         manifest.write("running", shards="ray")
+        if remote_run is not None:  # the run is listed there from now on
+            await anyio.to_thread.run_sync(remote_run.push, run_dir, [RUN_JSON])
         lost: list[str] = []
         state = {"stopping": False}
 
         def undone(name: str, indices: list[int]) -> list[int]:
             """The indices a lost worker wrote no row for."""
+            if remote_run is not None:
+                remote_run.child(SHARDS, name).pull(shard_dir(run_dir, name))
             done: set[str] = set()
             for _, table in scan(shard_dir(run_dir, name), ["request_id"]):
                 if table is not None:
@@ -534,7 +627,7 @@ async def run_on_ray(job: Job, *, address: str | None, workers: int | None,
                 try:
                     await handle.run_chunk.remote(chunk)
                 except ray.exceptions.RayActorError:
-                    chunks.appendleft(undone(name, chunk))
+                    chunks.appendleft(await anyio.to_thread.run_sync(undone, name, chunk))
                     if live.pop(name, None) is not None:
                         lost.append(name)
                         await ledger.lost.remote(name)
@@ -586,14 +679,23 @@ async def run_on_ray(job: Job, *, address: str | None, workers: int | None,
             figures = {**await ledger.close.remote(status == "completed"),
                        **_local_figures(local)}
             kill_all()
+            if remote_run is not None:  # the workers' parts, here to be merged
+                await anyio.to_thread.run_sync(remote_run.child(SHARDS).pull,
+                                               run_dir / SHARDS)
             merged = await anyio.to_thread.run_sync(
                 lambda: merge(run_dir, write_csv=job.write_csv, lock=False))
             counts = dict(merged.get("counts") or {})
             final = manifest.write(status, budget=figures, counts=counts,
                                    totals=merged.get("totals") or {}, stopped=stopped,
                                    shards="ray", workers=count, lost_workers=lost)
+            if remote_run is not None:
+                await anyio.to_thread.run_sync(publish_run, run_dir, remote_run)
             watcher.cancel_scope.cancel()
-    return RunOutcome(run_dir, run_id, status, counts, final)
+    where = remote_run.url if remote_run is not None else None
+    rejected = key_rejected(job, stopped, counts.get(SKIPPED, 0), where or run_dir)
+    if rejected is not None:  # as a local run: the one line, exit 2
+        raise rejected
+    return RunOutcome(run_dir, run_id, status, counts, final, url=where)
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -7,11 +7,13 @@ One row is a `result.Result`; this module reads many of them back."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ResultsError
+from .remote import Remote, is_url
 from .rundir import read_run, run_dirs
 
 if TYPE_CHECKING:
@@ -25,6 +27,13 @@ def read_results(path: str | Path) -> pd.DataFrame:
 
     import pyarrow as pa
 
+    if is_url(path):  # a run (or job) behind a filesystem URL: read from a local copy
+        with tempfile.TemporaryDirectory(prefix="runner-read-") as copy:
+            Remote(str(path)).pull(Path(copy))
+            if not any(Path(copy).iterdir()):
+                raise ResultsError(f"{path}: no such results folder (give a run or a job "
+                                   "directory)")
+            return read_results(copy)
     path = Path(path)
     if not path.is_dir():
         raise ResultsError(f"{path}: no such results folder (give a run or a job directory)")

@@ -306,6 +306,13 @@ class OutputIn(Strict):
     dir: str = "results"
     csv: bool = True
 
+    @field_validator("dir")
+    @classmethod
+    def _no_key_in_url(cls, value: str) -> str:  # issue 13: a URL output (a Ray run's)
+        from .remote import check_url, is_url
+
+        return check_url(value) if is_url(value) else value
+
 
 CHECK_TYPES = ("equals", "contains", "icontains", "not_contains", "regex", "json_valid",
                "json_schema", "max_latency_s", "max_cost_usd", "python", "llm_judge",

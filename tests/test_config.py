@@ -210,6 +210,9 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
     ("load-with-batch", "name: t\n" + LOCAL + "models: [{id: m/a, provider: local, batch: true}]\n"
      + OK_PROMPTS + "load: {mode: constant, rate_rps: 5, requests: 4}\n", {}, "job.yaml",
      "load: a load test sends on a schedule; batch mode"),
+    # issue 13: an output URL is stored in run.json, so it must not hold a key
+    ("output-url-with-key", HEAD + OK_PROMPTS + "output: {dir: 's3://AKIAX:SECRETX@b/p'}\n", {},
+     "job.yaml", "output.dir: s3:// URL holds credentials (got user:key@, not shown)"),
 ]
 BAD_IDS = [case[0] for case in BAD]
 RUN_TOO = {"missing-job-file", "unknown-top-key", "model-provider", "sandbox-escape",
