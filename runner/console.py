@@ -134,7 +134,8 @@ def print_summary(outcome: Any) -> None:
         notes.append(("BUDGET EXCEEDED", "bold red", f"spent {usd(budget['spent_usd'])} of "
                       f"{usd(budget['budget_usd'])} (over by {usd(budget['overspent_usd'])})"))
     checks = ", checks.parquet" if (outcome.run_dir / "checks.parquet").is_file() else ""
-    where = f"{outcome.url}: " if outcome.url else f"{outcome.run_dir}/"  # issue 13: a URL
+    url = getattr(outcome, "url", None)  # issue 13: a Ray run written to a filesystem URL
+    where = f"{url}: " if url else f"{outcome.run_dir}/"
     notes.append(("", "", f"results: {where}requests.parquet (also requests.csv, "
                   f"summary.csv, run.json{checks})"))
     if not tty:
