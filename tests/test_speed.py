@@ -36,6 +36,20 @@ def test_the_run_path_imports_neither_pandas_nor_pyarrow_nor_the_sdk() -> None:
     assert not {"pandas", "pyarrow", "openai", "numpy"} & loaded
 
 
+def test_the_run_path_reads_no_ca_certificate_before_a_tls_handshake() -> None:
+    """Every module `runner run` imports, batch mode's included: no SSL context has parsed the
+    system's CA bundle yet (about a seventh of a 1-request run when aiohttp is imported
+    directly); each is completed before its first handshake (tests/test_lazy_tls.py)."""
+    out = subprocess.run([sys.executable, "-c", """
+import gc, ssl
+import runner.cli, runner.engine, runner.batch, runner.worker, runner.client
+loaded = [c for c in gc.get_objects() if type(c) is ssl.SSLContext
+          and c.cert_store_stats()["x509_ca"] > 0]
+print(len(loaded))
+"""], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["0"]
+
+
 def test_writing_rows_and_the_summary_does_not_import_pandas(tmp_path: Path) -> None:
     code = f"""
 from pathlib import Path
