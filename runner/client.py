@@ -388,8 +388,30 @@ async def _read_upto(resp: aiohttp.ClientResponse, max_bytes: int) -> tuple[byte
         chunks.append(chunk)
 
 
+# the bodies of the last plan unit's messages, one per model (a unit's models and repeats follow
+# it in plan order and share its messages and params objects; a body has no per-request field)
+_unit_bodies: tuple[object, dict[int, tuple[tuple[object, ...], bytes]]] = ((), {})
+
+
 def build_body(provider: Provider, request: Request, stream: bool) -> bytes:
     """The JSON body of a chat completion; OpenRouter-only fields only go to OpenRouter."""
+    global _unit_bodies
+    messages, bodies = _unit_bodies
+    if messages is not request.messages:
+        bodies = {}
+        _unit_bodies = (request.messages, bodies)
+    known = bodies.get(id(request.model))
+    if known is not None:
+        (was_provider, was_model, was_params, was_stream), body = known
+        if was_provider is provider and was_model is request.model \
+                and was_params is request.params and was_stream is stream:
+            return body
+    body = _body(provider, request, stream)
+    bodies[id(request.model)] = ((provider, request.model, request.params, stream), body)
+    return body
+
+
+def _body(provider: Provider, request: Request, stream: bool) -> bytes:
     params = dict(request.params)
     params.pop("stream", None)
     body: dict[str, Any] = {

@@ -51,7 +51,7 @@ class Plan(Sequence[Request]):
     """All requests of a job, computed on demand."""
 
     __slots__ = ("job", "_prefix", "_units", "_models", "_repeats", "_param_cache",
-                 "_templates", "_keys", "_last")
+                 "_templates", "_keys", "_last", "_plain")
 
     def __init__(self, job: Job) -> None:
         self.job = job
@@ -66,6 +66,7 @@ class Plan(Sequence[Request]):
         self._keys: dict[tuple[int, int], str] = {}   # (model, prompt) -> id key (datasets)
         # the last dataset unit rendered: its models and repeats follow it in plan order
         self._last: tuple[int, int, _Unit] | None = None
+        self._plain: _Plain | None = None  # the same for the last unit of a prompt without one
 
     def __len__(self) -> int:
         return self._units * self._repeats * self._models
@@ -90,7 +91,30 @@ class Plan(Sequence[Request]):
         model = self.job.models[m]
         if prompt.dataset is not None:
             return self._row_request(i, m, p, unit - self._prefix[p], repeat)
-        variables = combination(prompt, unit - self._prefix[p])
+        c = unit - self._prefix[p]
+        plain = self._plain
+        if plain is None or plain.p != p or plain.c != c:
+            plain = self._plain = self._plain_unit(p, c)
+        ids = plain.ids.get(m)
+        if ids is None:
+            params = self._params(m, p)
+            ids = plain.ids[m] = (params, _id_hasher(model, prompt.id, plain.variables,
+                                                     plain.messages, params))
+        params, hasher = ids
+        hasher = hasher.copy()
+        hasher.update(f"{repeat}]".encode())
+        messages = plain.messages
+        return Request(index=i, request_id=hasher.hexdigest()[:20],
+                       model=model, prompt_id=prompt.id, repeat=repeat, vars=plain.variables,
+                       messages=plain.first, params=params,
+                       turns=messages[len(messages) - prompt.turns:] if prompt.turns else (),
+                       metadata=prompt.metadata)
+
+    def _plain_unit(self, p: int, c: int) -> _Plain:
+        """Combination c of prompt p (no dataset), rendered once for all its models and
+        repeats (they follow it in plan order)."""
+        prompt = self.job.prompts[p]
+        variables = combination(prompt, c)
         try:
             messages = tuple(Message(msg.role, render_content(msg.content, template, variables))
                              for msg, template in zip(prompt.messages, self.templates(p),
@@ -98,14 +122,7 @@ class Plan(Sequence[Request]):
         except TemplateError as exc:  # only some var values can trip the sandbox or a filter
             raise JobFileError(self.job.path, f"prompts[id={prompt.id}]",
                                f"template cannot be rendered with {variables}: {exc}") from None
-        params = self._params(m, p)
-        return Request(index=i,
-                       request_id=request_id(model, prompt.id, variables, messages, repeat,
-                                             params),
-                       model=model, prompt_id=prompt.id, repeat=repeat, vars=variables,
-                       messages=first_turn(messages, prompt.turns), params=params,
-                       turns=messages[len(messages) - prompt.turns:] if prompt.turns else (),
-                       metadata=prompt.metadata)
+        return _Plain(p, c, variables, messages, first_turn(messages, prompt.turns), {})
 
     def _row_request(self, i: int, m: int, p: int, c: int, repeat: int) -> Request:
         """Request i of a dataset prompt: combination c is row c // inner, other vars c % inner.
@@ -230,6 +247,19 @@ class Plan(Sequence[Request]):
 
 
 @dataclass(frozen=True, slots=True)
+class _Plain:
+    """One var combination of a prompt without a dataset, rendered, with the request-id hash
+    of each model so far fed everything but the repeat (`_id_hasher`)."""
+
+    p: int
+    c: int
+    variables: Mapping[str, Any]
+    messages: tuple[Message, ...]
+    first: tuple[Message, ...]      # what is sent first (a conversation's first turn)
+    ids: dict[int, tuple[Mapping[str, Any], Any]]  # model -> (params, sha256 before repeat)
+
+
+@dataclass(frozen=True, slots=True)
 class _Unit:
     """One row of a dataset prompt with one combination of its other vars, rendered."""
 
@@ -263,13 +293,22 @@ def request_id(model: ModelSpec, prompt_id: str, variables: Mapping[str, Any],
                messages: tuple[Message, ...], repeat: int,
                params: Mapping[str, Any] | None = None) -> str:
     """A stable id: the same request in a rerun or a resume gets the same id."""
+    hasher = _id_hasher(model, prompt_id, variables, messages,
+                        model.params if params is None else params)
+    hasher.update(f"{repeat}]".encode())
+    return str(hasher.hexdigest()[:20])
+
+
+def _id_hasher(model: ModelSpec, prompt_id: str, variables: Mapping[str, Any],
+               messages: tuple[Message, ...], params: Mapping[str, Any]) -> Any:
+    """sha256 fed the JSON of a request id's key up to its last item, the repeat (the key is
+    a JSON list; sort_keys orders only the dicts inside it, so the repeat stays last and a
+    unit's requests share everything before it)."""
     # label and vars too: one model under two aliases, or two var values that render the same
     # text, are still different requests
     key = json.dumps(
         [model.id, model.provider, model.label, prompt_id, dict(variables),
-         [[m.role, m.content] for m in messages],
-         dict(model.params if params is None else params), dict(model.extra_body),
-         repeat],
+         [[m.role, m.content] for m in messages], dict(params), dict(model.extra_body)],
         sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str,
     )
-    return hashlib.sha256(key.encode()).hexdigest()[:20]
+    return hashlib.sha256(f"{key[:-1]},".encode())

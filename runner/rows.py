@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from .client import Attempt
 from .content import recorded_messages
@@ -19,20 +21,58 @@ def new_result(run_id: str, job: str, request: Request,
     """The row of a request before it is sent. `redact` (the run's redactor) takes every
     secret of the job out of the inputs it records: a key pasted into a prompt, its metadata or
     a dataset must not reach the results."""
-    clean = redact or _same
+    inputs = _inputs(request, redact)
     return Result(
         run_id=run_id, job=job, request_id=request.request_id, index=request.index,
         model=request.model.label, model_id=request.model.id, provider=request.model.provider,
-        prompt_id=request.prompt_id, repeat=request.repeat,
+        prompt_id=request.prompt_id, repeat=request.repeat, vars_json=inputs.vars_json,
+        stream=bool(request.params.get("stream", True)),
+        row_id=request.row_id, messages_json=inputs.messages_json, target=inputs.target,
+        metadata_json=inputs.metadata_json, var_values=inputs.var_values,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Inputs:
+    """What a row records of its request's inputs, redacted; the same for every model and
+    repeat of a plan unit, which share the same vars, messages and metadata objects."""
+
+    of: tuple[object, ...]          # the objects it was made from (held: ids stay theirs)
+    vars_json: str
+    messages_json: str
+    target: str | None
+    metadata_json: str | None
+    var_values: dict[str, Any] | None  # shared by the unit's rows: never changed in place
+
+
+_last_inputs: _Inputs | None = None
+
+
+def _inputs(request: Request, redact: Callable[[str], str] | None) -> _Inputs:
+    """The recorded inputs of `request`, made once per plan unit (the plan hands a unit's
+    requests the same objects; the last unit's are kept)."""
+    global _last_inputs
+    last = _last_inputs
+    if last is not None:
+        vars_, messages, turns, target, metadata, cleaner = last.of
+        if vars_ is request.vars and messages is request.messages and turns is request.turns \
+                and target is request.target and metadata is request.metadata \
+                and cleaner is redact:
+            return last
+    of = (request.vars, request.messages, request.turns, request.target, request.metadata,
+          redact)
+    clean = redact or _same
+    made = _Inputs(
+        of,
         vars_json=clean(json.dumps(dict(request.vars), sort_keys=True, ensure_ascii=False,
                                    default=str)),
-        stream=bool(request.params.get("stream", True)),
-        row_id=request.row_id, messages_json=clean(messages_json(request)),
+        messages_json=clean(messages_json(request)),
         target=clean(request.target) if request.target is not None else None,
         metadata_json=clean(json_text(dict(request.metadata))) if request.metadata else None,
         var_values={k: clean(v) if isinstance(v, str) else v for k, v in request.vars.items()}
-        if request.vars else None,
-    )
+        if request.vars else None)
+    _last_inputs = made
+    return made
 
 
 def _same(text: str) -> str:

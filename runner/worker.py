@@ -452,8 +452,10 @@ def _on_failure(run: RunState, provider: str, attempt: Attempt) -> None:
         run.stop_reason.setdefault(provider, "insufficient_credits")
 
 
+@functools.lru_cache(maxsize=64)  # a run has a few merged Limits; each attempt asks
 def _send_limits(limits: Limits) -> dict[str, Any]:
-    """The time and size bounds of one attempt (engine fills every default into run.limits)."""
+    """The time and size bounds of one attempt (engine fills every default into run.limits);
+    passed as `**` keywords, never changed."""
     bounds = {"max_response_bytes": limits.max_response_bytes,
               "max_error_bytes": limits.max_error_bytes,
               "max_stream_events": limits.max_stream_events}

@@ -36,6 +36,20 @@ def test_the_run_path_imports_neither_pandas_nor_pyarrow_nor_the_sdk() -> None:
     assert not {"pandas", "pyarrow", "openai", "numpy"} & loaded
 
 
+def test_the_run_path_reads_no_ca_certificate_before_a_tls_handshake() -> None:
+    """Every module `runner run` imports, batch mode's included: no SSL context has parsed the
+    system's CA bundle yet (about a seventh of a 1-request run when aiohttp is imported
+    directly); each is completed before its first handshake (tests/test_lazy_tls.py)."""
+    out = subprocess.run([sys.executable, "-c", """
+import gc, ssl
+import runner.cli, runner.engine, runner.batch, runner.worker, runner.client
+loaded = [c for c in gc.get_objects() if type(c) is ssl.SSLContext
+          and c.cert_store_stats()["x509_ca"] > 0]
+print(len(loaded))
+"""], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["0"]
+
+
 def test_writing_rows_and_the_summary_does_not_import_pandas(tmp_path: Path) -> None:
     code = f"""
 from pathlib import Path
@@ -237,3 +251,35 @@ print_summary(SimpleNamespace(run_dir=Path({str(tmp_path)!r}), run_id="r1", stat
                               "$0.000021"]
     assert "BUDGET EXCEEDED: spent $2.000000 of $1.000000 (over by $1.000000)" in out
     assert out[-2].startswith("results: ") and out[-1] == "False"
+
+
+def test_a_plan_unit_is_rendered_once_for_all_its_models_and_repeats(tmp_path: Path) -> None:
+    """The requests of one var combination share its rendered messages, the row inputs recorded
+    from them and their request body; ids stay what `request_id` makes of each request."""
+    from runner.client import build_body
+    from runner.config import load_job
+    from runner.plan import Plan, request_id
+    from runner.redact import Redactor
+    from runner.rows import new_result
+
+    path = tmp_path / "job.yaml"
+    path.write_text("name: j\nprovider: local\nproviders:\n  local: {base_url: "
+                    "'http://127.0.0.1:9/v1'}\nmodels: [a/m, b/m]\n"
+                    "prompts: ['Say {{ word }}.']\nvars: {word: [up, down]}\nrepeats: 3\n")
+    job = load_job(path)
+    plan, redact = Plan(job), Redactor(())
+    provider = job.providers["local"]
+    requests = list(plan)
+    assert len(requests) == 12 and len({r.request_id for r in requests}) == 12
+    for r in requests:
+        assert r.request_id == request_id(r.model, r.prompt_id, dict(r.vars), r.messages,
+                                          r.repeat, r.params)
+    unit, other = requests[:6], requests[6:]
+    rows = [new_result("run", "j", r, redact) for r in unit]
+    assert all(r.messages is unit[0].messages for r in unit)
+    assert all(row.messages_json is rows[0].messages_json for row in rows)
+    assert rows[0].vars_json == '{"word": "up"}'
+    assert new_result("run", "j", other[0], redact).vars_json == '{"word": "down"}'
+    bodies = [build_body(provider, r, True) for r in unit]
+    assert bodies[0] is bodies[2] and bodies[0] != bodies[1]  # per model, the same bytes
+    assert json.loads(bodies[1])["model"] == "b/m"

@@ -15,11 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..client import Endpoint
 from ..errors import ProviderError
+from ..lazy_tls import aiohttp  # without reading every CA certificate at import
 from ..responses import error_details, label
 from .files import CHAT_URL, Chunk
 from .store import BatchStore, Entry
