@@ -11,8 +11,10 @@ holding a key is refused, so that no key reaches run.json or a message.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -113,10 +115,15 @@ class Remote:
                 continue
             path = local / info.path[len(base):].lstrip("/")
             path.parent.mkdir(parents=True, exist_ok=True)
+            # copied beside it, then renamed over it: a reader of the folder (another pull of
+            # the same lost worker's folder, a scan) never sees a file half copied
+            partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
             try:
-                with fs.open_input_stream(info.path) as src, path.open("wb") as dst:
+                with fs.open_input_stream(info.path) as src, partial.open("wb") as dst:
                     shutil.copyfileobj(src, dst, COPY_BYTES)
+                os.replace(partial, path)
             except (OSError, ValueError) as exc:
+                partial.unlink(missing_ok=True)
                 raise ResultsError(f"{self.url}: cannot read {info.base_name} "
                                    f"({_first_line(exc)})") from None
             got.append(path)
