@@ -69,7 +69,7 @@ def _inputs(request: Request, redact: Callable[[str], str] | None) -> _Inputs:
         messages_json=clean(messages_json(request)),
         target=clean(request.target) if request.target is not None else None,
         metadata_json=clean(json_text(dict(request.metadata))) if request.metadata else None,
-        var_values={k: clean(v) if isinstance(v, str) else v for k, v in request.vars.items()}
+        var_values={k: _scrub(v, clean) for k, v in request.vars.items()}
         if request.vars else None)
     _last_inputs = made
     return made
@@ -141,3 +141,16 @@ def fold(result: Result, attempt: Attempt, cost: float | None, source: str | Non
                 result.tpot_s = (latency - ttft) / (tokens - 1)
         elif ttft is None:
             result.output_tokens_per_s = tokens / latency
+
+
+def _scrub(value: Any, clean: Callable[[str], str]) -> Any:
+    """A var value with every string in it redacted, however deep in lists and objects (a
+    dataset field may hold a whole JSON document with a key pasted into it)."""
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, list | tuple):
+        return [_scrub(v, clean) for v in value]
+    if isinstance(value, dict):
+        return {_scrub(k, clean) if isinstance(k, str) else k: _scrub(v, clean)
+                for k, v in value.items()}
+    return value

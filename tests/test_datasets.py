@@ -361,3 +361,32 @@ def test_values_json_cannot_hold_are_still_sent_and_recorded(tmp_path: Path) -> 
     assert df["status"].tolist() == ["ok"]
     assert df["var_n"].tolist() == [str(huge)] and json.loads(df["var_deep"][0]) == [huge]
     assert json.loads(df["metadata_json"][0]) == {"m": huge}
+
+
+def test_a_key_nested_in_a_dataset_field_is_written_nowhere(
+        write_job: Any, results_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key pasted deep inside a row (a list in an object) is redacted from every result file,
+    the typed `var_<name>` column included, like the top-level values."""
+    from runner.simulator import Simulator
+
+    secret = "sk-or-v1-" + "7e" * 32
+    monkeypatch.setenv("DATASET_TEST_KEY", secret)
+    row = {"q": "hi", "nested": {"deep": ["pasted " + secret]}, "flat": secret}
+    with Simulator() as sim:
+        path = write_job(f"""
+            name: nested-key
+            providers:
+              sim: {{base_url: "{sim.base_url}", api_key_env: DATASET_TEST_KEY, openrouter: true}}
+            provider: sim
+            models: [sim/fast-mini]
+            prompts:
+              - {{text: "{{{{ q }}}}", dataset: rows.jsonl}}
+            params: {{max_tokens: 4}}
+            """, **{"rows.jsonl": json.dumps(row) + "\n"})
+        outcome = runner.run(path, out_dir=results_dir)
+    assert len(outcome.rows) == 1 and "var_nested" in outcome.rows.columns
+    for file in results_dir.rglob("*"):
+        if file.is_file():
+            assert secret.encode() not in file.read_bytes(), file
+            if file.suffix == ".parquet":
+                assert secret not in pd.read_parquet(file).to_csv(), file
