@@ -23,6 +23,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .background import Background
 from .result import ERROR, Result, arrow_schema, column_value, var_column
 from .rundir import (
     PARTS,
@@ -83,7 +84,7 @@ class Collector:
 
     __slots__ = ("run_dir", "_parts_dir", "_rows", "_part_no", "_lock", "write_csv",
                  "flush_rows", "_kept", "_kept_bytes", "summary", "_via_json", "_var_kinds",
-                 "_kinds")
+                 "_kinds", "writer")
 
     def __init__(self, run_dir: Path, *, write_csv: bool = True, flush_rows: int = 500,
                  rows_expected: int | None = None,
@@ -100,6 +101,9 @@ class Collector:
         self._kept: dict[Path, pa.Table] = {}   # part file -> the table written to it
         self._kept_bytes = 0
         self.summary: Fold | None = None        # set by `finish`
+        # part files are written on a thread of lower priority than the event loop's (see
+        # `background`): `await collector.writer.run(collector.write_part, rows)`
+        self.writer = Background("runner-parts")
         self._via_json = rows_expected is None or rows_expected < JSON_MAX_ROWS
         try:
             self._parts_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +117,9 @@ class Collector:
         objects in every garbage collection (the engine freezes what exists before the pool)."""
         import pyarrow.parquet  # noqa: F401
 
-        if not self._via_json:
+        if self._via_json:
+            import pyarrow.json  # noqa: F401
+        else:
             import pandas  # noqa: F401
 
     def add(self, result: Result) -> None:
@@ -182,6 +188,7 @@ class Collector:
 
         from .summary import Fold
 
+        self.writer.close()  # a flush still on its way writes its part first
         self.write_part(self.take())
         final = self.run_dir / REQUESTS
         sources = row_files(self.run_dir)

@@ -112,7 +112,7 @@ async def flush(run: RunState) -> None:
     if rows:
         with anyio.CancelScope(shield=True):
             try:
-                await anyio.to_thread.run_sync(run.collector.write_part, rows)
+                await run.collector.writer.run(run.collector.write_part, rows)
             except ResultsError:
                 run.collector.put_back(rows)  # the end of the run tries them once more
                 raise

@@ -3,6 +3,8 @@ bad part that costs no other row."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from pathlib import Path
 
@@ -111,3 +113,25 @@ def test_report_names_an_unreadable_part_in_one_line(tmp_path: Path, capsys) -> 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("runner: warning: ")
     assert "part-000002.parquet" in err[0] and "left out" in err[0]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own nice value is Linux's")
+def test_part_files_are_written_by_a_thread_of_lower_priority(tmp_path: Path) -> None:
+    """The part writer yields the core to the event loop (a load test's sends stay on time):
+    it runs at a higher nice value than the thread that submits, in order, and `close` waits."""
+    collector = Collector(tmp_path / "run")
+    seen: list[tuple[int, int]] = []
+
+    def note(i: int) -> int:
+        seen.append((i, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return i
+
+    futures = [collector.writer.submit(note, i) for i in range(5)]
+    collector.writer.submit(collector.write_part, [_row(1).as_row(), _row(2).as_row()])
+    collector.writer.close()
+    assert [f.result() for f in futures] == [0, 1, 2, 3, 4] == [i for i, _ in seen]
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert all(nice > mine for _, nice in seen) or mine == 19
+    assert mine == os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # not the caller's
+    assert len(collector.part_files()) == 1
+    assert pd.read_parquet(collector.finish())["request_id"].tolist() == ["id-1", "id-2"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -80,6 +81,8 @@ def test_open_loop_rows_say_their_stage_schedule_and_lag(tmp_path: Path) -> None
     assert df["itl_p50_s"].notna().all()  # streamed: its chunks' gaps
     assert df["itl_max_s"].ge(df["itl_p50_s"]).all()
     assert outcome.manifest["load"]["stages"][0]["sent"] == 20
+    # the shorter GIL switch interval of a load test (`load.SWITCH_INTERVAL_S`) ends with it
+    assert sys.getswitchinterval() == pytest.approx(0.005)
 
 
 def test_a_resumed_load_run_sends_only_the_slots_not_done(tmp_path: Path) -> None:
