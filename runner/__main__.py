@@ -1,5 +1,5 @@
 """`python -m runner`: the same as the `runner` command."""
 
-from .cli import main
+from .cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())
