@@ -21,9 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .batch import batch_summary, batched_providers, drive, open_batch_providers
 from .budget import Budget
-from .cache import open_cache
 from .collect import PREPARE_ROWS, Collector
 from .config import (
     DEFAULT_CONCURRENCY,
@@ -41,8 +39,6 @@ from .errors import ConfigError, ProviderError, ResultsError, RunnerError, first
 from .health import Health
 from .journal import Journal
 from .limits import Gates
-from .load import drive as drive_load
-from .load_plan import expected_rows
 from .manifest import Manifest
 from .plan import Plan, Request
 from .providers import Providers, open_providers
@@ -55,6 +51,9 @@ from .worker import Progress, RunState, flush, handle
 
 if TYPE_CHECKING:
     import pandas as pd
+
+# Batch mode, the response cache and load tests (`batch`, `cache`, `load*`) are imported where a
+# run uses them: a plain run does not pay for their modules before its first request (issue 11).
 
 __all__ = ["Progress", "RunOutcome", "run_job"]
 
@@ -130,8 +129,16 @@ async def run_job(job: Job, *, out_dir: Path | str | None = None, concurrency: i
     limits = run_limits(job, concurrency, rpm)
     root = out_dir or job.output_dir
     budget_usd = budget_usd if budget_usd is not None else job.budget_usd
-    batched = batched_providers(job, batch)  # batch mode (issue 15): refused before anything
-    response_cache = open_cache(job, cache)
+    batched: set[str] = set()
+    if batch or any(m.batch for m in job.models):  # batch mode (issue 15): refused before anything
+        from .batch import batched_providers
+
+        batched = batched_providers(job, batch)
+    response_cache = None
+    if cache if cache is not None else job.cache:
+        from .cache import open_cache
+
+        response_cache = open_cache(job, cache)
     with ExitStack() as locks:
         previous = None
         if shard is not None:
@@ -144,6 +151,8 @@ async def run_job(job: Job, *, out_dir: Path | str | None = None, concurrency: i
             run_dir = find_run_dir(root, job.name, str(resume))
             locks.enter_context(RunLock(run_dir))
             previous = load_previous(run_dir, job, force=force)
+            from .batch import open_batch_providers
+
             batched |= open_batch_providers(run_dir) & set(job.providers)
             if shard is not None:  # the run's merged rows hold the other shards' too
                 previous.restrict({request.request_id for request in work})
@@ -196,7 +205,12 @@ async def _run(job: Job, plan: Plan | PlanView, limits: Limits, providers: Provi
     budget = Budget(budget_usd, spent_usd=previous.spent_usd if previous else 0.0,
                     raised_estimates=previous.raised_estimates if previous else None)
     skip = previous.skip(retry_errors) if previous else set()
-    planned = len(plan) if job.load is None else expected_rows(job.load, len(skip))
+    if job.load is None:
+        planned = len(plan)
+    else:
+        from .load_plan import expected_rows
+
+        planned = expected_rows(job.load, len(skip))
     collector = Collector(run_dir, write_csv=job.write_csv, flush_rows=flush_rows,
                           rows_expected=planned - len(skip), var_kinds=plan.var_kinds())
     journal = Journal(run_dir, session=(previous.journal_sessions or 0) + 1 if previous else 1,
@@ -293,6 +307,8 @@ async def _end(run: RunState, manifest: Manifest, health: Health, status: str,
     if run.cache is not None:  # the gates refuse a run that used it (quality_gate)
         facts["cache"] = run.cache.stats()
     if run.batched:
+        from .batch import batch_summary
+
         with contextlib.suppress(ResultsError):  # batches.jsonl is the record; this a copy
             facts["batches"] = batch_summary(run.collector.run_dir)
     if run.load is not None:
@@ -353,11 +369,15 @@ async def _pool(run: RunState, plan: Sequence[Request], flush_s: float, health: 
         outer.start_soon(run.journal.write_forever)
         with pool:
             if run.job.load is not None:  # a load test sends on its own schedule
+                from .load import drive as drive_load
+
                 assert isinstance(plan, Plan)  # (refused with shards, above)
                 await drive_load(run, plan)
             else:
                 async with anyio.create_task_group() as tg:
                     if run.batched:
+                        from .batch import drive
+
                         tg.start_soon(drive, run, plan, set(run.batched))
                     for _ in range(workers):
                         tg.start_soon(work)

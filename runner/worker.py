@@ -15,13 +15,12 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from jinja2 import TemplateError
 
 from .budget import Budget, Reservation, known_cost
-from .cache import ResponseCache
 from .check_results import outcomes_json
 from .checks import Check, Judged, context_for, evaluate
 from .client import Attempt, Endpoint
@@ -39,6 +38,9 @@ from .pricing import Price, typical_prompt_tokens, worst_case_usd
 from .providers import Providers
 from .result import ERROR, INTERRUPTED, OK, SKIPPED, Result
 from .rows import attempt_cost, fold, new_result
+
+if TYPE_CHECKING:
+    from .cache import ResponseCache  # imported where a run turns the cache on (engine)
 
 
 class Progress(Protocol):

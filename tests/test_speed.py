@@ -34,6 +34,9 @@ def test_the_run_path_imports_neither_pandas_nor_pyarrow_nor_the_sdk() -> None:
     loaded = _modules_after("import runner.cli, runner.engine, runner.config, runner.console, "
                             "runner.quality_gate, runner.providers, runner.worker, runner.client")
     assert not {"pandas", "pyarrow", "openai", "numpy"} & loaded
+    # nor the modules of batch mode, the response cache (sqlite3) and load tests: a run that
+    # uses one imports it then
+    assert not {"runner.batch", "runner.cache", "sqlite3", "runner.load"} & loaded
 
 
 def test_the_command_leaves_its_exit_nothing_to_collect(tmp_path: Path) -> None:
