@@ -32,7 +32,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jinja2 import TemplateError, TemplateSyntaxError
 from pydantic import ValidationError
 
 from .errors import JobFileError
@@ -53,7 +52,7 @@ from .grading import (
 )
 from .schema import CHECK_TYPES, CheckIn, JudgeIn
 from .sources import invalid
-from .templates import Template, parse
+from .templates import Template, TemplateError, TemplateSyntaxError, parse
 from .transforms import compile_transform
 
 __all__ = ["NOT_GRADED", "Check", "CheckSet", "Judged", "Outcome", "Verdict", "build_check_set",

@@ -22,11 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jinja2 import TemplateError, TemplateSyntaxError
-
 from . import schema
 from .errors import JobFileError
-from .templates import Template, check_template, parse
+from .templates import Template, TemplateError, TemplateSyntaxError, check_template, parse
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024   # OpenAI's own limit for one image
 # What one image may add to a prompt, in tokens. Providers count images by their pixels, not

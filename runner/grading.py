@@ -9,10 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jinja2 import TemplateError
-
 from .graders import GRADERS, Grade, Grader, short
-from .templates import Template
+from .templates import Template, TemplateError
 from .transforms import TransformFn
 
 ESCAPED_KINDS = frozenset({"regex", "not_regex"})   # inserted values match literally

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, overload
 
-from jinja2 import TemplateError
-
 from .checks import response_format_for
 from .config import Job, Message, ModelSpec, Prompt
 from .content import render_content
@@ -25,7 +23,7 @@ from .conversation import first_turn
 from .datasets import merge_kinds, value_kind
 from .errors import JobFileError
 from .prompts import render_view
-from .templates import Template, parse
+from .templates import Template, TemplateError, parse
 
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 

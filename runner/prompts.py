@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jinja2 import TemplateError
-
 from . import schema
 from .checks import Check, compile_expected
 from .content import Content, build_parts, content_template
@@ -23,7 +21,7 @@ from .datasets import Dataset, read_dataset
 from .errors import JobFileError
 from .prompt_files import read_prompt_file
 from .sources import Problems
-from .templates import Template, check_template, literal
+from .templates import Template, TemplateError, check_template, literal
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,10 +9,15 @@ recognised by a pattern and kept as their literal parts and variable names: no J
 load (a compile costs ~0.6 ms, so 100k distinct templates took a minute and a half), rendering is
 a join, and the size of every rendering is known by arithmetic (`runner plan` on 10M requests).
 Templates with any logic go through Jinja, compiled once per source while the cache holds them.
+
+This is the only module that imports Jinja, and only when a template has logic: a job whose
+templates are all plain never imports it (a tenth of a short run's start, issue 11). Jinja's
+errors leave this module as `TemplateError` / `TemplateSyntaxError` below.
 """
 
 from __future__ import annotations
 
+import functools
 import keyword
 import re
 from collections import OrderedDict
@@ -21,18 +26,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError, meta
-from jinja2.sandbox import SandboxedEnvironment
-
 from .errors import JobFileError
 
-_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
-                            keep_trailing_newline=True)
+
+class TemplateError(Exception):
+    """A template that cannot be rendered with these values (an undefined variable, a filter on
+    the wrong kind of value, the sandbox), or, as `TemplateSyntaxError`, not parsed at all."""
+
+
+class TemplateSyntaxError(TemplateError):
+    def __init__(self, message: str, lineno: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.lineno = lineno
+
+
+@functools.cache
+def _env() -> Any:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
+                                keep_trailing_newline=True)
+
 
 # `{{ name }}` with plain whitespace; anything else (filters, `-` trimming, logic) is Jinja's
 _VAR = re.compile(r"\{\{[ \t\n]*([A-Za-z_][A-Za-z0-9_]*)[ \t\n]*\}\}")
 # literals and variable names Jinja reads differently from a context lookup
 _NOT_PLAIN_NAMES = {"true", "false", "none", "True", "False", "None"} | set(keyword.kwlist)
+# the globals of a Jinja environment (`jinja2.defaults.DEFAULT_NAMESPACE`): such a name is
+# Jinja's, not a variable (written out so that a plain template needs no Jinja import; a test
+# keeps it equal to Jinja's)
+JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace"})
 COMPILED_CACHE_SIZE = 16_384   # Jinja-compiled templates kept (~4 KB each)
 
 
@@ -62,14 +87,19 @@ class Template:
         STATS.renders += 1
         parts = self.parts
         if parts is None:
-            return str(_compiled(self.source).render(variables))
+            from jinja2 import TemplateError as JinjaError
+
+            try:
+                return str(_compiled(self.source).render(variables))
+            except JinjaError as exc:
+                raise TemplateError(str(exc)) from exc
         if len(parts) == 1:
             return parts[0]
         out = list(parts)
         for k in range(1, len(parts), 2):
             name = parts[k]
             if name not in variables:
-                raise UndefinedError(f"{name!r} is undefined")
+                raise TemplateError(f"{name!r} is undefined")  # Jinja's words
             out[k] = str(variables[name])   # what Jinja's `{{ name }}` writes
         return "".join(out)
 
@@ -93,7 +123,13 @@ def parse(text: str) -> Template:
     parts = tuple(_VAR.split(text))
     if _plain(parts):
         return Template(text, tuple(sorted(set(parts[1::2]))), parts)
-    names = tuple(sorted(meta.find_undeclared_variables(_ENV.parse(text))))
+    from jinja2 import TemplateSyntaxError as JinjaSyntaxError
+    from jinja2 import meta
+
+    try:
+        names = tuple(sorted(meta.find_undeclared_variables(_env().parse(text))))
+    except JinjaSyntaxError as exc:
+        raise TemplateSyntaxError(exc.message or str(exc), exc.lineno) from exc
     return Template(text, names, None)
 
 
@@ -105,7 +141,7 @@ def literal(text: str) -> Template:
 def _plain(parts: tuple[str, ...]) -> bool:
     """Whether Jinja would read these split parts exactly as literal text and variables."""
     literals, names = parts[0::2], parts[1::2]
-    if any(name in _NOT_PLAIN_NAMES or name in _ENV.globals for name in names):
+    if any(name in _NOT_PLAIN_NAMES or name in JINJA_GLOBALS for name in names):
         return False
     for k, literal in enumerate(literals):
         # Jinja normalises newlines in text and starts a tag at {{ {% {#; a brace next to a
@@ -127,7 +163,7 @@ def _compiled(text: str) -> Any:
         _CACHE.move_to_end(text)
         return found
     STATS.compiles += 1
-    compiled = _ENV.from_string(text)
+    compiled = _env().from_string(text)  # (parsed before: it compiles)
     _CACHE[text] = compiled
     if len(_CACHE) > COMPILED_CACHE_SIZE:
         _CACHE.popitem(last=False)

@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
-from jinja2 import TemplateError
 
 from .budget import Budget, Reservation, known_cost
 from .check_results import outcomes_json
@@ -38,6 +37,7 @@ from .pricing import Price, typical_prompt_tokens, worst_case_usd
 from .providers import Providers
 from .result import ERROR, INTERRUPTED, OK, SKIPPED, Result
 from .rows import attempt_cost, fold, new_result
+from .templates import TemplateError
 
 if TYPE_CHECKING:
     from .cache import ResponseCache  # imported where a run turns the cache on (engine)

@@ -37,6 +37,7 @@ def test_the_run_path_imports_neither_pandas_nor_pyarrow_nor_the_sdk() -> None:
     # nor the modules of batch mode, the response cache (sqlite3) and load tests: a run that
     # uses one imports it then
     assert not {"runner.batch", "runner.cache", "sqlite3", "runner.load"} & loaded
+    assert "jinja2" not in loaded  # imported by the first template with logic (templates.py)
 
 
 def test_the_command_leaves_its_exit_nothing_to_collect(tmp_path: Path) -> None:

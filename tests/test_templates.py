@@ -13,7 +13,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from runner.config import load_job
 from runner.plan import Plan
-from runner.templates import STATS, parse
+from runner.templates import STATS, TemplateError, parse
 
 JINJA = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
                              keep_trailing_newline=True)
@@ -44,9 +44,14 @@ def test_only_substitutions_skip_jinja(text: str, plain: bool) -> None:
     assert (parse(text).parts is not None) == plain
 
 
-def test_plain_template_with_a_missing_var_is_an_undefined_error() -> None:
-    with pytest.raises(UndefinedError):
-        parse("hi {{ who }}").render({})
+def test_a_missing_var_is_jinjas_undefined_error_on_both_paths() -> None:
+    """Plain or Jinja-compiled, a missing var is one `TemplateError` in Jinja's words."""
+    with pytest.raises(UndefinedError) as jinja:
+        JINJA.from_string("hi {{ who }}").render({})
+    for source in ("hi {{ who }}", "hi {{ who | upper }}"):
+        with pytest.raises(TemplateError) as ours:
+            parse(source).render({})
+        assert str(ours.value) == str(jinja.value) == "'who' is undefined"
 
 
 def test_plain_byte_totals_equal_the_sum_of_renderings() -> None:
@@ -85,3 +90,14 @@ def test_each_jinja_template_is_compiled_once_through_load_and_run_order(tmp_pat
     contents = [r.messages[0].content for r in plan]
     assert contents[:4] == ["Q0: X", "Q0: X", "Q0: Y", "Q0: Y"] and contents[-1] == "Q0: Z"
     assert STATS.compiles - before == n   # the same source twice: compiled once
+
+
+def test_the_names_jinja_keeps_for_itself_are_jinjas() -> None:
+    """A plain template is told from a Jinja one without importing Jinja: the globals it
+    reads as its own names must be Jinja's (an upgrade that adds one fails here)."""
+    from jinja2.defaults import DEFAULT_NAMESPACE
+
+    from runner.templates import JINJA_GLOBALS
+
+    assert set(DEFAULT_NAMESPACE) == JINJA_GLOBALS
+    assert parse("{{ range }}").parts is None and parse("{{ ranges }}").parts is not None
