@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,35 +53,45 @@ def read_spent(run_dir: Path) -> Spent | None:
     """The spend recorded in `run_dir`'s journal; None when the run has no journal."""
     path = run_dir / JOURNAL
     try:
-        data = path.read_bytes()
+        with path.open("rb") as lines:
+            return _fold(lines)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise ResultsError(f"{path}: cannot read the spend journal ({exc.strerror})") from None
-    carried = 0.0
-    reserved: dict[tuple[int, int], float] = {}
-    settled: dict[tuple[int, int], float] = {}
+
+
+def _fold(lines: Iterable[bytes]) -> Spent:
+    """Streamed, line by line: memory grows with the reservations still open, not with the
+    run (a settlement follows its reservation in the file: one writer appends both in order).
+    A line without its newline was cut by a crash (or a full disk): skipped, as a reservation
+    that never reached the disk whole was never sent, and a lost settlement leaves its
+    reservation counted in full."""
+    spent = 0.0
+    open_: dict[tuple[int, int], float] = {}   # reservations not settled (yet)
     sessions = 0
     raised: dict[str, float] = {}
-    # the text after the last newline is a line cut by a crash (or a full disk): skipped, as a
-    # reservation that never reached the disk whole was never sent, and a lost settlement
-    # leaves its reservation counted in full
-    for line in data.split(b"\n")[:-1]:
+    for line in lines:
+        if not line.endswith(b"\n"):
+            continue
         fields = line.split()
         try:
             if len(fields) >= 3 and fields[0] == b"f":
-                model = line.split(b" ", 2)[2].decode()
+                model = line[:-1].split(b" ", 2)[2].decode()
                 raised[model] = max(raised.get(model, 1.0), float(fields[1]))
             elif len(fields) == 2 and fields[0] == b"c":
-                carried += _usd(fields[1])
+                spent += _usd(fields[1])
             elif len(fields) == 4 and fields[0] in (b"r", b"s"):
                 key = (int(fields[1]), int(fields[2]))
-                (reserved if fields[0] == b"r" else settled)[key] = _usd(fields[3])
+                usd = _usd(fields[3])
                 sessions = max(sessions, key[0])
+                if fields[0] == b"r":
+                    open_[key] = usd
+                elif open_.pop(key, None) is not None:  # (one without its reservation: none)
+                    spent += usd
         except ValueError:   # UnicodeDecodeError included
             continue
-    spent = carried + sum(settled.get(key, usd) for key, usd in reserved.items())
-    return Spent(spent, sessions, sum(1 for key in reserved if key not in settled), raised)
+    return Spent(spent + sum(open_.values()), sessions, len(open_), raised)
 
 
 def _usd(text: bytes) -> float:

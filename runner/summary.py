@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +30,10 @@ COLUMNS = ("model", "status", "latency_s", "ttft_s", "tpot_s", "output_tokens_pe
            "judge_cost_usd", "checks_json")
 _FLOATS = COLUMNS[2:9]  # not "passed" and what follows it
 _CHECKS = ("score", "judge_cost_usd")   # issue 12: graded rows' scores, the judge's bill
+_NUMBERS = (*_FLOATS, *_CHECKS)          # what a fold keeps as float64 arrays
+# Arrow type names of the numeric result columns -> their numpy types (see `_array`)
+_NUMPY: dict[str, Any] = {"double": np.float64, "float": np.float32, "int64": np.int64,
+                          "int32": np.int32}
 
 
 def _floats(values: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
@@ -121,51 +125,63 @@ def _is_nan(value: Any) -> bool:
 
 class Fold:
     """The summary of a run's rows, folded batch by batch (Arrow tables with `COLUMNS`); models
-    in the order they first appear, as pandas groups a categorical column."""
+    in the order they first appear, as pandas groups a categorical column.
 
-    __slots__ = ("_models", "_costs")
+    Its memory grows with the rows (exact percentiles need every value), so it keeps them
+    compactly: each numeric column as float64 arrays (8 bytes a row, NaN for a missing value),
+    the status, `passed` and checked flags as lists of shared objects (a pointer a row)."""
+
+    __slots__ = ("_models", "_costs", "_lines")
 
     def __init__(self) -> None:
         self._models: dict[str, dict[str, list[Any]]] = {}
-        self._costs: list[float] = []  # every row's, in file order (the run's total)
+        self._costs: list[np.ndarray[Any, np.dtype[np.float64]]] = []  # every row's, in order
+        self._lines: list[dict[str, Any]] | None = None
 
     def add_table(self, table: pa.Table) -> None:
-        columns = {name: _values(table.column(name)) for name in COLUMNS[:-1]}
+        self._lines = None
+        numbers = {name: _array(table.column(name)) for name in _NUMBERS}
+        columns: dict[str, Any] = {name: _values(table.column(name))
+                                   for name in ("model", "status", "passed")}
         checked = table.column("checks_json")
         # which rows had checks (pyarrow.compute's is_valid would cost its import)
         columns["checks_json"] = [False] * table.num_rows \
             if checked.null_count == table.num_rows else \
             [v is not None for v in checked.to_pylist()]
-        models = self._models
-        self._costs += _nan(columns["cost_usd"])
+        self._costs.append(numbers["cost_usd"])
         names = columns["model"]
         if not names:
             return
         first = names[0]
         if names.count(first) == len(names):  # one model in the batch (most are): no row loop
-            kept = models.get(first)
-            if kept is None:
-                kept = models[first] = {name: [] for name in COLUMNS[1:]}
-            for name in COLUMNS[1:]:
-                kept[name] += columns[name]
+            self._kept(first, numbers, columns, None)
             return
+        rows_of: dict[str, list[int]] = {}
         for i, model in enumerate(names):
-            kept = models.get(model)
-            if kept is None:
-                kept = models[model] = {name: [] for name in COLUMNS[1:]}
-            for name in COLUMNS[1:]:
-                kept[name].append(columns[name][i])
+            rows_of.setdefault(model, []).append(i)
+        for model, rows in rows_of.items():
+            self._kept(model, numbers, columns, np.asarray(rows, dtype=np.int64))
+
+    def _kept(self, model: str, numbers: dict[str, Any], columns: dict[str, Any],
+              rows: Any) -> None:
+        kept = self._models.get(model)
+        if kept is None:
+            kept = self._models[model] = {name: [] for name in COLUMNS[1:]}
+        for name, values in numbers.items():
+            kept[name].append(values if rows is None else values[rows])
+        for name in ("status", "passed", "checks_json"):
+            values = columns[name]
+            kept[name] += values if rows is None else [values[i] for i in rows]
 
     def lines(self) -> list[dict[str, Any]]:
-        """One summary line per model: `{"model": ..., **group_stats(...)}`."""
-        out = []
-        for model, kept in self._models.items():
-            floats = {name: [NAN if v is None else v for v in kept[name]]
-                      for name in (*_FLOATS, *_CHECKS)}
-            out.append({"model": model, **group_stats(kept["status"], **floats,
-                                                      passed=kept["passed"],
-                                                      checked=kept["checks_json"])})
-        return out
+        """One summary line per model: `{"model": ..., **group_stats(...)}` (folded once)."""
+        if self._lines is None:
+            self._lines = [
+                {"model": model, **group_stats(
+                    kept["status"], **{name: _joined(kept[name]) for name in _NUMBERS},
+                    passed=kept["passed"], checked=kept["checks_json"])}
+                for model, kept in self._models.items()]
+        return self._lines
 
     def counts(self) -> dict[str, int]:
         """Rows by status."""
@@ -182,7 +198,7 @@ class Fold:
         if not lines:
             return {"requests": 0, "counts": counts}
         judge = sum(line.get("judge_cost_usd", 0.0) for line in lines)
-        cost = _nansum(_floats(self._costs))
+        cost = _nansum(_joined(self._costs))
         return {
             "counts": counts,
             "requests": sum(line["n"] for line in lines),
@@ -214,8 +230,33 @@ def _values(column: Any) -> list[Any]:
     return out
 
 
-def _nan(values: Iterable[Any]) -> list[float]:
-    return [NAN if v is None else v for v in values]
+def _array(column: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """A numeric column as float64, NaN for a missing value. Read from the Arrow buffers by
+    hand because pyarrow's `to_numpy` imports pandas (half a second) even when it copies
+    nothing; a column type not listed goes through Python values."""
+    parts = [np.empty(0, dtype=np.float64)]
+    for chunk in column.chunks:
+        n, offset = len(chunk), chunk.offset
+        kind = _NUMPY.get(str(chunk.type))
+        if chunk.null_count == n:
+            parts.append(np.full(n, NAN))
+        elif kind is None:
+            parts.append(np.asarray([NAN if v is None else v for v in chunk.to_pylist()],
+                                    dtype=np.float64))
+        else:
+            validity, data = chunk.buffers()[:2]
+            values = np.frombuffer(data, dtype=kind)[offset:offset + n].astype(np.float64)
+            if chunk.null_count:
+                valid = np.unpackbits(np.frombuffer(validity, dtype=np.uint8),
+                                      count=offset + n, bitorder="little")[offset:]
+                values[valid == 0] = NAN
+            parts.append(values)
+    return np.concatenate(parts)
+
+
+def _joined(arrays: list[np.ndarray[Any, np.dtype[np.float64]]]) \
+        -> np.ndarray[Any, np.dtype[np.float64]]:
+    return np.concatenate(arrays) if arrays else np.empty(0, dtype=np.float64)
 
 
 def to_csv(lines: list[dict[str, Any]]) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+import pytest
 
 from runner.budget import Reservation
 from runner.journal import Journal, read_spent
@@ -93,3 +94,25 @@ def test_a_resume_takes_the_highest_factor_of_run_json_and_journal(tmp_path: Pat
                                                                    "d": 9.0}}},
                         journal_raised={"a": 5.0, "c": 3.0, "d": 4.0})
     assert previous.raised_estimates == {"a": 5.0, "b": None, "c": 3.0, "d": 9.0}
+
+
+def test_reading_a_long_journal_holds_only_the_open_reservations(tmp_path: Path) -> None:
+    """The end of a 200,000-request run compacts its journal: reading it must not hold a line
+    or an entry per request (memory would grow with the run), only the open reservations."""
+    import tracemalloc
+
+    n = 200_000
+    with (tmp_path / "spend.journal").open("w") as f:
+        for k in range(1, n + 1):
+            f.write(f"r 1 {k} 0.002\ns 1 {k} 0.001\n")
+        f.write("r 1 0 0.5\nf 2.0 sim/fast-mini\n")   # one left open; a raised estimate
+    tracemalloc.start()
+    try:
+        spent = read_spent(tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert spent is not None
+    assert spent.usd == pytest.approx(n * 0.001 + 0.5) and spent.unsettled == 1
+    assert spent.raised == {"sim/fast-mini": 2.0}
+    assert peak < 1_000_000, peak   # the file is 4.6 MB; a dict of 200k entries is ~20 MB
