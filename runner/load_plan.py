@@ -187,14 +187,15 @@ class Slots:
         self._n = len(plan)
 
     def request_id(self, stage: Stage, k: int) -> str:
-        return f"s{stage.index}-{k}-{self.plan[self._pick(stage, k)].request_id[:12]}"
+        return f"s{stage.index}-{k}-{self.plan[self.item(stage, k)].request_id[:12]}"
 
     def request(self, stage: Stage, k: int) -> Request:
-        base = self.plan[self._pick(stage, k)]
+        base = self.plan[self.item(stage, k)]
         return dataclasses.replace(
             base, request_id=f"s{stage.index}-{k}-{base.request_id[:12]}")
 
-    def _pick(self, stage: Stage, k: int) -> int:
+    def item(self, stage: Stage, k: int) -> int:
+        """The plan index slot k of `stage` sends."""
         if self.order == "cycle":
             return k % self._n
         # stateless: slot k draws the same item whatever was sent before (a resume skips)
