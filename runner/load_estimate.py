@@ -13,7 +13,6 @@ case is unknown and only the budget caps spending.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -23,9 +22,7 @@ from typing import Any
 from .formatting import usd
 from .load_plan import Load, Slots, Sweep
 from .plan import Plan
-from .schedule import Stage, arrivals
-
-COUNT_LIMIT = 1_000_000   # send times counted ahead per stage, slots drawn ahead (order: sample)
+from .schedule import COUNT_LIMIT, Stage, max_sends
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,12 +160,11 @@ def estimate_load(load: Load, plan: Plan, plan_worst_usd: float | None,
 
 
 def _outline(stage: Stage) -> StageOutline:
-    count: int | None = stage.requests
+    count = max_sends(stage)  # an open loop's send times are a pure function of the stage
     unknown = ""
-    if stage.open_loop:  # its send times are a pure function of the stage: count them
-        count = sum(1 for _ in itertools.islice(arrivals(stage), COUNT_LIMIT + 1))
-        if count > COUNT_LIMIT:
-            count, unknown = None, f"more than {COUNT_LIMIT:,} requests (not counted ahead)"
+    if stage.open_loop:
+        if count is None:
+            unknown = f"more than {COUNT_LIMIT:,} requests (not counted ahead)"
     else:
         unknown = "" if count is not None else \
             f"unbounded by count (a closed loop), bounded by time ({_s(stage.duration_s)})"

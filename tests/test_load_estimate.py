@@ -11,6 +11,7 @@ import pytest
 
 import runner
 from runner.cli import main
+from runner.schedule import Stage, arrivals, max_sends
 from tests.test_config import write_case
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,3 +117,24 @@ def test_plan_does_not_count_a_huge_stage_ahead(tmp_path: Path,
     text, plan = _plan(capsys, path)
     assert "more than 1,000,000 requests (not counted ahead)" in text
     assert plan["load"]["worst_case_usd"] is None
+
+
+@pytest.mark.parametrize("stage", [
+    Stage(0, "constant", rate_rps=10, duration_s=30),
+    Stage(0, "constant", rate_rps=1 / 3, duration_s=2.9),
+    Stage(0, "constant", rate_rps=7.3, duration_s=0.3, requests=2),
+    Stage(0, "constant", rate_rps=100, duration_s=0.07),
+    Stage(0, "poisson", rate_rps=50, burstiness=0.5, duration_s=3, seed=4),
+    Stage(0, "ramp", rate_rps=1, to_rate_rps=30, duration_s=5, ramp="exponential"),
+    Stage(0, "ramp", rate_rps=30, to_rate_rps=1, duration_s=5),
+])
+def test_the_most_a_stage_sends_is_what_its_schedule_sends(stage: Stage) -> None:
+    assert max_sends(stage) == len(list(arrivals(stage)))
+
+
+def test_closed_loops_and_long_schedules_are_not_counted() -> None:
+    assert max_sends(Stage(0, "concurrency", concurrency=4, duration_s=10)) is None
+    assert max_sends(Stage(0, "throughput", concurrency=4, duration_s=10, requests=7)) == 7
+    assert max_sends(Stage(0, "poisson", rate_rps=100, burstiness=1, duration_s=100),
+                     limit=50) is None
+    assert max_sends(Stage(0, "constant", rate_rps=1e6, duration_s=1e6)) == 10**12
