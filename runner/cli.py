@@ -375,6 +375,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                                         refresh_prices=args.refresh_prices, batch=args.batch))
     total_requests = sum(m.requests for m in result.models)
     shown = Plan(job)[:args.show]
+    load = None
+    if job.load is not None:  # its stages, and its worst case from the plan's
+        from .load_estimate import estimate_load
+
+        load = estimate_load(job.load, Plan(job), result.total_usd, result.budget_usd)
     if args.json:
         print(json.dumps({
             "job": job.name, "requests": total_requests, "repeats": job.repeats,
@@ -384,11 +389,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             "worst_case_total_usd": result.total_usd, "budget_usd": result.budget_usd,
             "budget_covers": result.budget_covers, "notes": list(result.notes),
             "first_requests": [_request_json(r) for r in shown],
+            **({"load": load.as_json()} if load is not None else {}),
         }, default=str))
         return EXIT_OK
     from .console import print_plan
 
-    print_plan(job.name, result, shown)
+    print_plan(job.name, result, shown, load_lines=load.lines() if load is not None else ())
     return EXIT_OK
 
 

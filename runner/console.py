@@ -211,9 +211,11 @@ def _price(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def print_plan(job_name: str, estimate: Any, shown: Sequence[Any] = ()) -> None:
-    """Requests and worst-case cost per model, whether the budget covers them, and the
-    requests in `shown` as they would be sent."""
+def print_plan(job_name: str, estimate: Any, shown: Sequence[Any] = (),
+               load_lines: Sequence[str] = ()) -> None:
+    """Requests and worst-case cost per model, whether the budget covers them (a load test:
+    its `load_lines` instead, which judge the load test's worst case), and the requests in
+    `shown` as they would be sent."""
     from rich.table import Table
 
     total_requests = sum(m.requests for m in estimate.models)
@@ -229,7 +231,12 @@ def print_plan(job_name: str, estimate: Any, shown: Sequence[Any] = ()) -> None:
     console.print(table)
     for note in estimate.notes:
         console.print(note)
-    if estimate.budget_usd is None:
+    if load_lines:
+        from rich.markup import escape
+
+        for line in load_lines:
+            console.print(escape(line), soft_wrap=True)
+    elif estimate.budget_usd is None:
         console.print("no budget_usd set: spending is not capped")
     elif estimate.budget_covers is None:
         console.print(f"budget {usd(estimate.budget_usd)}: worst case unknown (a model has no "

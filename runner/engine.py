@@ -223,6 +223,7 @@ async def _run(job: Job, plan: Plan | PlanView, limits: Limits, providers: Provi
                    skip=skip, journal=journal, **(extras or {}))
     if job.load is not None:  # a resumed sweep reuses the rates it measured
         run.load = {"resumed_from": previous.manifest.get("load") if previous else None}
+        run.save_facts = lambda: manifest.write("running", budget=budget.figures(), load=run.load)
     health = Health()
     pool = anyio.CancelScope()
     status, failure = "failed", None

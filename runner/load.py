@@ -7,6 +7,10 @@ whether or not the earlier ones have finished; the run's concurrency gate (load.
 caps what is in flight, and a request waiting for it is late by that wait. Closed-loop stages
 (`loop`) keep N workers busy. Stages run one after another; a stage ends when its last request
 has finished.
+
+A stage that ran to its end is recorded at once in run.json (`done`: the slots it took and the
+rate it measured), so a resume after a kill -9 sends only those of its slots not done and a
+sweep reuses its measured rates instead of measuring them again.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ class Tally:
     rates come from them), and how late its requests went out."""
 
     stage: Stage
+    slots: int = 0                      # slots 0..slots-1 were taken (sent, or done before)
     sent: int = 0
     late: int = 0
     capped: int = 0                     # found load.max_concurrency full and waited
@@ -143,7 +148,9 @@ async def drive(run: RunState, plan: Plan) -> None:
     assert load is not None
     slots = Slots(plan, load.order, load.seed)
     before = (run.load or {}).get("resumed_from") or {}
-    facts: dict[str, Any] = {**load_section(load), "stages": []}
+    facts: dict[str, Any] = {**load_section(load), "stages": [], "done": _done(before)}
+    if type(before.get("sweeps")) is dict:  # (each sweep checks its own before reusing it)
+        facts["sweeps"] = dict(before["sweeps"])
     run.load = facts
     # the cap on requests in flight: the job scope of the limits has no limiter (a closed
     # pool is its own cap), and waiting inside the HTTP pool would be counted as latency
@@ -175,8 +182,7 @@ async def _sweep(run: RunState, slots: Slots, sweep: Sweep, load: Load, facts: d
     for stage in sweep.measuring(load.max_concurrency):
         if run.stopping or "stopped_by" in facts:
             return
-        figures = await _stage(run, slots, stage, facts, cap)
-        measured.append(_finite(figures["request_throughput_rps"]) or None)
+        measured.append(await _stage(run, slots, stage, facts, cap) or None)
     if rates is None:
         low, high = measured
         if low is None or high is None:
@@ -187,6 +193,7 @@ async def _sweep(run: RunState, slots: Slots, sweep: Sweep, load: Load, facts: d
             return
         rates = sweep_rates(low, max(high, low), sweep.rates, sweep.up_to)
     facts.setdefault("sweeps", {})[key] = rates
+    _save(run)
     for stage in sweep.at_rates(rates):
         if run.stopping or "stopped_by" in facts:
             return
@@ -194,8 +201,9 @@ async def _sweep(run: RunState, slots: Slots, sweep: Sweep, load: Load, facts: d
 
 
 async def _stage(run: RunState, slots: Slots, stage: Stage, facts: dict[str, Any],
-                 cap: anyio.CapacityLimiter) -> dict[str, Any]:
-    """One stage: its slots sent open- or closed-loop; returns its figures."""
+                 cap: anyio.CapacityLimiter) -> float | None:
+    """One stage: its slots sent open- or closed-loop (a stage done before: only its slots not
+    done); returns the request throughput it measured (a stage done before: as it was then)."""
     assert run.job.load is not None
     goodput = run.job.load.goodput
     if goodput is not None:
@@ -208,6 +216,7 @@ async def _stage(run: RunState, slots: Slots, stage: Stage, facts: dict[str, Any
     t0 = clock()
 
     async def fire(k: int, offset: float, lag_s: float) -> None:
+        tally.slots = max(tally.slots, k + 1)
         asked, full = clock(), cap.available_tokens < 1
         async with cap:
             now = clock()
@@ -236,6 +245,7 @@ async def _stage(run: RunState, slots: Slots, stage: Stage, facts: dict[str, Any
         return (k for k in ks if slots.request_id(stage, k) not in run.skip)
 
     stopping = _stopping(run, facts)
+    done = facts["done"].get(stage.name)
     if stage.open_loop:
         times = arrivals(stage)
         if run.skip:
@@ -245,13 +255,46 @@ async def _stage(run: RunState, slots: Slots, stage: Stage, facts: dict[str, Any
             pending = enumerate(times)
         await pace(pending, fire, clock=clock, stopping=stopping)
     else:
-        count = itertools.count() if stage.requests is None else range(stage.requests)
+        count: Iterable[int] = itertools.count() if stage.requests is None else \
+            range(stage.requests)
+        if done is not None:  # it ran to its end before: its slots are known, not its time
+            count = range(done["slots"])
         await loop(todo(count) if run.skip else iter(count), fire,
                    workers=stage.concurrency or 1, clock=clock, stopping=stopping,
-                   duration_s=stage.duration_s)
+                   duration_s=stage.duration_s if done is None else None)
     figures = tally.figures()
     facts["stages"].append(tally.facts(figures))
-    return figures
+    if done is not None:
+        before: float | None = done["request_throughput_rps"]
+        return before
+    measured = _finite(figures["request_throughput_rps"])
+    if not stopping():  # ran to its end: a resume must neither send it again nor re-measure
+        facts["done"][stage.name] = {"slots": tally.slots, "request_throughput_rps": measured}
+        _save(run)
+    return measured
+
+
+def _done(before: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The stages an earlier session of the run ended (its run.json, so checked as input)."""
+    found = before.get("done")
+    if type(found) is not dict:
+        return {}
+    out = {}
+    for name, record in found.items():
+        if type(record) is not dict:
+            continue
+        taken, rate = record.get("slots"), record.get("request_throughput_rps")
+        if type(taken) is int and taken >= 0 and (
+                rate is None or (type(rate) in (int, float) and _finite(float(rate)) is not None)):
+            out[str(name)] = {"slots": taken,
+                              "request_throughput_rps": None if rate is None else float(rate)}
+    return out
+
+
+def _save(run: RunState) -> None:
+    """run.json now, not only at the end: what a stage measured outlives a kill -9."""
+    if run.save_facts is not None:
+        run.save_facts()
 
 
 def _stopping(run: RunState, facts: dict[str, Any]) -> Callable[[], bool]:

@@ -22,9 +22,10 @@ from typing import Any
 from . import schema
 from .errors import ConfigError, JobFileError
 from .plan import Plan, Request
-from .schedule import CLOSED_LOOP, Stage
+from .schedule import CLOSED_LOOP, Stage, max_sends
 
 DEFAULT_SWEEP_RATES = 5
+ROWS_COUNTED = 100_000   # send times `expected_rows` counts ahead per stage, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,14 +188,15 @@ class Slots:
         self._n = len(plan)
 
     def request_id(self, stage: Stage, k: int) -> str:
-        return f"s{stage.index}-{k}-{self.plan[self._pick(stage, k)].request_id[:12]}"
+        return f"s{stage.index}-{k}-{self.plan[self.item(stage, k)].request_id[:12]}"
 
     def request(self, stage: Stage, k: int) -> Request:
-        base = self.plan[self._pick(stage, k)]
+        base = self.plan[self.item(stage, k)]
         return dataclasses.replace(
             base, request_id=f"s{stage.index}-{k}-{base.request_id[:12]}")
 
-    def _pick(self, stage: Stage, k: int) -> int:
+    def item(self, stage: Stage, k: int) -> int:
+        """The plan index slot k of `stage` sends."""
         if self.order == "cycle":
             return k % self._n
         # stateless: slot k draws the same item whatever was sent before (a resume skips)
@@ -216,19 +218,17 @@ def stage_facts(stage: Stage) -> Mapping[str, Any]:
 
 def expected_rows(load: Load, done: int = 0) -> int:
     """About how many rows the load test writes (for the progress bar and the collector's
-    set-up): stages bounded by a count or a rate and duration, and at least `done`. A closed
-    loop bounded by time alone counts as nothing: its count is known only as it runs."""
+    set-up): the most each stage sends (`schedule.max_sends`; a sweep's rate stages: their
+    `requests`), and at least `done`. A closed loop bounded by time alone counts as nothing:
+    its count is known only as it runs; a Poisson or ramp stage of more than ROWS_COUNTED
+    requests counts as that many (counting its send times would hold up the start)."""
     total = 0
     for step in load.steps:
-        stages = [step] if isinstance(step, Stage) else \
-            [step.template] * (2 + step.rates)  # a sweep: its stages share one set of bounds
-        for stage in stages:
-            estimate = stage.requests
-            if stage.rate_rps is not None and stage.duration_s is not None:
-                rate = max(stage.rate_rps, stage.to_rate_rps or 0.0)
-                by_time = int(rate * stage.duration_s) + 1
-                estimate = by_time if estimate is None else min(estimate, by_time)
-            total += estimate or 0
+        if isinstance(step, Stage):
+            count = max_sends(step, ROWS_COUNTED)
+            total += count if count is not None else ROWS_COUNTED if step.open_loop else 0
+        else:  # a sweep: its stages share one set of bounds; its rates are not known yet
+            total += (2 + step.rates) * (step.template.requests or 0)
     return max(total, done)
 
 

@@ -10,6 +10,7 @@ through the Lambda of a ramp gives a linear or exponential ramp (the time-rescal
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 OPEN_LOOP = ("constant", "poisson", "ramp")     # sent at their time, whatever is in flight
 CLOSED_LOOP = ("concurrency", "synchronous", "throughput")  # sent when a worker is free
 MODES = (*OPEN_LOOP, *CLOSED_LOOP, "sweep")
+COUNT_LIMIT = 1_000_000   # send times `max_sends` counts ahead, at most
 _Inverse = Callable[[float], float]
 
 
@@ -90,6 +92,26 @@ def arrivals(stage: Stage) -> Iterator[float]:
         k += 1
         # gamma(shape, 1/shape) has mean 1: the rate is kept, the shape sets the burstiness
         work += rng.gammavariate(shape, 1.0 / shape) if shape is not None else 1.0
+
+
+def max_sends(stage: Stage, limit: int = COUNT_LIMIT) -> int | None:
+    """The most requests a stage sends: an open loop's send times counted (Poisson, bursty or
+    ramped: up to `limit`), a closed loop's `requests`; None: more than `limit`, or a closed
+    loop bounded by time."""
+    if not stage.open_loop:
+        return stage.requests
+    if stage.mode == "constant" and stage.burstiness is None and stage.duration_s is not None:
+        # request k at k / rate, as `arrivals` computes it: the first k at or past the end
+        rate, end = stage.rate_rps, stage.duration_s
+        assert rate is not None
+        count = max(0, math.ceil(end * rate))
+        while count > 0 and (count - 1) / rate >= end:
+            count -= 1
+        while count / rate < end:
+            count += 1
+        return count if stage.requests is None else min(count, stage.requests)
+    count = sum(1 for _ in itertools.islice(arrivals(stage), limit + 1))
+    return count if count <= limit else None
 
 
 def _inverse_intensity(stage: Stage) -> _Inverse:

@@ -88,6 +88,7 @@ class RunState:
     batched: frozenset[str] = frozenset()   # providers whose requests go as batches (batch.py)
     cache: ResponseCache | None = None      # the response cache, when it is on (cache.py)
     load: dict[str, Any] | None = None              # a load test's facts for run.json
+    save_facts: Callable[[], object] | None = None  # writes run.json now (a stage's end)
 
 
 @dataclass(slots=True)

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from .runs import reap
+
 ROOT = Path(__file__).resolve().parents[1]
 # verbatim copies of ../shared/openrouter/ (real OpenRouter payloads), kept with the tests
 CAPTURES = ROOT / "tests" / "data" / "openrouter"
@@ -19,6 +21,13 @@ CAPTURES = ROOT / "tests" / "data" / "openrouter"
 def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Price catalogues are cached under XDG_CACHE_HOME: keep each test's cache its own."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans() -> Iterator[None]:
+    """What a test started with `runs.runner_process` is killed when it ends, pass or fail."""
+    yield
+    reap()
 
 
 @pytest.fixture

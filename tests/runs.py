@@ -1,11 +1,53 @@
-"""Real result data for the report, compare and JUnit tests: jobs run against the simulator over
-loopback HTTP, their rows graded by the job's checks."""
+"""Runs for tests: real result data for the report, compare and JUnit tests (jobs run against
+the simulator over loopback HTTP, their rows graded by the job's checks), and `runner` commands
+in processes of their own that no test leaves behind (`runner_process`, `reap`)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import runner
+
+ROOT = Path(__file__).resolve().parents[1]
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+def runner_process(*args: str, **popen: Any) -> subprocess.Popen[str]:
+    """`python -m runner ARGS` from the project root (unbuffered, text), its stdout and stderr
+    piped unless `popen` says otherwise; `reap` ends it after the test."""
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+    proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, **popen)
+    _STARTED.append(proc)
+    return proc
+
+
+def reap() -> None:
+    """Kill every process `runner_process` started that still runs, and wait for it: a failed
+    assertion must not leave a runner behind to disturb later tests (conftest calls this after
+    each test)."""
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        if any(pipe is not None and not pipe.closed for pipe in (proc.stdout, proc.stderr)):
+            proc.communicate()
+        proc.wait()
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    """Poll for a condition another process brings about (not a sleep standing in for it)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
 
 
 def run_graded(job_path: Path, out_dir: Path) -> Path:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +22,8 @@ from runner.cli import main
 from runner.plan import Plan
 from runner.simulator import read_bill
 
+from .runs import runner_process, wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-or-v1-TESTSECRET0123456789abcdef0123456789"
 # the simulator's list prices of its default models, USD per million tokens
@@ -32,15 +32,6 @@ pricing:
   sim/fast-mini: {usd_per_mtok_prompt: 0.10, usd_per_mtok_completion: 0.40}
   sim/balanced: {usd_per_mtok_prompt: 0.50, usd_per_mtok_completion: 1.50}
 """
-
-
-def _wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    """Poll for a condition another process brings about (not a sleep standing in for it)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 @contextlib.contextmanager
@@ -57,25 +48,8 @@ def _simulate(*flags: str) -> Iterator[str]:
         proc.communicate(timeout=10)
 
 
-_STARTED: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_orphans() -> Iterator[None]:
-    yield
-    while _STARTED:
-        proc = _STARTED.pop()
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
-
 def _runner(*args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    _STARTED.append(proc)
-    return proc
+    return runner_process(*args)
 
 
 def _submissions(log: Path) -> list[dict[str, object]]:
@@ -121,7 +95,7 @@ def test_a_killed_10k_batch_run_resumes_without_a_second_submission(
         planned = {r.request_id for r in Plan(runner.load_job(path))}
         assert len(planned) == 10_000
         first = _runner("run", str(path), "--out", str(results_dir), "--quiet")
-        _wait_for(lambda: len(_batches(batch_log)) >= 2 or first.poll() is not None)
+        wait_for(lambda: len(_batches(batch_log)) >= 2 or first.poll() is not None)
         first.kill()  # SIGKILL: two batches (at least) are in flight, nothing answered yet
         first.communicate()
         in_flight = len(_batches(batch_log))
@@ -164,7 +138,7 @@ def test_a_batch_taken_over_by_a_resume_settles_at_what_it_cost(
         path = _big_job(write_job, url, repeats=2)  # 40 requests: one batch
         first = _runner("run", str(path), "--out", str(results_dir), "--quiet")
         job_dir = results_dir / "big"
-        _wait_for(lambda: any(b"submitted" in p.read_bytes()
+        wait_for(lambda: any(b"submitted" in p.read_bytes()
                               for p in job_dir.glob("*/batches.jsonl"))
                   or first.poll() is not None)
         first.kill()  # the batch's id is on disk, its reservation unsettled
@@ -349,7 +323,7 @@ def test_runner_batches_cancel_cancels_what_a_killed_run_left_in_flight(
     with _simulate("--batch-delay-s", "600", "--batch-log", str(batch_log)) as url:
         path = _big_job(write_job, url, repeats=2)
         first = _runner("run", str(path), "--out", str(results_dir), "--quiet")
-        _wait_for(lambda: len(_batches(batch_log)) >= 1 or first.poll() is not None)
+        wait_for(lambda: len(_batches(batch_log)) >= 1 or first.poll() is not None)
         first.kill()
         first.communicate()
         run_dir = next((results_dir / "big").iterdir())
@@ -437,7 +411,7 @@ def test_a_resume_without_batch_still_follows_the_batches_in_flight(
         """)
         first = _runner("run", str(path), "--batch", "--out", str(results_dir), "--quiet")
         job_dir = results_dir / "flag"
-        _wait_for(lambda: any(b"submitted" in p.read_bytes()
+        wait_for(lambda: any(b"submitted" in p.read_bytes()
                               for p in job_dir.glob("*/batches.jsonl"))
                   or first.poll() is not None)
         first.kill()

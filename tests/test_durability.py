@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import signal
 import subprocess
@@ -23,16 +22,9 @@ from aiohttp import web
 import runner
 from runner.plan import Plan
 
+from .runs import runner_process, wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _wait_for(predicate, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll for a condition another process brings about (not a sleep standing in for it)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 @contextlib.contextmanager
@@ -72,28 +64,9 @@ def _job(write_job, url: str, name: str = "durable", repeats: int = 30) -> Path:
     """)
 
 
-_STARTED: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_orphans() -> Iterator[None]:
-    """A failed assertion must not leave a runner process behind to disturb later tests."""
-    yield
-    while _STARTED:
-        proc = _STARTED.pop()
-        if proc.poll() is None:
-            proc.kill()
-        if proc.stderr is not None and not proc.stderr.closed:
-            proc.communicate()
-        proc.wait()
-
-
-def _runner(*args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", *args, "--quiet"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    _STARTED.append(proc)
-    return proc
+def _runner(*args: str, **popen: object) -> subprocess.Popen[str]:
+    """`runner run ARGS --quiet`, its stderr captured (and stdout dropped)."""
+    return runner_process("run", *args, "--quiet", stdout=subprocess.DEVNULL, **popen)
 
 
 def _kill(proc: subprocess.Popen[str]) -> None:
@@ -116,7 +89,7 @@ def test_sigkill_then_resume_loses_nothing_and_resends_nothing(
     for round_no in range(3):
         args = [str(path), "--out", str(results_dir)] + (["--resume"] if round_no else [])
         proc = _runner(*args)
-        _wait_for(lambda p=proc: job_dir.is_dir() and any(job_dir.glob("*/parts/part-*.parquet"))
+        wait_for(lambda p=proc: job_dir.is_dir() and any(job_dir.glob("*/parts/part-*.parquet"))
                   or p.poll() is not None)
         time.sleep(rng.uniform(0.05, 0.6))  # a random moment of the run, not a wait
         _kill(proc)
@@ -128,7 +101,7 @@ def test_sigkill_then_resume_loses_nothing_and_resends_nothing(
         sent_before = len(_sent_ids(log))
         # every persisted ok row stays done: the next run must not send it again
         resumed = _runner(str(path), "--out", str(results_dir), "--resume")
-        _wait_for(lambda n=sent_before, p=resumed: len(_sent_ids(log)) > n + 5
+        wait_for(lambda n=sent_before, p=resumed: len(_sent_ids(log)) > n + 5
                   or p.poll() is not None)
         _kill(resumed)
         again = set(_sent_ids(log)[sent_before:]) & ok_before
@@ -148,7 +121,7 @@ def test_sigint_stops_cleanly_with_130(write_job, results_dir: Path, simulator_p
     url, log = simulator_process
     path = _job(write_job, url, name="interrupt", repeats=200)
     proc = _runner(str(path), "--out", str(results_dir))
-    _wait_for(lambda: len(_sent_ids(log)) >= 20)
+    wait_for(lambda: len(_sent_ids(log)) >= 20)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -224,7 +197,7 @@ def test_second_sigint_cancels_in_flight_and_resume_resends(write_job, results_d
     with _simulate(log, "--hang-rate", "1") as hanging:  # every request hangs in flight
         path = write_job(job.replace("URL", hanging))
         proc = _runner(str(path), "--out", str(results_dir), "--grace-s", "60")
-        _wait_for(lambda: len(_sent_ids(log)) == 4 if log.is_file() else False)
+        wait_for(lambda: len(_sent_ids(log)) == 4 if log.is_file() else False)
         proc.send_signal(signal.SIGINT)
         assert proc.stderr is not None
         assert "stopping" in proc.stderr.readline()  # the first signal was taken
@@ -317,16 +290,6 @@ async def test_a_flush_cancelled_on_its_way_to_the_thread_still_writes(tmp_path:
     assert pd.read_parquet(collector.finish())["request_id"].tolist() == ["id-1"]
 
 
-def _run_cmd(*args: str, **popen: object) -> subprocess.Popen[str]:
-    """`runner run` with stderr captured (and stdout dropped), registered for clean-up."""
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", *args, "--quiet"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            **popen)  # type: ignore[call-overload]
-    _STARTED.append(proc)
-    return proc
-
-
 def _one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -361,11 +324,11 @@ def test_sigkill_of_a_budgeted_run_never_overspends(write_job, results_dir: Path
 
         for round_no in range(2):
             before = billed()
-            proc = _run_cmd(str(path), "--out", str(results_dir),
+            proc = _runner(str(path), "--out", str(results_dir),
                             *(["--resume"] if round_no else []))
-            _wait_for(lambda b=before, p=proc: billed() >= b + 6 or p.poll() is not None)
+            wait_for(lambda b=before, p=proc: billed() >= b + 6 or p.poll() is not None)
             _kill(proc)  # before the first flush: the rows of those requests are not on disk
-        final = _run_cmd(str(path), "--out", str(results_dir), "--resume")
+        final = _runner(str(path), "--out", str(results_dir), "--resume")
         _, err = final.communicate(timeout=120)
         assert "Traceback" not in err, err
         served = billed()
@@ -383,9 +346,9 @@ def test_a_second_process_on_a_running_run_is_refused(write_job, results_dir: Pa
     log = tmp_path / "hang.jsonl"
     with _simulate(log, "--hang-rate", "1") as url:
         path = _job(write_job, url, name="busy", repeats=2)
-        first = _run_cmd(str(path), "--out", str(results_dir))
-        _wait_for(lambda: log.is_file() and len(_sent_ids(log)) >= 8)
-        second = _run_cmd(str(path), "--out", str(results_dir), "--resume")
+        first = _runner(str(path), "--out", str(results_dir))
+        wait_for(lambda: log.is_file() and len(_sent_ids(log)) >= 8)
+        second = _runner(str(path), "--out", str(results_dir), "--resume")
         _, err = second.communicate(timeout=60)
         sent = len(_sent_ids(log))
         _kill(first)
@@ -400,7 +363,7 @@ def test_a_truncated_part_is_reported_and_its_requests_sent_again(  # type: igno
     path = _job(write_job, url, name="torn", repeats=60)  # ~5 s: parts come every second
     proc = _runner(str(path), "--out", str(results_dir))
     job_dir = results_dir / "torn"
-    _wait_for(lambda: len(list(job_dir.glob("*/parts/part-*.parquet"))) >= 2
+    wait_for(lambda: len(list(job_dir.glob("*/parts/part-*.parquet"))) >= 2
               or proc.poll() is not None)
     _kill(proc)
     part = sorted(job_dir.glob("*/parts/part-*.parquet"))[0]
@@ -408,7 +371,7 @@ def test_a_truncated_part_is_reported_and_its_requests_sent_again(  # type: igno
     part.write_bytes(part.read_bytes()[:100])  # cut short, as a crashed disk may leave it
     with pytest.warns(UserWarning, match=part.name):  # the public reader names it, no crash
         runner.read_results(part.parents[1])
-    resumed = _run_cmd(str(path), "--out", str(results_dir), "--resume")
+    resumed = _runner(str(path), "--out", str(results_dir), "--resume")
     _, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
     assert part.name in err and "Traceback" not in err
@@ -429,7 +392,7 @@ def test_a_write_that_fails_ends_the_run_failed_in_one_line_and_resume_completes
         write_job, results_dir: Path, simulator_process) -> None:
     url, log = simulator_process
     path = _job(write_job, url, name="full", repeats=25)
-    proc = _run_cmd(str(path), "--out", str(results_dir),
+    proc = _runner(str(path), "--out", str(results_dir),
                     preexec_fn=lambda: _file_size_limit(60_000))  # parts fit, the merge does not
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
@@ -439,7 +402,7 @@ def test_a_write_that_fails_ends_the_run_failed_in_one_line_and_resume_completes
     manifest = json.loads((run_dir / "run.json").read_text())
     assert manifest["status"] == "failed"
     sent_before = len(_sent_ids(log))
-    resumed = _run_cmd(str(path), "--out", str(results_dir), "--resume")
+    resumed = _runner(str(path), "--out", str(results_dir), "--resume")
     _, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
     df = pd.read_parquet(run_dir / "requests.parquet")
@@ -475,7 +438,7 @@ def test_ctrl_c_during_the_final_files_still_ends_run_json(write_job, results_di
     with _simulate(log, "--hang-rate", "1") as url:
         path = _job(write_job, url, name="impatient", repeats=50)
         proc = _runner(str(path), "--out", str(results_dir), "--grace-s", "60")
-        _wait_for(lambda: log.is_file() and len(_sent_ids(log)) >= 8)
+        wait_for(lambda: log.is_file() and len(_sent_ids(log)) >= 8)
         proc.send_signal(signal.SIGINT)
         assert proc.stderr is not None
         assert "stopping" in proc.stderr.readline()

@@ -18,6 +18,7 @@ from runner.html_report import render_html
 from runner.load_report import stage_table
 from runner.load_stats import knee
 from runner.simulator import DEFAULT_MODELS, Capacity, Simulator
+from tests.runs import runner_process, wait_for
 from tests.test_config import write_case
 
 # a server of 2 generations at once, each 0.1 s (tokens instant): it completes 20 requests a
@@ -101,6 +102,42 @@ def test_a_resumed_load_run_sends_only_the_slots_not_done(tmp_path: Path) -> Non
     assert again.manifest["load"]["stages"][0]["sent"] == len(errored)  # only those again
     ok_before = first.rows.set_index("request_id")["status"].eq("ok")
     assert df.set_index("request_id").loc[ok_before[ok_before].index, "status"].eq("ok").all()
+
+
+def _run_json(out: Path) -> dict[str, object]:
+    """The run's run.json as it is now (empty while there is none, or while it is replaced)."""
+    try:
+        return dict(json.loads(next(out.glob("*/*/run.json")).read_text()))
+    except (StopIteration, FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def test_a_sweep_killed_after_measuring_reuses_its_rates_on_resume(tmp_path: Path) -> None:
+    path = write_case(tmp_path, SERVER + "load: {mode: sweep, rates: 2, duration_s: 1, "
+                      "max_concurrency: 8}\n", {})
+    out = tmp_path / "out"
+    proc = runner_process("run", str(path), "--out", str(out), "--quiet")
+
+    def measured() -> bool:
+        load = _run_json(out).get("load")
+        return isinstance(load, dict) and "0" in (load.get("sweeps") or {})
+    wait_for(lambda: measured() or proc.poll() is not None)
+    proc.kill()  # SIGKILL: in the sweep's rate stages, after synchronous and throughput
+    proc.communicate()
+    before = _run_json(out)["load"]
+    assert isinstance(before, dict) and proc.returncode == -9, "the run ended before the kill"
+    rates, done = before["sweeps"]["0"], before["done"]
+    assert set(done) == {"00 synchronous", "01 throughput"} and len(rates) == 2
+    again = runner.run(path, out_dir=out, resume="latest")
+    facts = again.manifest["load"]
+    assert facts["sweeps"]["0"] == rates  # not measured again...
+    df = again.rows
+    assert df["request_id"].is_unique and set(df["status"]) == {"ok"}
+    for name in done:  # ...and no slot sent past those it took before the kill
+        slots = df.loc[df["stage"].astype(str) == name, "request_id"].str.split("-").str[1]
+        assert sorted(slots.astype(int)) == list(range(done[name]["slots"])), name
+    assert [s["stage"] for s in facts["stages"]][2:] == \
+        [f"0{2 + i} constant {rate:.3g}/s" for i, rate in enumerate(rates)]
 
 
 def test_a_budget_refusal_stops_the_load_test(tmp_path: Path) -> None:
