@@ -358,6 +358,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         load = f", sent as a load test of {stages} stage(s)"
     print(f"{args.job}: ok — {len(job.models)} models x {len(job.prompts)} prompts "
           f"-> {len(plan)} requests{load}")
+    for line in plan.row_errors().lines():  # dataset rows that would be bad_input rows
+        print(line)
     return EXIT_OK
 
 
@@ -374,7 +376,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     result = anyio.run(lambda: estimate(job, budget_usd=args.budget_usd,
                                         refresh_prices=args.refresh_prices, batch=args.batch))
     total_requests = sum(m.requests for m in result.models)
-    shown = Plan(job)[:args.show]
+    plan = Plan(job)
+    shown = plan[:args.show]
+    bad_rows = plan.row_errors()  # dataset rows that would be bad_input rows
     if args.json:
         print(json.dumps({
             "job": job.name, "requests": total_requests, "repeats": job.repeats,
@@ -384,11 +388,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             "worst_case_total_usd": result.total_usd, "budget_usd": result.budget_usd,
             "budget_covers": result.budget_covers, "notes": list(result.notes),
             "first_requests": [_request_json(r) for r in shown],
+            "bad_input_rows": bad_rows.as_json(),
         }, default=str))
         return EXIT_OK
     from .console import print_plan
 
     print_plan(job.name, result, shown)
+    for line in bad_rows.lines():
+        print(line)
     return EXIT_OK
 
 

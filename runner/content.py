@@ -39,6 +39,11 @@ _MEDIA_TYPES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jp
 _DATA_URL = re.compile(r"data:(image/[a-z0-9.+-]+);base64,([A-Za-z0-9+/=\s]*)", re.I)
 _TEMPLATE_MARKS = ("{{", "{%", "{#")
 MAX_IMAGES_CHECKED = 10_000          # values of one var whose images are checked at load
+# What rendering one row's values can raise: Jinja's own errors, an image that cannot be loaded
+# (JobFileError), and what a template's expression raises on a value of the wrong kind
+# (`{{ n + 1 }}` with n a string, a division by zero, a missing key or index).
+ROW_ERRORS: tuple[type[Exception], ...] = (TemplateError, JobFileError, ArithmeticError,
+                                           TypeError, ValueError, LookupError, AttributeError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,11 +248,16 @@ def _check_images(part: ImagePart, template: Template, available: Mapping[str, A
                                    f"{variables}: {exc}") from None
 
 
-def _render_image(part: ImagePart, variables: Mapping[str, Any]) -> ImagePart:
-    """The image a templated source names for these vars, loaded (and kept, a few at once)."""
+def _render_image(part: ImagePart, variables: Mapping[str, Any], check: bool) -> ImagePart:
+    """The image a templated source names for these vars, loaded (and kept, a few at once);
+    with `check`, only checked (`check_image`: its size and first bytes) and not loaded."""
     assert part.template is not None and part.origin is not None
     path, where = part.origin
-    return _load_cached(path, where, part.template.render(variables), part.detail)
+    source = part.template.render(variables)
+    if check:
+        check_image(path, where, source)
+        return part
+    return _load_cached(path, where, source, part.detail)
 
 
 @functools.lru_cache(maxsize=8)   # a dataset's rows often share an image; memory stays bounded
@@ -255,14 +265,17 @@ def _load_cached(path: Path, where: str, source: str, detail: str | None) -> Ima
     return load_image(path, where, source, detail)
 
 
-def render_content(content: Content, template: Template, variables: Mapping[str, Any]) -> Content:
+def render_content(content: Content, template: Template, variables: Mapping[str, Any],
+                   check: bool = False) -> Content:
     """A message's content as sent: the template rendered, or each text part rendered (images
-    are as loaded)."""
+    are as loaded; with `check`, a templated image is checked but not read, see
+    `_render_image`). Raises one of `ROW_ERRORS` when the values cannot make it."""
     if isinstance(content, str):
         return template.render(variables)
     return Parts(TextPart((p.template or parse(p.text)).render(variables))
-                 if isinstance(p, TextPart) else _render_image(p, variables)
+                 if isinstance(p, TextPart) else _render_image(p, variables, check)
                  if p.template is not None else p for p in content)
+
 
 
 def wire(content: Content) -> str | list[dict[str, Any]]:

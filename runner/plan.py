@@ -20,14 +20,17 @@ from jinja2 import TemplateError
 
 from .checks import response_format_for
 from .config import Job, Message, ModelSpec, Prompt
-from .content import render_content
+from .content import ROW_ERRORS, render_content
 from .conversation import first_turn
-from .datasets import merge_kinds, value_kind
+from .datasets import Dataset, merge_kinds, value_kind
 from .errors import JobFileError
 from .prompts import render_view
 from .templates import Template, parse
 
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+BAD_INPUT = "bad_input"     # the error_type of a row that cannot make its request
+ROWS_SCANNED = 10_000       # rows of each dataset prompt `row_errors` renders
+MAX_PROBLEM_CHARS = 300     # of a bad_input row's problem, in its one-line message
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,8 @@ class Request:
     target: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=lambda: _NO_METADATA)
     row_id: str | None = None       # a dataset prompt's row: its id field, else position-hash
+    # why this request cannot be made from its dataset row: a `bad_input` row, never sent
+    input_error: str | None = None
 
 
 class Plan(Sequence[Request]):
@@ -145,13 +150,22 @@ class Plan(Sequence[Request]):
                        messages=first_turn(unit.messages, prompt.turns), params=self._params(m, p),
                        turns=unit.messages[len(unit.messages) - prompt.turns:] if prompt.turns
                        else (),
-                       target=unit.target, metadata=unit.metadata, row_id=unit.row_id)
+                       target=unit.target, metadata=unit.metadata, row_id=unit.row_id,
+                       input_error=unit.error)
 
     def unit_messages(self, p: int, c: int) -> tuple[Message, ...]:
-        """The rendered messages of combination c of dataset prompt p (for estimates)."""
-        return self._unit(p, c).messages
+        """The rendered messages of combination c of dataset prompt p (for estimates); a row
+        that cannot be rendered sends nothing, so its messages are empty."""
+        unit = self._unit(p, c)
+        if unit.error is not None:
+            return tuple(Message(msg.role, "") for msg in self.job.prompts[p].messages)
+        return unit.messages
 
-    def _unit(self, p: int, c: int) -> _Unit:
+    def _unit(self, p: int, c: int, check: bool = False) -> _Unit:
+        """Combination c of dataset prompt p, rendered; a row whose values cannot make it (they
+        trip a template, its image cannot be loaded) is a unit with an `error`, not a raise:
+        its requests become `bad_input` rows and the run goes on. With `check`, images are
+        checked but not read (`row_errors`)."""
         prompt = self.job.prompts[p]
         dataset = prompt.dataset
         assert dataset is not None
@@ -160,26 +174,53 @@ class Plan(Sequence[Request]):
         row = dataset.row(k)
         variables = {**combination(prompt, rest), **row.fields}
         view = {**combination(prompt, rest), **render_view(row.fields)}
+        error: str | None = None
+        messages: tuple[Message, ...] = ()
+        templates = self.templates(p)
         try:
-            messages = tuple(Message(msg.role, render_content(msg.content, template, view))
-                             for msg, template in zip(prompt.messages, self.templates(p),
-                                                      strict=True))
+            messages = tuple(Message(msg.role, render_content(msg.content, template, view, check))
+                             for msg, template in zip(prompt.messages, templates, strict=True))
+        except ROW_ERRORS as exc:  # which message: the first that fails again on its own
+            n = next((n for n, (msg, t) in enumerate(zip(prompt.messages, templates,
+                                                         strict=True))
+                      if _fails(msg, t, view, check)), 0)
+            messages, error = (), _row_error(prompt, dataset, k, row.row_id, exc,
+                                             f"prompts[id={prompt.id}] message {n + 1} "
+                                             f"({prompt.messages[n].role})", templates[n])
+        target: str | None = None
+        try:
             if prompt.target is not None:
-                target: str | None = prompt.target.render(view)
+                target = prompt.target.render(view)
             elif prompt.target_field is not None:
                 value = row.fields[prompt.target_field]
                 target = None if value is None else str(value)
-            else:
-                target = None
-        except TemplateError as exc:  # only rows past the load's render budget get here
-            raise JobFileError(self.job.path, f"prompts[id={prompt.id}]",
-                               f"template cannot be rendered with row "
-                               f"{dataset.position(k) + 1} of {dataset.path.name}: {exc}"
-                               ) from None
+        except ROW_ERRORS as exc:
+            assert prompt.target is not None
+            error = error or _row_error(prompt, dataset, k, row.row_id, exc,
+                                        f"{dataset.where}.target", prompt.target)
         metadata = prompt.metadata
         if prompt.metadata_fields:
             metadata = {**metadata, **{f: row.fields[f] for f in prompt.metadata_fields}}
-        return _Unit(row.row_id, rest, variables, messages, target, metadata)
+        return _Unit(row.row_id, rest, variables, messages, target, metadata, error)
+
+    def row_errors(self, rows: int = ROWS_SCANNED, shown: int = 3) -> RowErrors:
+        """How many of the first `rows` rows of each dataset prompt (each with the first value
+        of its other vars) would be `bad_input` rows, and the first `shown` reasons: what
+        `runner validate` and `runner plan` say. Images are checked, not read."""
+        scanned, bad, first = 0, 0, list[str]()
+        for p, prompt in enumerate(self.job.prompts):
+            if prompt.dataset is None:
+                continue
+            inner = combinations(prompt) // len(prompt.dataset)
+            count = min(rows, len(prompt.dataset))
+            scanned += count
+            for k in range(count):
+                error = self._unit(p, k * inner, check=True).error
+                if error is not None:
+                    bad += 1
+                    if len(first) < shown:
+                        first.append(error)
+        return RowErrors(scanned, bad, tuple(first))
 
     def _key(self, m: int, p: int) -> str:
         """What makes requests of model m and dataset prompt p differ from any other's."""
@@ -269,6 +310,58 @@ class _Unit:
     messages: tuple[Message, ...]
     target: str | None
     metadata: Mapping[str, Any]
+    error: str | None = None        # why the row cannot make this unit (a bad_input row)
+
+
+@dataclass(frozen=True, slots=True)
+class RowErrors:
+    """What `Plan.row_errors` found: rows scanned, how many would be bad_input rows, and the
+    messages of the first few."""
+
+    scanned: int
+    rows: int
+    first: tuple[str, ...]
+
+    def lines(self) -> list[str]:
+        """What `runner validate` and `runner plan` print (nothing when no row is bad)."""
+        if not self.rows:
+            return []
+        return [f"{self.rows} of {self.scanned} rows scanned would be error rows (bad_input: "
+                f"not sent, the run goes on){', the first:' if self.first else ''}",
+                *(f"  {message}" for message in self.first)]
+
+    def as_json(self) -> dict[str, Any]:
+        """The same for `runner plan --json`."""
+        return {"scanned": self.scanned, "rows": self.rows, "first": list(self.first)}
+
+
+def _fails(message: Message, template: Template, view: Mapping[str, Any], check: bool) -> bool:
+    try:
+        render_content(message.content, template, view, check)
+    except ROW_ERRORS:
+        return True
+    return False
+
+
+def _row_error(prompt: Prompt, dataset: Dataset, k: int, row_id: str, exc: Exception,
+               field_name: str, template: Template) -> str:
+    """The one-line message of a bad_input row: the dataset file, the row (position and id),
+    the job-file field, the problem and the row vars the template reads, and the fix."""
+    if isinstance(exc, JobFileError):  # an image: its own field and problem
+        field_name, problem = exc.field, exc.problem
+    else:
+        problem = f"cannot be rendered: {type(exc).__name__}: {exc}" \
+            if not isinstance(exc, TemplateError) else f"cannot be rendered: {exc}"
+        reads = [name for name in template.names if name in dataset.fields]
+        if reads:
+            problem += f" (it reads the row's {', '.join(reads)})"
+    problem = " ".join(problem.split())
+    if len(problem) > MAX_PROBLEM_CHARS:
+        problem = problem[:MAX_PROBLEM_CHARS] + "..."
+    shown_id = row_id if len(row_id) <= 60 else row_id[:60] + "..."
+    return (f"{dataset.path.name} row {dataset.position(k) + 1} (row_id {shown_id}): "
+            f"{field_name}: {problem}; not sent: fix the row in the dataset (or leave it out "
+            "with where: or limit:) and resume with --force --retry-errors")
 
 
 def combinations(prompt: Prompt) -> int:

@@ -18,7 +18,7 @@ from jinja2 import TemplateError
 
 from . import schema
 from .checks import Check, compile_expected
-from .content import Content, build_parts, content_template
+from .content import ROW_ERRORS, Content, build_parts, content_template
 from .datasets import Dataset, read_dataset
 from .errors import JobFileError
 from .prompt_files import read_prompt_file
@@ -240,24 +240,31 @@ def _try_renders(path: Path, jinja: list[tuple[Template, str]],
     """Render the Jinja templates of a prompt with every var combination (or, past the limits,
     with every value of every var at least once), so that a value that trips a template (a
     filter, the sandbox) is a load-time error rather than a run that stops half way. Plain
-    templates cannot fail and are not rendered. With a dataset, every row is tried while the
-    load's render budget lasts (then the first rows), with the first value of the other vars."""
+    templates cannot fail and are not rendered. With a dataset, rows are tried (with the first
+    value of the other vars) until one renders: a template no row of the first ones the load's
+    render budget allows can fill is refused; a row that fails later is a `bad_input` row."""
     if not jinja:
         return
     if dataset is not None:
         count = min(len(dataset), max(1, min(RENDER_CHECK_LIMIT, load.renders_left)))
         load.renders_left -= count
         base = {name: values[0] for name, values in used.items()}
+        first: JobFileError | None = None
         for k in range(count):
             row = dataset.row(k)
             variables = {**base, **render_view(row.fields)}
             for template, field_name in jinja:
                 try:
                     template.render(variables)
-                except TemplateError as exc:
-                    raise JobFileError(path, field_name, f"template cannot be rendered with "
-                                       f"row {dataset.position(k) + 1} of {dataset.path.name}: "
-                                       f"{exc}") from None
+                except ROW_ERRORS as exc:
+                    first = first or JobFileError(
+                        path, field_name, f"template cannot be rendered with row "
+                        f"{dataset.position(k) + 1} of {dataset.path.name}: {exc}")
+                    break
+            else:  # one row renders: the others that fail are bad_input rows (plan.py)
+                return
+        if first is not None:  # every row tried fails: the template is at fault, not a row
+            raise first
         return
     names = [name for name in used if any(name in t.names for t, _ in jinja)]
     lists = [used[name] for name in names]

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import anyio
+import anyio.lowlevel
 from jinja2 import TemplateError
 
 from .budget import Budget, Reservation, known_cost
@@ -34,7 +35,7 @@ from .journal import Journal
 from .judge import judge_messages, parse_verdict, scale_of
 from .judge import response_format as judge_format
 from .limits import Gates
-from .plan import Request
+from .plan import BAD_INPUT, Request
 from .pricing import Price, typical_prompt_tokens, worst_case_usd
 from .providers import Providers
 from .result import ERROR, INTERRUPTED, OK, SKIPPED, Result
@@ -125,6 +126,14 @@ async def handle(run: RunState, request: Request,
     `stamp(result)` fills a load test's columns just before the row is recorded."""
     result = new_result(run.run_id, run.job.name, request, run.providers.redactor)
     t_ready = run.clock()
+    if request.input_error is not None:  # its dataset row cannot make it (plan.py): not sent
+        result.status, result.error_type = ERROR, BAD_INPUT
+        result.error_message = run.providers.redactor(request.input_error)
+        _close_row(run, result, t_ready, datetime.now(UTC))
+        if run.collector.pending >= run.collector.flush_rows:
+            await flush(run)
+        await anyio.lowlevel.checkpoint()  # a long run of such rows must not starve the loop
+        return
     call = _call_for(run, request, t_ready)
     result.estimated_cost_usd = call.worst_usd
     try:

@@ -1,0 +1,130 @@
+"""A dataset row that cannot be made into a request (its values trip the template, its image is
+missing) is a `bad_input` error row, never sent, while the other rows run; a problem of every row
+is still refused at load; `runner validate` and `runner plan` count the rows they scanned that
+would be such rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import runner
+from runner.cli import main
+from runner.simulator import DEFAULT_MODELS, Simulator
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = (ROOT / "jobs" / "examples" / "images" / "red-square.png").read_bytes()
+ROWS = 10_600          # more than the 10,000 rows a load test-renders
+TRIPS = 10_500         # the row (1-based) whose `meta` lacks the key the template reads
+NO_IMAGE = 7           # the row whose image file does not exist
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    fast = [dataclasses.replace(m, ttft_s=0.0, tokens_per_s=0.0, jitter_s=0.0)
+            for m in DEFAULT_MODELS]
+    with Simulator(fast) as server:
+        yield server
+
+
+def _rows(count: int) -> list[dict[str, Any]]:
+    rows = [{"id": f"r{n}", "q": f"question {n}", "meta": {"topic": f"t{n % 5}"},
+             "img": "pics/a.png"} for n in range(1, count + 1)]
+    if count >= TRIPS:
+        rows[TRIPS - 1]["meta"] = {}
+    rows[NO_IMAGE - 1]["img"] = "pics/missing.png"
+    return rows
+
+
+def _job(tmp_path: Path, url: str, rows: list[dict[str, Any]], *,
+         text: str = "{{ q }} about {{ meta.topic }}") -> Path:
+    (tmp_path / "pics").mkdir(exist_ok=True)
+    (tmp_path / "pics" / "a.png").write_bytes(PNG)
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        f"name: rows\nproviders:\n  sim: {{base_url: \"{url}\", openrouter: true}}\n"
+        "provider: sim\nmodels: [sim/fast-mini]\nlimits: {concurrency: 64}\n"
+        "params: {max_tokens: 1, stream: false}\nprompts:\n  - id: p\n    messages:\n"
+        f"      - role: user\n        content:\n          - {json.dumps(text)}\n"
+        "          - image: '{{ img }}'\n    dataset: {path: d.jsonl, id_field: id}\n")
+    return path
+
+
+def test_bad_rows_past_the_load_scan_are_error_rows_and_the_run_completes(
+        tmp_path: Path, sim: Simulator) -> None:
+    job = _job(tmp_path, sim.base_url, _rows(ROWS))
+    outcome = runner.run(job, out_dir=tmp_path / "out")
+    df = outcome.rows.set_index("row_id")
+    assert outcome.status == "completed" and len(df) == ROWS
+    bad = df[df["status"] != "ok"]
+    assert sorted(bad.index) == sorted([f"r{NO_IMAGE}", f"r{TRIPS}"])
+    assert set(bad["status"]) == {"error"} and set(bad["error_type"]) == {"bad_input"}
+    # nothing was sent for them, so nothing was paid
+    assert len(sim.arrivals()) == ROWS - 2
+    assert (bad["attempts"].fillna(0) == 0).all() and bad["cost_usd"].fillna(0).sum() == 0
+    trips = df.loc[f"r{TRIPS}", "error_message"]
+    assert trips.startswith(f"d.jsonl row {TRIPS} (row_id r{TRIPS}): ")
+    assert "topic" in trips and "fix" in trips and "\n" not in trips
+    missing = df.loc[f"r{NO_IMAGE}", "error_message"]
+    assert missing.startswith(f"d.jsonl row {NO_IMAGE} (row_id r{NO_IMAGE}): ")
+    assert "content[1].image" in missing and "missing.png" in missing
+    # the inputs are still recorded
+    assert df.loc[f"r{TRIPS}", "var_q"] == f"question {TRIPS}"
+    assert json.loads(df.loc[f"r{NO_IMAGE}", "var_meta"]) == {"topic": f"t{NO_IMAGE % 5}"}
+    # a resume does not send them again (fixed data changes the plan: resume --force)
+    sim.clear_arrivals()
+    again = runner.run(job, out_dir=tmp_path / "out", resume="latest")
+    assert again.status == "completed" and len(sim.arrivals()) == 0
+    assert len(again.rows) == ROWS
+    assert set(again.rows.loc[again.rows["status"] != "ok", "row_id"]) == {
+        f"r{NO_IMAGE}", f"r{TRIPS}"}
+
+
+def test_validate_and_plan_count_the_bad_rows_they_scan(
+        tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = _rows(30)
+    rows[11]["meta"] = {}
+    job = _job(tmp_path, sim.base_url, rows)
+    told = "2 of 30 rows scanned would be error rows (bad_input: not sent"
+    assert main(["validate", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert told in out
+    assert "d.jsonl row 7 (row_id r7)" in out and "d.jsonl row 12 (row_id r12)" in out
+    assert main(["plan", str(job)]) == 0
+    assert told in capsys.readouterr().out
+    assert main(["plan", "--json", str(job)]) == 0
+    found = json.loads(capsys.readouterr().out)["bad_input_rows"]
+    assert found["scanned"] == 30 and found["rows"] == 2 and len(found["first"]) == 2
+
+
+def test_a_template_broken_for_every_row_is_still_refused_at_load(
+        tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str]) -> None:
+    job = _job(tmp_path, sim.base_url, _rows(30), text="{{ q }} {{ meta.nope }}")
+    for command in (["validate"], ["plan"], ["run", "--quiet", "--out", str(tmp_path / "o")]):
+        assert main([*command, str(job)]) == 2
+        err = capsys.readouterr().err
+        assert "prompts[0].messages[0].content" in err and "row 1 of d.jsonl" in err
+        assert "Traceback" not in err
+    assert sim.arrivals() == []
+
+
+def test_a_value_of_the_wrong_kind_is_an_error_row_not_a_crash(
+        tmp_path: Path, sim: Simulator) -> None:
+    rows = _rows(12)
+    rows[3]["n"] = "four"
+    for n, row in enumerate(rows):
+        row.setdefault("n", n)
+    job = _job(tmp_path, sim.base_url, rows, text="{{ q }} {{ n + 1 }}")
+    outcome = runner.run(job, out_dir=tmp_path / "out")
+    df = outcome.rows.set_index("row_id")
+    assert outcome.status == "completed"
+    assert df.loc["r4", "error_type"] == "bad_input"
+    assert "d.jsonl row 4 (row_id r4)" in df.loc["r4", "error_message"]
+    assert set(df.drop(["r4", f"r{NO_IMAGE}"])["status"]) == {"ok"}
+    assert len(sim.arrivals()) == 10
