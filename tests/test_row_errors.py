@@ -128,3 +128,22 @@ def test_a_value_of_the_wrong_kind_is_an_error_row_not_a_crash(
     assert "d.jsonl row 4 (row_id r4)" in df.loc["r4", "error_message"]
     assert set(df.drop(["r4", f"r{NO_IMAGE}"])["status"]) == {"ok"}
     assert len(sim.arrivals()) == 10
+
+
+def test_batch_mode_records_a_bad_row_without_putting_it_in_a_batch(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [{"q": f"q{n}", "meta": {"topic": "t"}} for n in range(6)]
+    rows[2]["meta"] = {}
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job = tmp_path / "job.yaml"
+    job.write_text("name: b\nprovider: simulated\nmodels: [sim/fast-mini]\n"
+                   "providers: {simulated: {batch_options: {poll_s: 0.01}}}\n"
+                   "params: {max_tokens: 4}\nprompts:\n"
+                   "  - {text: '{{ q }} {{ meta.topic }}', dataset: d.jsonl}\n")
+    assert main(["run", "--batch", "--quiet", "--out", str(tmp_path / "out"), str(job)]) == 0
+    df = runner.read_results(tmp_path / "out" / "b")
+    assert len(df) == 6 and df["request_id"].is_unique
+    bad = df[df["status"] != "ok"]
+    assert bad["error_type"].tolist() == ["bad_input"] and bad["batch_id"].isna().all()
+    assert bad["error_message"].iloc[0].startswith("d.jsonl row 3 (row_id 3-")
+    assert df.loc[df["status"] == "ok", "batch_id"].notna().all()
