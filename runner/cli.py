@@ -343,6 +343,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from .config import load_job
     from .errors import JobFileErrors
     from .plan import Plan
+    from .redact import job_redactor
 
     try:
         job = load_job(args.job)
@@ -358,7 +359,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         load = f", sent as a load test of {stages} stage(s)"
     print(f"{args.job}: ok — {len(job.models)} models x {len(job.prompts)} prompts "
           f"-> {len(plan)} requests{load}")
-    for line in plan.row_errors().lines():  # dataset rows that would be bad_input rows
+    for line in plan.row_errors().lines(job_redactor(job)):  # rows that would be bad_input
         print(line)
     return EXIT_OK
 
@@ -371,6 +372,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from .config import load_job
     from .estimate import estimate
     from .plan import Plan
+    from .redact import job_redactor
 
     job = load_job(args.job)
     result = anyio.run(lambda: estimate(job, budget_usd=args.budget_usd,
@@ -388,13 +390,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             "worst_case_total_usd": result.total_usd, "budget_usd": result.budget_usd,
             "budget_covers": result.budget_covers, "notes": list(result.notes),
             "first_requests": [_request_json(r) for r in shown],
-            "bad_input_rows": bad_rows.as_json(),
+            "bad_input_rows": bad_rows.as_json(job_redactor(job)),
         }, default=str))
         return EXIT_OK
     from .console import print_plan
 
     print_plan(job.name, result, shown)
-    for line in bad_rows.lines():
+    for line in bad_rows.lines(job_redactor(job)):
         print(line)
     return EXIT_OK
 

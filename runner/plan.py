@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, overload
@@ -29,7 +29,8 @@ from .templates import Template, parse
 
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 BAD_INPUT = "bad_input"     # the error_type of a row that cannot make its request
-ROWS_SCANNED = 10_000       # rows of each dataset prompt `row_errors` renders
+ROWS_SCANNED = 10_000       # rows of each dataset prompt `row_errors` renders...
+ROWS_SCANNED_TOTAL = 100_000  # ...and of all of them (a prompts file x a dataset)
 MAX_PROBLEM_CHARS = 300     # of a bad_input row's problem, in its one-line message
 
 
@@ -177,16 +178,16 @@ class Plan(Sequence[Request]):
         error: str | None = None
         messages: tuple[Message, ...] = ()
         templates = self.templates(p)
+        rendered: list[Message] = []
         try:
-            messages = tuple(Message(msg.role, render_content(msg.content, template, view, check))
-                             for msg, template in zip(prompt.messages, templates, strict=True))
-        except ROW_ERRORS as exc:  # which message: the first that fails again on its own
-            n = next((n for n, (msg, t) in enumerate(zip(prompt.messages, templates,
-                                                         strict=True))
-                      if _fails(msg, t, view, check)), 0)
-            messages, error = (), _row_error(prompt, dataset, k, row.row_id, exc,
-                                             f"prompts[id={prompt.id}] message {n + 1} "
-                                             f"({prompt.messages[n].role})", templates[n])
+            for msg, template in zip(prompt.messages, templates, strict=True):
+                rendered.append(Message(msg.role, render_content(msg.content, template, view,
+                                                                 check)))
+            messages = tuple(rendered)
+        except ROW_ERRORS as exc:
+            n = len(rendered)   # the message that failed
+            error = _row_error(dataset, k, row.row_id, exc, f"prompts[id={prompt.id}] message "
+                               f"{n + 1} ({prompt.messages[n].role})", templates[n])
         target: str | None = None
         try:
             if prompt.target is not None:
@@ -195,24 +196,25 @@ class Plan(Sequence[Request]):
                 value = row.fields[prompt.target_field]
                 target = None if value is None else str(value)
         except ROW_ERRORS as exc:
-            assert prompt.target is not None
-            error = error or _row_error(prompt, dataset, k, row.row_id, exc,
+            error = error or _row_error(dataset, k, row.row_id, exc,
                                         f"{dataset.where}.target", prompt.target)
         metadata = prompt.metadata
         if prompt.metadata_fields:
             metadata = {**metadata, **{f: row.fields[f] for f in prompt.metadata_fields}}
         return _Unit(row.row_id, rest, variables, messages, target, metadata, error)
 
-    def row_errors(self, rows: int = ROWS_SCANNED, shown: int = 3) -> RowErrors:
+    def row_errors(self, rows: int = ROWS_SCANNED, total: int = ROWS_SCANNED_TOTAL,
+                   shown: int = 3) -> RowErrors:
         """How many of the first `rows` rows of each dataset prompt (each with the first value
-        of its other vars) would be `bad_input` rows, and the first `shown` reasons: what
-        `runner validate` and `runner plan` say. Images are checked, not read."""
+        of its other vars; `total` rows at most in all) would be `bad_input` rows, and the
+        first `shown` reasons: what `runner validate` and `runner plan` say. Images are
+        checked, not read."""
         scanned, bad, first = 0, 0, list[str]()
         for p, prompt in enumerate(self.job.prompts):
             if prompt.dataset is None:
                 continue
             inner = combinations(prompt) // len(prompt.dataset)
-            count = min(rows, len(prompt.dataset))
+            count = min(rows, len(prompt.dataset), total - scanned)
             scanned += count
             for k in range(count):
                 error = self._unit(p, k * inner, check=True).error
@@ -322,29 +324,23 @@ class RowErrors:
     rows: int
     first: tuple[str, ...]
 
-    def lines(self) -> list[str]:
-        """What `runner validate` and `runner plan` print (nothing when no row is bad)."""
+    def lines(self, redact: Callable[[str], str] = str) -> list[str]:
+        """What `runner validate` and `runner plan` print (nothing when no row is bad); the
+        messages quote row values, so they pass the job's `redact` first."""
         if not self.rows:
             return []
         return [f"{self.rows} of {self.scanned} rows scanned would be error rows (bad_input: "
                 f"not sent, the run goes on){', the first:' if self.first else ''}",
-                *(f"  {message}" for message in self.first)]
+                *(f"  {redact(message)}" for message in self.first)]
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, redact: Callable[[str], str] = str) -> dict[str, Any]:
         """The same for `runner plan --json`."""
-        return {"scanned": self.scanned, "rows": self.rows, "first": list(self.first)}
+        return {"scanned": self.scanned, "rows": self.rows,
+                "first": [redact(message) for message in self.first]}
 
 
-def _fails(message: Message, template: Template, view: Mapping[str, Any], check: bool) -> bool:
-    try:
-        render_content(message.content, template, view, check)
-    except ROW_ERRORS:
-        return True
-    return False
-
-
-def _row_error(prompt: Prompt, dataset: Dataset, k: int, row_id: str, exc: Exception,
-               field_name: str, template: Template) -> str:
+def _row_error(dataset: Dataset, k: int, row_id: str, exc: Exception,
+               field_name: str, template: Template | None) -> str:
     """The one-line message of a bad_input row: the dataset file, the row (position and id),
     the job-file field, the problem and the row vars the template reads, and the fix."""
     if isinstance(exc, JobFileError):  # an image: its own field and problem
@@ -352,7 +348,8 @@ def _row_error(prompt: Prompt, dataset: Dataset, k: int, row_id: str, exc: Excep
     else:
         problem = f"cannot be rendered: {type(exc).__name__}: {exc}" \
             if not isinstance(exc, TemplateError) else f"cannot be rendered: {exc}"
-        reads = [name for name in template.names if name in dataset.fields]
+        reads = [name for name in template.names if name in dataset.fields] \
+            if template is not None else []
         if reads:
             problem += f" (it reads the row's {', '.join(reads)})"
     problem = " ".join(problem.split())

@@ -247,10 +247,10 @@ def _try_renders(path: Path, jinja: list[tuple[Template, str]],
         return
     if dataset is not None:
         count = min(len(dataset), max(1, min(RENDER_CHECK_LIMIT, load.renders_left)))
-        load.renders_left -= count
         base = {name: values[0] for name, values in used.items()}
         first: JobFileError | None = None
         for k in range(count):
+            load.renders_left -= 1
             row = dataset.row(k)
             variables = {**base, **render_view(row.fields)}
             for template, field_name in jinja:

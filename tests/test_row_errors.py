@@ -147,3 +147,24 @@ def test_batch_mode_records_a_bad_row_without_putting_it_in_a_batch(
     assert bad["error_type"].tolist() == ["bad_input"] and bad["batch_id"].isna().all()
     assert bad["error_message"].iloc[0].startswith("d.jsonl row 3 (row_id 3-")
     assert df.loc[df["status"] == "ok", "batch_id"].notna().all()
+
+
+def test_a_key_in_a_bad_row_is_written_and_printed_nowhere(
+        tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "sk-or-v1-TESTSECRET" + "5a" * 24
+    monkeypatch.setenv("ROW_ERRORS_TEST_KEY", secret)
+    rows = _rows(8)
+    rows[2]["img"] = f"pics/{secret}.png"
+    job = _job(tmp_path, sim.base_url, rows)
+    job.write_text(job.read_text().replace(
+        "openrouter: true}", "openrouter: true, api_key_env: ROW_ERRORS_TEST_KEY}"))
+    assert main(["validate", str(job)]) == 0
+    assert main(["plan", "--json", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "row 3 (row_id r3)" in out and secret not in out
+    df = runner.run(job, out_dir=tmp_path / "out").rows
+    assert df["error_type"].tolist().count("bad_input") == 2
+    for file in (tmp_path / "out").rglob("*"):
+        if file.is_file():
+            assert secret.encode() not in file.read_bytes(), file
