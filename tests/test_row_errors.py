@@ -168,3 +168,23 @@ def test_a_key_in_a_bad_row_is_written_and_printed_nowhere(
     for file in (tmp_path / "out").rglob("*"):
         if file.is_file():
             assert secret.encode() not in file.read_bytes(), file
+
+
+def test_fixed_rows_are_sent_by_a_resume_with_retry_errors(
+        tmp_path: Path, sim: Simulator) -> None:
+    rows = _rows(12)
+    rows[4]["meta"] = {}
+    job = _job(tmp_path, sim.base_url, rows)
+    out = tmp_path / "out"
+    first = runner.run(job, out_dir=out)
+    assert sorted(first.rows.loc[first.rows["status"] != "ok", "row_id"]) == ["r5", "r7"]
+    sim.clear_arrivals()
+    # retried without a fix: made again from the same row, still nothing sent
+    again = runner.run(job, out_dir=out, resume="latest", retry_errors=True)
+    assert len(sim.arrivals()) == 0
+    assert again.rows["error_type"].tolist().count("bad_input") == 2
+    rows[4]["meta"], rows[NO_IMAGE - 1]["img"] = {"topic": "fixed"}, "pics/a.png"
+    job = _job(tmp_path, sim.base_url, rows)
+    fixed = runner.run(job, out_dir=out, resume="latest", retry_errors=True, force=True)
+    assert len(sim.arrivals()) == 2
+    assert len(fixed.rows) == 12 and set(fixed.rows["status"]) == {"ok"}
