@@ -6,9 +6,11 @@ A local image (a path relative to the job file) is read once at load, checked (i
 at most `MAX_IMAGE_BYTES`, and be a PNG, JPEG, GIF or WebP by its first bytes) and kept as a
 base64 data URL, the form OpenAI-compatible APIs take; an `http(s)://` or `data:` URL is sent as
 written. A source can be a template over the vars (`image: "{{ picture }}"`): the image of every
-var value is checked at load (it exists, its size, its first bytes) and read when the plan
-renders a request (the last few read are kept). What a result file or a printout records of an
-image is its source, size and SHA-256, never the base64.
+job var value is checked at load (it exists, its size, its first bytes) and read when the plan
+renders a request (the last few read are kept). A dataset row's image is checked when the plan
+renders its row: one that cannot be sent makes that row a `bad_input` row, not a stopped run
+(the load refuses only a source no row's image fits). What a result file or a printout records
+of an image is its source, size and SHA-256, never the base64.
 """
 
 from __future__ import annotations
@@ -224,8 +226,10 @@ def content_template(path: Path, where: str, content: Content, available: Mappin
         check_template(path, f"{where}[{n}]", text, available, seen, rows)
     for part in content:
         if isinstance(part, ImagePart) and part.template is not None:
-            _check_images(part, check_template(path, (part.origin or (path, where))[1],
-                                               part.source, available, seen), available)
+            template = check_template(path, (part.origin or (path, where))[1], part.source,
+                                      available, seen)
+            if not rows:  # a dataset prompt's are checked row by row (`check_row_images`)
+                _check_images(part, template, available)
     sources = [p.source for p in content if isinstance(p, ImagePart) and p.template]
     return check_template(path, where, "\n".join([text for _, text in texts] + sources),
                           available, seen, rows)
@@ -246,6 +250,23 @@ def _check_images(part: ImagePart, template: Template, available: Mapping[str, A
             except TemplateError as exc:
                 raise JobFileError(path, where, f"template cannot be rendered with "
                                    f"{variables}: {exc}") from None
+
+
+def templated_images(contents: Sequence[Content]) -> list[ImagePart]:
+    """The image parts whose source is a template, in these message contents."""
+    return [part for content in contents if not isinstance(content, str) for part in content
+            if isinstance(part, ImagePart) and part.template is not None]
+
+
+def check_row_images(parts: Sequence[ImagePart], variables: Mapping[str, Any]) -> None:
+    """Check the images these templated parts name for one row's vars (not read: see
+    `check_image`); a JobFileError on the part's field when one cannot be sent."""
+    for part in parts:
+        path, where = part.origin or (Path(), "image")
+        try:
+            _render_image(part, variables, check=True)
+        except TemplateError as exc:
+            raise JobFileError(path, where, f"template cannot be rendered: {exc}") from None
 
 
 def _render_image(part: ImagePart, variables: Mapping[str, Any], check: bool) -> ImagePart:

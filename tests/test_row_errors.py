@@ -114,6 +114,23 @@ def test_a_template_broken_for_every_row_is_still_refused_at_load(
     assert sim.arrivals() == []
 
 
+def test_the_first_rows_image_missing_is_an_error_row_every_rows_is_refused(
+        tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = _rows(10)
+    rows[0]["img"] = "pics/gone.png"
+    job = _job(tmp_path, sim.base_url, rows)
+    df = runner.run(job, out_dir=tmp_path / "out").rows.set_index("row_id")
+    assert df.loc["r1", "error_type"] == df.loc["r7", "error_type"] == "bad_input"
+    assert "gone.png" in df.loc["r1", "error_message"] and len(sim.arrivals()) == 8
+    for row in rows:
+        row["img"] = "pictures/" + row["img"]   # a folder no row's image is in
+    job = _job(tmp_path, sim.base_url, rows)
+    assert main(["validate", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "prompts[0].messages[0].content[1].image: no such image file" in err
+    assert "(row 1 of d.jsonl)" in err and len(err.splitlines()) == 1
+
+
 def test_a_value_of_the_wrong_kind_is_an_error_row_not_a_crash(
         tmp_path: Path, sim: Simulator) -> None:
     rows = _rows(12)
