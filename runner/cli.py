@@ -340,6 +340,7 @@ def _count(text: str) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from .bad_rows import scan
     from .config import load_job
     from .errors import JobFileErrors
     from .plan import Plan
@@ -359,7 +360,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         load = f", sent as a load test of {stages} stage(s)"
     print(f"{args.job}: ok — {len(job.models)} models x {len(job.prompts)} prompts "
           f"-> {len(plan)} requests{load}")
-    for line in plan.row_errors().lines(job_redactor(job)):  # rows that would be bad_input
+    for line in scan(plan).lines(job_redactor(job)):  # dataset rows that would be bad_input
         print(line)
     return EXIT_OK
 
@@ -369,6 +370,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     import anyio
 
+    from .bad_rows import scan
     from .config import load_job
     from .estimate import estimate
     from .plan import Plan
@@ -380,7 +382,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     total_requests = sum(m.requests for m in result.models)
     plan = Plan(job)
     shown = plan[:args.show]
-    bad_rows = plan.row_errors()  # dataset rows that would be bad_input rows
+    bad_rows = scan(plan)  # dataset rows that would be bad_input rows
     if args.json:
         print(json.dumps({
             "job": job.name, "requests": total_requests, "repeats": job.repeats,

@@ -3,7 +3,10 @@
 Request i of N is computed from i alone (no expansion of the ones before it), so a run can
 resume anywhere and big jobs never sit in memory as a list. The order interleaves
 models (prompt combination -> repeat -> model) so that a run stopped early, by a budget or a
-signal, still has comparable data for every model.
+signal, still has comparable data for every model. A dataset row that cannot make its
+request (its values trip a template, its image cannot be sent) gives requests that carry the
+reason (`Request.input_error`, worded by `bad_rows`), never a raise: they are recorded as
+`bad_input` rows and not sent.
 """
 
 from __future__ import annotations
@@ -11,27 +14,24 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, overload
 
 from jinja2 import TemplateError
 
+from .bad_rows import bad_input_message
 from .checks import response_format_for
 from .config import Job, Message, ModelSpec, Prompt
 from .content import ROW_ERRORS, render_content
 from .conversation import first_turn
-from .datasets import Dataset, merge_kinds, value_kind
+from .datasets import merge_kinds, value_kind
 from .errors import JobFileError
 from .prompts import render_view
 from .templates import Template, parse
 
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
-BAD_INPUT = "bad_input"     # the error_type of a row that cannot make its request
-ROWS_SCANNED = 10_000       # rows of each dataset prompt `row_errors` renders...
-ROWS_SCANNED_TOTAL = 100_000  # ...and of all of them (a prompts file x a dataset)
-MAX_PROBLEM_CHARS = 300     # of a bad_input row's problem, in its one-line message
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +166,7 @@ class Plan(Sequence[Request]):
         """Combination c of dataset prompt p, rendered; a row whose values cannot make it (they
         trip a template, its image cannot be loaded) is a unit with an `error`, not a raise:
         its requests become `bad_input` rows and the run goes on. With `check`, images are
-        checked but not read (`row_errors`)."""
+        checked but not read (`unit_error`)."""
         prompt = self.job.prompts[p]
         dataset = prompt.dataset
         assert dataset is not None
@@ -186,8 +186,9 @@ class Plan(Sequence[Request]):
             messages = tuple(rendered)
         except ROW_ERRORS as exc:
             n = len(rendered)   # the message that failed
-            error = _row_error(dataset, k, row.row_id, exc, f"prompts[id={prompt.id}] message "
-                               f"{n + 1} ({prompt.messages[n].role})", templates[n])
+            error = bad_input_message(dataset, k, row.row_id, exc,
+                                      f"prompts[id={prompt.id}] message {n + 1} "
+                                      f"({prompt.messages[n].role})", templates[n])
         target: str | None = None
         try:
             if prompt.target is not None:
@@ -196,33 +197,17 @@ class Plan(Sequence[Request]):
                 value = row.fields[prompt.target_field]
                 target = None if value is None else str(value)
         except ROW_ERRORS as exc:
-            error = error or _row_error(dataset, k, row.row_id, exc,
-                                        f"{dataset.where}.target", prompt.target)
+            error = error or bad_input_message(dataset, k, row.row_id, exc,
+                                               f"{dataset.where}.target", prompt.target)
         metadata = prompt.metadata
         if prompt.metadata_fields:
             metadata = {**metadata, **{f: row.fields[f] for f in prompt.metadata_fields}}
         return _Unit(row.row_id, rest, variables, messages, target, metadata, error)
 
-    def row_errors(self, rows: int = ROWS_SCANNED, total: int = ROWS_SCANNED_TOTAL,
-                   shown: int = 3) -> RowErrors:
-        """How many of the first `rows` rows of each dataset prompt (each with the first value
-        of its other vars; `total` rows at most in all) would be `bad_input` rows, and the
-        first `shown` reasons: what `runner validate` and `runner plan` say. Images are
-        checked, not read."""
-        scanned, bad, first = 0, 0, list[str]()
-        for p, prompt in enumerate(self.job.prompts):
-            if prompt.dataset is None:
-                continue
-            inner = combinations(prompt) // len(prompt.dataset)
-            count = min(rows, len(prompt.dataset), total - scanned)
-            scanned += count
-            for k in range(count):
-                error = self._unit(p, k * inner, check=True).error
-                if error is not None:
-                    bad += 1
-                    if len(first) < shown:
-                        first.append(error)
-        return RowErrors(scanned, bad, tuple(first))
+    def unit_error(self, p: int, c: int) -> str | None:
+        """Why combination c of dataset prompt p cannot make its requests (None: it can),
+        its images checked but not read (`bad_rows.scan`)."""
+        return self._unit(p, c, check=True).error
 
     def _key(self, m: int, p: int) -> str:
         """What makes requests of model m and dataset prompt p differ from any other's."""
@@ -313,52 +298,6 @@ class _Unit:
     target: str | None
     metadata: Mapping[str, Any]
     error: str | None = None        # why the row cannot make this unit (a bad_input row)
-
-
-@dataclass(frozen=True, slots=True)
-class RowErrors:
-    """What `Plan.row_errors` found: rows scanned, how many would be bad_input rows, and the
-    messages of the first few."""
-
-    scanned: int
-    rows: int
-    first: tuple[str, ...]
-
-    def lines(self, redact: Callable[[str], str] = str) -> list[str]:
-        """What `runner validate` and `runner plan` print (nothing when no row is bad); the
-        messages quote row values, so they pass the job's `redact` first."""
-        if not self.rows:
-            return []
-        return [f"{self.rows} of {self.scanned} rows scanned would be error rows (bad_input: "
-                f"not sent, the run goes on){', the first:' if self.first else ''}",
-                *(f"  {redact(message)}" for message in self.first)]
-
-    def as_json(self, redact: Callable[[str], str] = str) -> dict[str, Any]:
-        """The same for `runner plan --json`."""
-        return {"scanned": self.scanned, "rows": self.rows,
-                "first": [redact(message) for message in self.first]}
-
-
-def _row_error(dataset: Dataset, k: int, row_id: str, exc: Exception,
-               field_name: str, template: Template | None) -> str:
-    """The one-line message of a bad_input row: the dataset file, the row (position and id),
-    the job-file field, the problem and the row vars the template reads, and the fix."""
-    if isinstance(exc, JobFileError):  # an image: its own field and problem
-        field_name, problem = exc.field, exc.problem
-    else:
-        problem = f"cannot be rendered: {type(exc).__name__}: {exc}" \
-            if not isinstance(exc, TemplateError) else f"cannot be rendered: {exc}"
-        reads = [name for name in template.names if name in dataset.fields] \
-            if template is not None else []
-        if reads:
-            problem += f" (it reads the row's {', '.join(reads)})"
-    problem = " ".join(problem.split())
-    if len(problem) > MAX_PROBLEM_CHARS:
-        problem = problem[:MAX_PROBLEM_CHARS] + "..."
-    shown_id = row_id if len(row_id) <= 60 else row_id[:60] + "..."
-    return (f"{dataset.path.name} row {dataset.position(k) + 1} (row_id {shown_id}): "
-            f"{field_name}: {problem}; not sent: fix the row in the dataset (or leave it out "
-            "with where: or limit:) and resume with --force --retry-errors")
 
 
 def combinations(prompt: Prompt) -> int:

@@ -21,6 +21,7 @@ import anyio
 import anyio.lowlevel
 from jinja2 import TemplateError
 
+from .bad_rows import BAD_INPUT
 from .budget import Budget, Reservation, known_cost
 from .cache import ResponseCache
 from .check_results import outcomes_json
@@ -35,7 +36,7 @@ from .journal import Journal
 from .judge import judge_messages, parse_verdict, scale_of
 from .judge import response_format as judge_format
 from .limits import Gates
-from .plan import BAD_INPUT, Request
+from .plan import Request
 from .pricing import Price, typical_prompt_tokens, worst_case_usd
 from .providers import Providers
 from .result import ERROR, INTERRUPTED, OK, SKIPPED, Result
