@@ -130,6 +130,9 @@ async def handle(run: RunState, request: Request,
     if request.input_error is not None:  # its dataset row cannot make it (plan.py): not sent
         result.status, result.error_type = ERROR, BAD_INPUT
         result.error_message = run.providers.redactor(request.input_error)
+        checks = run.job.checks.for_prompt(request.prompt_id)
+        if checks:  # not graded: the data, not the model, is at fault
+            await _grade(run, request, result, checks)
         _close_row(run, result, t_ready, datetime.now(UTC))
         if run.collector.pending >= run.collector.flush_rows:
             await flush(run)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 import runner
@@ -138,10 +139,16 @@ def test_a_value_of_the_wrong_kind_is_an_error_row_not_a_crash(
     for n, row in enumerate(rows):
         row.setdefault("n", n)
     job = _job(tmp_path, sim.base_url, rows, text="{{ q }} {{ n + 1 }}")
+    job.write_text(job.read_text() + "checks:\n  - {icontains: '{{ q }}'}\n")
     outcome = runner.run(job, out_dir=tmp_path / "out")
     df = outcome.rows.set_index("row_id")
     assert outcome.status == "completed"
     assert df.loc["r4", "error_type"] == "bad_input"
+    # not graded (the data is at fault, not the model): never counted as a failure
+    assert pd.isna(df.loc["r4", "passed"]) and df.drop(["r4", "r7"])["passed"].notna().all()
+    checks = pd.read_parquet(outcome.run_dir / "checks.parquet")
+    assert checks.loc[checks["request_id"] == df.loc["r4", "request_id"],
+                      "reason"].tolist() == ["not sent"]
     assert "d.jsonl row 4 (row_id r4)" in df.loc["r4", "error_message"]
     assert set(df.drop(["r4", f"r{NO_IMAGE}"])["status"]) == {"ok"}
     assert len(sim.arrivals()) == 10
