@@ -227,7 +227,7 @@ def content_template(path: Path, where: str, content: Content, available: Mappin
     for part in content:
         if isinstance(part, ImagePart) and part.template is not None:
             template = check_template(path, (part.origin or (path, where))[1], part.source,
-                                      available, seen)
+                                      available, seen, rows)
             if not rows:  # a dataset prompt's are checked row by row (`check_row_images`)
                 _check_images(part, template, available)
     sources = [p.source for p in content if isinstance(p, ImagePart) and p.template]
@@ -265,7 +265,9 @@ def check_row_images(parts: Sequence[ImagePart], variables: Mapping[str, Any]) -
         path, where = part.origin or (Path(), "image")
         try:
             _render_image(part, variables, check=True)
-        except TemplateError as exc:
+        except JobFileError:
+            raise
+        except ROW_ERRORS as exc:  # the source's template tripped on the row's values
             raise JobFileError(path, where, f"template cannot be rendered: {exc}") from None
 
 
@@ -296,7 +298,6 @@ def render_content(content: Content, template: Template, variables: Mapping[str,
     return Parts(TextPart((p.template or parse(p.text)).render(variables))
                  if isinstance(p, TextPart) else _render_image(p, variables, check)
                  if p.template is not None else p for p in content)
-
 
 
 def wire(content: Content) -> str | list[dict[str, Any]]:

@@ -112,6 +112,12 @@ def test_a_template_broken_for_every_row_is_still_refused_at_load(
         err = capsys.readouterr().err
         assert "prompts[0].messages[0].content" in err and "row 1 of d.jsonl" in err
         assert "Traceback" not in err
+    # an image source whose template no row's value fits: one line too, not a traceback
+    job = _job(tmp_path, sim.base_url, _rows(30), text="{{ q }}")
+    job.write_text(job.read_text().replace("image: '{{ img }}'", "image: '{{ meta + 1 }}'"))
+    assert main(["validate", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "row 1 of d.jsonl: unsupported operand" in err
     assert sim.arrivals() == []
 
 
