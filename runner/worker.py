@@ -133,6 +133,8 @@ async def handle(run: RunState, request: Request,
         checks = run.job.checks.for_prompt(request.prompt_id)
         if checks:  # not graded: the data, not the model, is at fault
             await _grade(run, request, result, checks)
+        if stamp is not None:
+            stamp(result)
         _close_row(run, result, t_ready, datetime.now(UTC))
         if run.collector.pending >= run.collector.flush_rows:
             await flush(run)

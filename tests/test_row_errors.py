@@ -218,3 +218,14 @@ def test_fixed_rows_are_sent_by_a_resume_with_retry_errors(
     fixed = runner.run(job, out_dir=out, resume="latest", retry_errors=True, force=True)
     assert len(sim.arrivals()) == 2
     assert len(fixed.rows) == 12 and set(fixed.rows["status"]) == {"ok"}
+
+
+def test_a_load_test_records_a_bad_row_in_its_stage_without_sending_it(
+        tmp_path: Path, sim: Simulator) -> None:
+    rows = _rows(10)
+    job = _job(tmp_path, sim.base_url, rows)
+    job.write_text(job.read_text() + "load: {mode: constant, rate_rps: 200, requests: 10}\n")
+    df = runner.run(job, out_dir=tmp_path / "out").rows.set_index("row_id")
+    assert len(df) == 10 and df.loc["r7", "error_type"] == "bad_input"
+    assert str(df.loc["r7", "stage"]) == str(df.loc["r1", "stage"]) != "nan"
+    assert len(sim.arrivals()) == 9
