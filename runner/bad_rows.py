@@ -76,14 +76,14 @@ class BadRows:
 
 def scan(plan: Plan, rows: int = ROWS_SCANNED, total: int = ROWS_SCANNED_TOTAL,
          shown: int = 3) -> BadRows:
-    """How many of the first `rows` rows of each dataset prompt (each with the first value of
-    its other vars; `total` rows at most in all) would be bad_input rows, and the first `shown`
-    messages. Images are checked, not read."""
+    """How many of the first `rows` rows of each dataset prompt a row can fail (each with the
+    first value of its other vars; `total` rows at most in all) would be bad_input rows, and
+    the first `shown` messages. Images are checked, not read."""
     from .plan import combinations  # (plan imports this module)
 
     scanned, bad, first = 0, 0, list[str]()
     for p, prompt in enumerate(plan.job.prompts):
-        if prompt.dataset is None:
+        if prompt.dataset is None or not _can_fail(plan, p):
             continue
         inner = combinations(prompt) // len(prompt.dataset)
         count = min(rows, len(prompt.dataset), total - scanned)
@@ -95,3 +95,14 @@ def scan(plan: Plan, rows: int = ROWS_SCANNED, total: int = ROWS_SCANNED_TOTAL,
                 if len(first) < shown:
                     first.append(error)
     return BadRows(scanned, bad, tuple(first))
+
+
+def _can_fail(plan: Plan, p: int) -> bool:
+    """Whether a row can fail prompt p: plain templates (`{{ name }}` only) fill from any row,
+    so only Jinja logic, a Jinja target or an image named by the row can."""
+    from .content import templated_images
+
+    prompt = plan.job.prompts[p]
+    return any(t.parts is None for t in plan.templates(p)) \
+        or (prompt.target is not None and prompt.target.parts is None) \
+        or bool(templated_images([m.content for m in prompt.messages]))
