@@ -1,6 +1,6 @@
-"""Dataset rows that cannot make their request: a row's failure in, the one-line message of its
-`bad_input` row out; and the bounded count of such rows `runner validate` and `runner plan`
-print (`scan`).
+"""Dataset rows that cannot make their request: a plan in, the bounded count of its rows that
+would be `bad_input` rows (and the first messages, worded by `Dataset.bad_row`) out, as
+`runner validate` and `runner plan` print it (`scan`).
 
 A row whose values trip a template or name an image that cannot be sent is recorded as an error
 row and never sent (`worker.handle`); the run goes on. Only a prompt no row can fill is refused,
@@ -13,41 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import TemplateError
-
-from .errors import JobFileError
-
 if TYPE_CHECKING:
-    from .datasets import Dataset
     from .plan import Plan
-    from .templates import Template
 
 BAD_INPUT = "bad_input"       # the error_type of a row that cannot make its request
 ROWS_SCANNED = 10_000         # rows of each dataset prompt `scan` renders...
 ROWS_SCANNED_TOTAL = 100_000  # ...and of all of them (a prompts file x a dataset)
-MAX_PROBLEM_CHARS = 300       # of a bad_input row's problem, in its one-line message
-
-
-def bad_input_message(dataset: Dataset, k: int, row_id: str, exc: Exception, field_name: str,
-                      template: Template | None) -> str:
-    """The one-line message of a bad_input row: the dataset file, the row (position and id),
-    the job-file field, the problem and the row vars the template reads, and the fix."""
-    if isinstance(exc, JobFileError):  # an image: its own field and problem
-        field_name, problem = exc.field, exc.problem
-    else:
-        problem = f"cannot be rendered: {exc}" if isinstance(exc, TemplateError) \
-            else f"cannot be rendered: {type(exc).__name__}: {exc}"
-        reads = [name for name in template.names if name in dataset.fields] \
-            if template is not None else []
-        if reads:
-            problem += f" (it reads the row's {', '.join(reads)})"
-    problem = " ".join(problem.split())
-    if len(problem) > MAX_PROBLEM_CHARS:
-        problem = problem[:MAX_PROBLEM_CHARS] + "..."
-    shown_id = row_id if len(row_id) <= 60 else row_id[:60] + "..."
-    return (f"{dataset.path.name} row {dataset.position(k) + 1} (row_id {shown_id}): "
-            f"{field_name}: {problem}; not sent: fix the row in the dataset (or leave it out "
-            "with where: or limit:) and resume with --force --retry-errors")
 
 
 @dataclass(frozen=True, slots=True)

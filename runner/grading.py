@@ -11,7 +11,6 @@ from typing import Any
 
 from jinja2 import TemplateError
 
-from .bad_rows import BAD_INPUT
 from .graders import GRADERS, Grade, Grader, short
 from .templates import Template
 from .transforms import TransformFn
@@ -158,7 +157,7 @@ def evaluate(checks: Sequence[Check], response_text: str | None, row: Mapping[st
     if not checks:
         return NOT_GRADED
     status = row.get("status")
-    if status == "skipped" or row.get("error_type") == BAD_INPUT:  # never sent
+    if status == "skipped" or row.get("error_type") == "bad_input":  # never sent (bad_rows)
         return Verdict(None, None, None, tuple(
             Outcome(c.name, c.kind, None, None, c.weight, "not sent") for c in checks))
     if status == "error":

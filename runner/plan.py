@@ -5,7 +5,7 @@ resume anywhere and big jobs never sit in memory as a list. The order interleave
 models (prompt combination -> repeat -> model) so that a run stopped early, by a budget or a
 signal, still has comparable data for every model. A dataset row that cannot make its
 request (its values trip a template, its image cannot be sent) gives requests that carry the
-reason (`Request.input_error`, worded by `bad_rows`), never a raise: they are recorded as
+reason (`Request.input_error`, worded by `Dataset.bad_row`), never a raise: they are recorded as
 `bad_input` rows and not sent.
 """
 
@@ -21,7 +21,6 @@ from typing import Any, overload
 
 from jinja2 import TemplateError
 
-from .bad_rows import bad_input_message
 from .checks import response_format_for
 from .config import Job, Message, ModelSpec, Prompt
 from .content import ROW_ERRORS, render_content
@@ -186,9 +185,8 @@ class Plan(Sequence[Request]):
             messages = tuple(rendered)
         except ROW_ERRORS as exc:
             n = len(rendered)   # the message that failed
-            error = bad_input_message(dataset, k, row.row_id, exc,
-                                      f"prompts[id={prompt.id}] message {n + 1} "
-                                      f"({prompt.messages[n].role})", templates[n])
+            error = dataset.bad_row(k, row.row_id, exc, f"prompts[id={prompt.id}] message "
+                                    f"{n + 1} ({prompt.messages[n].role})", templates[n].names)
         target: str | None = None
         try:
             if prompt.target is not None:
@@ -197,8 +195,8 @@ class Plan(Sequence[Request]):
                 value = row.fields[prompt.target_field]
                 target = None if value is None else str(value)
         except ROW_ERRORS as exc:
-            error = error or bad_input_message(dataset, k, row.row_id, exc,
-                                               f"{dataset.where}.target", prompt.target)
+            error = error or dataset.bad_row(k, row.row_id, exc, f"{dataset.where}.target",
+                                             prompt.target.names if prompt.target else ())
         metadata = prompt.metadata
         if prompt.metadata_fields:
             metadata = {**metadata, **{f: row.fields[f] for f in prompt.metadata_fields}}

@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import anyio
-import anyio.lowlevel
 from jinja2 import TemplateError
 
 from .bad_rows import BAD_INPUT
@@ -136,9 +135,8 @@ async def handle(run: RunState, request: Request,
         if stamp is not None:
             stamp(result)
         _close_row(run, result, t_ready, datetime.now(UTC))
-        if run.collector.pending >= run.collector.flush_rows:
-            await flush(run)
-        await anyio.lowlevel.checkpoint()  # a long run of such rows must not starve the loop
+        if run.collector.pending >= run.collector.flush_rows:  # (also where a long run of
+            await flush(run)                                  # such rows yields to the loop)
         return
     call = _call_for(run, request, t_ready)
     result.estimated_cost_usd = call.worst_usd
