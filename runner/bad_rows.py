@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .plan import Plan
+from .content import templated_images
+from .plan import Plan, combinations
 
 BAD_INPUT = "bad_input"       # the error_type of a row that cannot make its request
 ROWS_SCANNED = 10_000         # rows of each dataset prompt `scan` renders...
@@ -50,8 +50,6 @@ def scan(plan: Plan, rows: int = ROWS_SCANNED, total: int = ROWS_SCANNED_TOTAL,
     """How many of the first `rows` rows of each dataset prompt a row can fail (each with the
     first value of its other vars; `total` rows at most in all) would be bad_input rows, and
     the first `shown` messages. Images are checked, not read."""
-    from .plan import combinations  # (plan imports this module)
-
     scanned, bad, first = 0, 0, list[str]()
     for p, prompt in enumerate(plan.job.prompts):
         if prompt.dataset is None or not _can_fail(plan, p):
@@ -71,8 +69,6 @@ def scan(plan: Plan, rows: int = ROWS_SCANNED, total: int = ROWS_SCANNED_TOTAL,
 def _can_fail(plan: Plan, p: int) -> bool:
     """Whether a row can fail prompt p: plain templates (`{{ name }}` only) fill from any row,
     so only Jinja logic, a Jinja target or an image named by the row can."""
-    from .content import templated_images
-
     prompt = plan.job.prompts[p]
     return any(t.parts is None for t in plan.templates(p)) \
         or (prompt.target is not None and prompt.target.parts is None) \

@@ -57,7 +57,7 @@ def _job(tmp_path: Path, url: str, rows: list[dict[str, Any]], *,
     return path
 
 
-def test_bad_rows_past_the_load_scan_are_error_rows_and_the_run_completes(
+def test_bad_rows_deep_in_a_big_dataset_are_error_rows_and_the_run_completes(
         tmp_path: Path, sim: Simulator) -> None:
     job = _job(tmp_path, sim.base_url, _rows(ROWS))
     outcome = runner.run(job, out_dir=tmp_path / "out")
