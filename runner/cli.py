@@ -340,9 +340,11 @@ def _count(text: str) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from .bad_rows import scan
     from .config import load_job
     from .errors import JobFileErrors
     from .plan import Plan
+    from .redact import job_redactor
 
     try:
         job = load_job(args.job)
@@ -358,6 +360,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         load = f", sent as a load test of {stages} stage(s)"
     print(f"{args.job}: ok — {len(job.models)} models x {len(job.prompts)} prompts "
           f"-> {len(plan)} requests{load}")
+    for line in scan(plan).lines(job_redactor(job)):  # dataset rows that would be bad_input
+        print(line)
     return EXIT_OK
 
 
@@ -366,20 +370,24 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     import anyio
 
+    from .bad_rows import scan
     from .config import load_job
     from .estimate import estimate
     from .plan import Plan
+    from .redact import job_redactor
 
     job = load_job(args.job)
     result = anyio.run(lambda: estimate(job, budget_usd=args.budget_usd,
                                         refresh_prices=args.refresh_prices, batch=args.batch))
     total_requests = sum(m.requests for m in result.models)
-    shown = Plan(job)[:args.show]
+    plan = Plan(job)
+    shown = plan[:args.show]
+    bad_rows = scan(plan)  # dataset rows that would be bad_input rows
     load = None
     if job.load is not None:  # its stages, and its worst case from the plan's
         from .load_estimate import estimate_load
 
-        load = estimate_load(job.load, Plan(job), result.total_usd, result.budget_usd)
+        load = estimate_load(job.load, plan, result.total_usd, result.budget_usd)
     if args.json:
         print(json.dumps({
             "job": job.name, "requests": total_requests, "repeats": job.repeats,
@@ -390,11 +398,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             "budget_covers": result.budget_covers, "notes": list(result.notes),
             "first_requests": [_request_json(r) for r in shown],
             **({"load": load.as_json()} if load is not None else {}),
+            "bad_input_rows": bad_rows.as_json(job_redactor(job)),
         }, default=str))
         return EXIT_OK
     from .console import print_plan
 
     print_plan(job.name, result, shown, load_lines=load.lines() if load is not None else ())
+    for line in bad_rows.lines(job_redactor(job)):
+        print(line)
     return EXIT_OK
 
 

@@ -6,9 +6,11 @@ A local image (a path relative to the job file) is read once at load, checked (i
 at most `MAX_IMAGE_BYTES`, and be a PNG, JPEG, GIF or WebP by its first bytes) and kept as a
 base64 data URL, the form OpenAI-compatible APIs take; an `http(s)://` or `data:` URL is sent as
 written. A source can be a template over the vars (`image: "{{ picture }}"`): the image of every
-var value is checked at load (it exists, its size, its first bytes) and read when the plan
-renders a request (the last few read are kept). What a result file or a printout records of an
-image is its source, size and SHA-256, never the base64.
+job var value is checked at load (it exists, its size, its first bytes) and read when the plan
+renders a request (the last few read are kept). A dataset row's image is checked when the plan
+renders its row: one that cannot be sent makes that row a `bad_input` row, not a stopped run
+(the load refuses only a source no row's image fits). What a result file or a printout records
+of an image is its source, size and SHA-256, never the base64.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ _MEDIA_TYPES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jp
 _DATA_URL = re.compile(r"data:(image/[a-z0-9.+-]+);base64,([A-Za-z0-9+/=\s]*)", re.I)
 _TEMPLATE_MARKS = ("{{", "{%", "{#")
 MAX_IMAGES_CHECKED = 10_000          # values of one var whose images are checked at load
+# What rendering one row's values can raise: Jinja's own errors, an image that cannot be loaded
+# (JobFileError), and what a template's expression raises on a value of the wrong kind
+# (`{{ n + 1 }}` with n a string, a division by zero, a missing key or index).
+ROW_ERRORS: tuple[type[Exception], ...] = (TemplateError, JobFileError, ArithmeticError,
+                                           TypeError, ValueError, LookupError, AttributeError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +224,10 @@ def content_template(path: Path, where: str, content: Content, available: Mappin
         check_template(path, f"{where}[{n}]", text, available, seen, rows)
     for part in content:
         if isinstance(part, ImagePart) and part.template is not None:
-            _check_images(part, check_template(path, (part.origin or (path, where))[1],
-                                               part.source, available, seen), available)
+            template = check_template(path, (part.origin or (path, where))[1], part.source,
+                                      available, seen, rows)
+            if not rows:  # a dataset prompt's are checked row by row (`check_row_images`)
+                _check_images(part, template, available)
     sources = [p.source for p in content if isinstance(p, ImagePart) and p.template]
     return check_template(path, where, "\n".join([text for _, text in texts] + sources),
                           available, seen, rows)
@@ -241,11 +250,35 @@ def _check_images(part: ImagePart, template: Template, available: Mapping[str, A
                                    f"{variables}: {exc}") from None
 
 
-def _render_image(part: ImagePart, variables: Mapping[str, Any]) -> ImagePart:
-    """The image a templated source names for these vars, loaded (and kept, a few at once)."""
+def templated_images(contents: Sequence[Content]) -> list[ImagePart]:
+    """The image parts whose source is a template, in these message contents."""
+    return [part for content in contents if not isinstance(content, str) for part in content
+            if isinstance(part, ImagePart) and part.template is not None]
+
+
+def check_row_images(parts: Sequence[ImagePart], variables: Mapping[str, Any]) -> None:
+    """Check the images these templated parts name for one row's vars (not read: see
+    `check_image`); a JobFileError on the part's field when one cannot be sent."""
+    for part in parts:
+        path, where = part.origin or (Path(), "image")
+        try:
+            _render_image(part, variables, check=True)
+        except JobFileError:
+            raise
+        except ROW_ERRORS as exc:  # the source's template tripped on the row's values
+            raise JobFileError(path, where, f"template cannot be rendered: {exc}") from None
+
+
+def _render_image(part: ImagePart, variables: Mapping[str, Any], check: bool) -> ImagePart:
+    """The image a templated source names for these vars, loaded (and kept, a few at once);
+    with `check`, only checked (`check_image`: its size and first bytes) and not loaded."""
     assert part.template is not None and part.origin is not None
     path, where = part.origin
-    return _load_cached(path, where, part.template.render(variables), part.detail)
+    source = part.template.render(variables)
+    if check:
+        check_image(path, where, source)
+        return part
+    return _load_cached(path, where, source, part.detail)
 
 
 @functools.lru_cache(maxsize=8)   # a dataset's rows often share an image; memory stays bounded
@@ -253,13 +286,15 @@ def _load_cached(path: Path, where: str, source: str, detail: str | None) -> Ima
     return load_image(path, where, source, detail)
 
 
-def render_content(content: Content, template: Template, variables: Mapping[str, Any]) -> Content:
+def render_content(content: Content, template: Template, variables: Mapping[str, Any],
+                   check: bool = False) -> Content:
     """A message's content as sent: the template rendered, or each text part rendered (images
-    are as loaded)."""
+    are as loaded; with `check`, a templated image is checked but not read, see
+    `_render_image`). Raises one of `ROW_ERRORS` when the values cannot make it."""
     if isinstance(content, str):
         return template.render(variables)
     return Parts(TextPart((p.template or parse(p.text)).render(variables))
-                 if isinstance(p, TextPart) else _render_image(p, variables)
+                 if isinstance(p, TextPart) else _render_image(p, variables, check)
                  if p.template is not None else p for p in content)
 
 

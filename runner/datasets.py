@@ -39,6 +39,10 @@ SUFFIXES = (".csv", ".jsonl", ".json", ".yaml", ".yml", ".parquet")
 WINDOW_ROWS = 512          # rows of an Arrow table turned into dicts at a time
 # the kinds of a var column in result files (result.arrow_type); "json": anything else, as JSON
 KINDS = ("string", "int64", "float64", "bool", "json")
+MAX_PROBLEM_CHARS = 300    # of a bad_input row's problem, in its one-line message
+# errors of Python itself a template's expression can raise (named in the message, unlike
+# the template's own errors)
+_PYTHON_ERRORS = (ArithmeticError, TypeError, ValueError, LookupError, AttributeError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,27 @@ class Dataset:
     def text_bytes(self, name: str) -> int:
         """UTF-8 bytes of `str(value)` summed over the selected rows (for `runner plan`)."""
         return self._source.text_bytes(self._names.index(name), self._pick)
+
+    def bad_row(self, k: int, row_id: str, exc: Exception, field_name: str,
+                reads: Sequence[str] = ()) -> str:
+        """The one-line message of a `bad_input` row (selected row k cannot make its request):
+        this file, the row (position and id), the job-file field, the problem, the row fields
+        the template `reads`, and the fix. An image's JobFileError gives its own field."""
+        if isinstance(exc, JobFileError):
+            field_name, problem = exc.field, exc.problem
+        else:
+            problem = f"cannot be rendered: {exc}" if not isinstance(exc, _PYTHON_ERRORS) \
+                else f"cannot be rendered: {type(exc).__name__}: {exc}"
+            read = [name for name in reads if name in self.fields]
+            if read:
+                problem += f" (it reads the row's {', '.join(read)})"
+        problem = " ".join(problem.split())
+        if len(problem) > MAX_PROBLEM_CHARS:
+            problem = problem[:MAX_PROBLEM_CHARS] + "..."
+        shown_id = row_id if len(row_id) <= 60 else row_id[:60] + "..."
+        return (f"{self.path.name} row {self.position(k) + 1} (row_id {shown_id}): "
+                f"{field_name}: {problem}; not sent: fix the row in the dataset (or leave it "
+                "out with where: or limit:) and resume with --force --retry-errors")
 
 
 def row_hash(values: Sequence[Any]) -> str:

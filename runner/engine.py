@@ -348,7 +348,8 @@ async def _pool(run: RunState, plan: Sequence[Request], flush_s: float, health: 
     # one generator shared by every worker: each next() runs without a checkpoint, so no two
     # workers get the same request, and it costs far less than a memory object stream
     todo = (request for request in plan if request.request_id not in run.skip
-            and (request.model.provider not in run.batched or request.turns))
+            and (request.model.provider not in run.batched or request.turns
+                 or request.input_error is not None))
     # (a conversation is sent turn by turn through chat even in batch mode: each turn needs the
     # reply before it)
 

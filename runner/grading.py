@@ -155,7 +155,7 @@ def evaluate(checks: Sequence[Check], response_text: str | None, row: Mapping[st
     if not checks:
         return NOT_GRADED
     status = row.get("status")
-    if status == "skipped":
+    if status == "skipped" or row.get("error_type") == "bad_input":  # never sent (bad_rows)
         return Verdict(None, None, None, tuple(
             Outcome(c.name, c.kind, None, None, c.weight, "not sent") for c in checks))
     if status == "error":

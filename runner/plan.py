@@ -3,7 +3,10 @@
 Request i of N is computed from i alone (no expansion of the ones before it), so a run can
 resume anywhere and big jobs never sit in memory as a list. The order interleaves
 models (prompt combination -> repeat -> model) so that a run stopped early, by a budget or a
-signal, still has comparable data for every model.
+signal, still has comparable data for every model. A dataset row that cannot make its
+request (its values trip a template, its image cannot be sent) gives requests that carry the
+reason (`Request.input_error`, worded by `Dataset.bad_row`), never a raise: they are recorded as
+`bad_input` rows and not sent.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, overload
 
 from .checks import response_format_for
 from .config import Job, Message, ModelSpec, Prompt
-from .content import render_content
+from .content import ROW_ERRORS, render_content
 from .conversation import first_turn
 from .datasets import merge_kinds, value_kind
 from .errors import JobFileError
@@ -43,6 +46,8 @@ class Request:
     target: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=lambda: _NO_METADATA)
     row_id: str | None = None       # a dataset prompt's row: its id field, else position-hash
+    # why this request cannot be made from its dataset row: a `bad_input` row, never sent
+    input_error: str | None = None
 
 
 class Plan(Sequence[Request]):
@@ -143,13 +148,22 @@ class Plan(Sequence[Request]):
                        messages=first_turn(unit.messages, prompt.turns), params=self._params(m, p),
                        turns=unit.messages[len(unit.messages) - prompt.turns:] if prompt.turns
                        else (),
-                       target=unit.target, metadata=unit.metadata, row_id=unit.row_id)
+                       target=unit.target, metadata=unit.metadata, row_id=unit.row_id,
+                       input_error=unit.error)
 
     def unit_messages(self, p: int, c: int) -> tuple[Message, ...]:
-        """The rendered messages of combination c of dataset prompt p (for estimates)."""
-        return self._unit(p, c).messages
+        """The rendered messages of combination c of dataset prompt p (for estimates); a row
+        that cannot be rendered sends nothing, so its messages are empty."""
+        unit = self._unit(p, c)
+        if unit.error is not None:
+            return tuple(Message(msg.role, "") for msg in self.job.prompts[p].messages)
+        return unit.messages
 
-    def _unit(self, p: int, c: int) -> _Unit:
+    def _unit(self, p: int, c: int, check: bool = False) -> _Unit:
+        """Combination c of dataset prompt p, rendered; a row whose values cannot make it (they
+        trip a template, its image cannot be loaded) is a unit with an `error`, not a raise:
+        its requests become `bad_input` rows and the run goes on. With `check`, images are
+        checked but not read (`unit_error`)."""
         prompt = self.job.prompts[p]
         dataset = prompt.dataset
         assert dataset is not None
@@ -158,26 +172,38 @@ class Plan(Sequence[Request]):
         row = dataset.row(k)
         variables = {**combination(prompt, rest), **row.fields}
         view = {**combination(prompt, rest), **render_view(row.fields)}
+        error: str | None = None
+        messages: tuple[Message, ...] = ()
+        templates = self.templates(p)
+        rendered: list[Message] = []
         try:
-            messages = tuple(Message(msg.role, render_content(msg.content, template, view))
-                             for msg, template in zip(prompt.messages, self.templates(p),
-                                                      strict=True))
+            for msg, template in zip(prompt.messages, templates, strict=True):
+                rendered.append(Message(msg.role, render_content(msg.content, template, view,
+                                                                 check)))
+            messages = tuple(rendered)
+        except ROW_ERRORS as exc:
+            n = len(rendered)   # the message that failed
+            error = dataset.bad_row(k, row.row_id, exc, f"prompts[id={prompt.id}] message "
+                                    f"{n + 1} ({prompt.messages[n].role})", templates[n].names)
+        target: str | None = None
+        try:
             if prompt.target is not None:
-                target: str | None = prompt.target.render(view)
+                target = prompt.target.render(view)
             elif prompt.target_field is not None:
                 value = row.fields[prompt.target_field]
                 target = None if value is None else str(value)
-            else:
-                target = None
-        except TemplateError as exc:  # only rows past the load's render budget get here
-            raise JobFileError(self.job.path, f"prompts[id={prompt.id}]",
-                               f"template cannot be rendered with row "
-                               f"{dataset.position(k) + 1} of {dataset.path.name}: {exc}"
-                               ) from None
+        except ROW_ERRORS as exc:
+            error = error or dataset.bad_row(k, row.row_id, exc, f"{dataset.where}.target",
+                                             prompt.target.names if prompt.target else ())
         metadata = prompt.metadata
         if prompt.metadata_fields:
             metadata = {**metadata, **{f: row.fields[f] for f in prompt.metadata_fields}}
-        return _Unit(row.row_id, rest, variables, messages, target, metadata)
+        return _Unit(row.row_id, rest, variables, messages, target, metadata, error)
+
+    def unit_error(self, p: int, c: int) -> str | None:
+        """Why combination c of dataset prompt p cannot make its requests (None: it can),
+        its images checked but not read (`bad_rows.scan`)."""
+        return self._unit(p, c, check=True).error
 
     def _key(self, m: int, p: int) -> str:
         """What makes requests of model m and dataset prompt p differ from any other's."""
@@ -267,6 +293,7 @@ class _Unit:
     messages: tuple[Message, ...]
     target: str | None
     metadata: Mapping[str, Any]
+    error: str | None = None        # why the row cannot make this unit (a bad_input row)
 
 
 def combinations(prompt: Prompt) -> int:

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import schema
 from .checks import Check, compile_expected
-from .content import Content, build_parts, content_template
+from .content import (
+    ROW_ERRORS,
+    Content,
+    ImagePart,
+    build_parts,
+    check_row_images,
+    content_template,
+    templated_images,
+)
 from .datasets import Dataset, read_dataset
 from .errors import JobFileError
 from .prompt_files import read_prompt_file
@@ -172,7 +180,8 @@ def _prompt(path: Path, where: str, item: schema.PromptIn, job: schema.JobIn,
         target_field, target = _target(path, rows, available, load)
         if target is not None and target.parts is None:
             jinja.append((target, f"{rows.where}.target"))
-    _try_renders(path, jinja, used, load, dataset)
+    _try_renders(path, jinja, used, load, dataset,
+                 templated_images([m.content for m in messages]) if item.templating else [])
     # a dataset prompt's default id also names its dataset: one template, two datasets
     named = [str(m.content) for m in messages] + ([dataset.path.name] if dataset is not None
                                                   else [])
@@ -232,30 +241,50 @@ def _values(path: Path, var_field: str, value: Any) -> tuple[Any, ...]:
     return values
 
 
+def _row_problem(path: Path, jinja: list[tuple[Template, str]], images: Sequence[ImagePart],
+                 variables: Mapping[str, Any], at: str) -> JobFileError | None:
+    """Why one row cannot make its request (a template it trips, an image it names that
+    cannot be sent), or None."""
+    for template, field_name in jinja:
+        try:
+            template.render(variables)
+        except ROW_ERRORS as exc:
+            return JobFileError(path, field_name, f"template cannot be rendered with {at}: "
+                                f"{exc}")
+    try:
+        check_row_images(images, variables)
+    except JobFileError as exc:
+        return JobFileError(exc.path, exc.field, f"{exc.problem} ({at})")
+    return None
+
+
 def _try_renders(path: Path, jinja: list[tuple[Template, str]],
                  used: Mapping[str, tuple[Any, ...]], load: _Load,
-                 dataset: Dataset | None = None) -> None:
+                 dataset: Dataset | None = None, images: Sequence[ImagePart] = ()) -> None:
     """Render the Jinja templates of a prompt with every var combination (or, past the limits,
     with every value of every var at least once), so that a value that trips a template (a
     filter, the sandbox) is a load-time error rather than a run that stops half way. Plain
-    templates cannot fail and are not rendered. With a dataset, every row is tried while the
-    load's render budget lasts (then the first rows), with the first value of the other vars."""
-    if not jinja:
-        return
+    templates cannot fail and are not rendered. With a dataset, rows are tried (with the first
+    value of the other vars, and the images their templated sources name) until one renders:
+    a prompt that no row of the first ones the load's render budget allows can fill is refused;
+    a row that fails while others do not is a `bad_input` row (plan.py)."""
     if dataset is not None:
+        if not jinja and not images:
+            return
         count = min(len(dataset), max(1, min(RENDER_CHECK_LIMIT, load.renders_left)))
-        load.renders_left -= count
         base = {name: values[0] for name, values in used.items()}
+        first: JobFileError | None = None
         for k in range(count):
-            row = dataset.row(k)
-            variables = {**base, **render_view(row.fields)}
-            for template, field_name in jinja:
-                try:
-                    template.render(variables)
-                except TemplateError as exc:
-                    raise JobFileError(path, field_name, f"template cannot be rendered with "
-                                       f"row {dataset.position(k) + 1} of {dataset.path.name}: "
-                                       f"{exc}") from None
+            load.renders_left -= 1
+            variables = {**base, **render_view(dataset.row(k).fields)}
+            problem = _row_problem(path, jinja, images, variables,
+                                   f"row {dataset.position(k) + 1} of {dataset.path.name}")
+            if problem is None:  # one row makes its request: others that fail are bad_input
+                return
+            first = first or problem
+        assert first is not None
+        raise first  # every row tried fails: the prompt is at fault, not a row
+    if not jinja:
         return
     names = [name for name in used if any(name in t.names for t, _ in jinja)]
     lists = [used[name] for name in names]

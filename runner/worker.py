@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
+from .bad_rows import BAD_INPUT
 from .budget import Budget, Reservation, known_cost
 from .check_results import outcomes_json
 from .checks import Check, Judged, context_for, evaluate
@@ -128,6 +129,18 @@ async def handle(run: RunState, request: Request,
     `stamp(result)` fills a load test's columns just before the row is recorded."""
     result = new_result(run.run_id, run.job.name, request, run.providers.redactor)
     t_ready = run.clock()
+    if request.input_error is not None:  # its dataset row cannot make it (plan.py): not sent
+        result.status, result.error_type = ERROR, BAD_INPUT
+        result.error_message = run.providers.redactor(request.input_error)
+        checks = run.job.checks.for_prompt(request.prompt_id)
+        if checks:  # not graded: the data, not the model, is at fault
+            await _grade(run, request, result, checks)
+        if stamp is not None:
+            stamp(result)
+        _close_row(run, result, t_ready, datetime.now(UTC))
+        if run.collector.pending >= run.collector.flush_rows:  # (also where a long run of
+            await flush(run)                                  # such rows yields to the loop)
+        return
     call = _call_for(run, request, t_ready)
     result.estimated_cost_usd = call.worst_usd
     try:

@@ -135,7 +135,8 @@ async def drive(run: RunState, plan: Iterable[Request], providers: set[str]) -> 
     board = Board()
     entries = await anyio.to_thread.run_sync(store.read)
     session = run.journal.session if run.journal is not None else 1
-    by_id = {r.request_id: r for r in plan if r.model.provider in providers and not r.turns}
+    by_id = {r.request_id: r for r in plan if r.model.provider in providers and not r.turns
+             and r.input_error is None}  # (a bad_input row is recorded by the chat workers)
     claimed: set[str] = set()
     async with anyio.create_task_group() as tg:
         for entry in entries.values():
