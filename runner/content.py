@@ -26,7 +26,14 @@ from typing import Any
 
 from . import schema
 from .errors import JobFileError
-from .templates import Template, TemplateError, TemplateSyntaxError, check_template, parse
+from .templates import (
+    PYTHON_ERRORS,
+    Template,
+    TemplateError,
+    TemplateSyntaxError,
+    check_template,
+    parse,
+)
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024   # OpenAI's own limit for one image
 # What one image may add to a prompt, in tokens. Providers count images by their pixels, not
@@ -42,8 +49,7 @@ MAX_IMAGES_CHECKED = 10_000          # values of one var whose images are checke
 # What rendering one row's values can raise: Jinja's own errors, an image that cannot be loaded
 # (JobFileError), and what a template's expression raises on a value of the wrong kind
 # (`{{ n + 1 }}` with n a string, a division by zero, a missing key or index).
-ROW_ERRORS: tuple[type[Exception], ...] = (TemplateError, JobFileError, ArithmeticError,
-                                           TypeError, ValueError, LookupError, AttributeError)
+ROW_ERRORS: tuple[type[Exception], ...] = (TemplateError, JobFileError, *PYTHON_ERRORS)
 
 
 @dataclass(frozen=True, slots=True)

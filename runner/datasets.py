@@ -28,6 +28,7 @@ from .dataset_sources import ArrowSource, Source, open_source, text_of, texts_of
 from .dataset_sources import merge_kinds as merge_kinds
 from .dataset_sources import value_kind as value_kind
 from .errors import JobFileError
+from .templates import problem as render_problem
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,9 +41,6 @@ WINDOW_ROWS = 512          # rows of an Arrow table turned into dicts at a time
 # the kinds of a var column in result files (result.arrow_type); "json": anything else, as JSON
 KINDS = ("string", "int64", "float64", "bool", "json")
 MAX_PROBLEM_CHARS = 300    # of a bad_input row's problem, in its one-line message
-# errors of Python itself a template's expression can raise (named in the message, unlike
-# the template's own errors)
-_PYTHON_ERRORS = (ArithmeticError, TypeError, ValueError, LookupError, AttributeError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +124,7 @@ class Dataset:
         if isinstance(exc, JobFileError):
             field_name, problem = exc.field, exc.problem
         else:
-            problem = f"cannot be rendered: {exc}" if not isinstance(exc, _PYTHON_ERRORS) \
-                else f"cannot be rendered: {type(exc).__name__}: {exc}"
+            problem = f"cannot be rendered: {render_problem(exc)}"
             read = [name for name in reads if name in self.fields]
             if read:
                 problem += f" (it reads the row's {', '.join(read)})"

@@ -26,7 +26,7 @@ from .conversation import first_turn
 from .datasets import merge_kinds, value_kind
 from .errors import JobFileError
 from .prompts import render_view
-from .templates import Template, TemplateError, parse
+from .templates import RENDER_ERRORS, Template, parse, problem
 
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 
@@ -122,9 +122,10 @@ class Plan(Sequence[Request]):
             messages = tuple(Message(msg.role, render_content(msg.content, template, variables))
                              for msg, template in zip(prompt.messages, self.templates(p),
                                                       strict=True))
-        except TemplateError as exc:  # only some var values can trip the sandbox or a filter
+        except RENDER_ERRORS as exc:  # only some var values trip the sandbox or a filter
             raise JobFileError(self.job.path, f"prompts[id={prompt.id}]",
-                               f"template cannot be rendered with {variables}: {exc}") from None
+                               f"template cannot be rendered with {variables}: {problem(exc)}") \
+                from None
         return _Plain(p, c, variables, messages, first_turn(messages, prompt.turns), {})
 
     def _row_request(self, i: int, m: int, p: int, c: int, repeat: int) -> Request:

@@ -34,11 +34,27 @@ class TemplateError(Exception):
     the wrong kind of value, the sandbox), or, as `TemplateSyntaxError`, not parsed at all."""
 
 
+# what a template's expression can raise on a value of the wrong kind, besides a TemplateError
+# (`{{ n + 1 }}` with n a string, a division by zero, a missing key or index): the caller names
+# it in a one-line error, never a traceback
+PYTHON_ERRORS: tuple[type[Exception], ...] = (ArithmeticError, TypeError, ValueError,
+                                              LookupError, AttributeError)
+
+
+def problem(exc: Exception) -> str:
+    """A render failure in words: a template's own error as it is, Python's with its name."""
+    return f"{type(exc).__name__}: {exc}" if isinstance(exc, PYTHON_ERRORS) else str(exc)
+
+
 class TemplateSyntaxError(TemplateError):
     def __init__(self, message: str, lineno: int) -> None:
         super().__init__(message)
         self.message = message
         self.lineno = lineno
+
+
+# everything rendering a template with some values can raise
+RENDER_ERRORS: tuple[type[Exception], ...] = (TemplateError, *PYTHON_ERRORS)
 
 
 @functools.cache
@@ -93,6 +109,8 @@ class Template:
                 return str(_compiled(self.source).render(variables))
             except JinjaError as exc:
                 raise TemplateError(str(exc)) from exc
+            except PYTHON_ERRORS as exc:  # an expression on a value of the wrong kind
+                raise TemplateError(problem(exc)) from exc
         if len(parts) == 1:
             return parts[0]
         out = list(parts)
@@ -198,8 +216,9 @@ def check_template(path: Path, field: str, text: str, available: Mapping[str, An
         sample = {name: _first(available[name]) for name in template.names}
         try:
             template.render(sample)
-        except TemplateError as exc:
-            raise JobFileError(path, field, f"template cannot be rendered: {exc}") from None
+        except RENDER_ERRORS as exc:
+            raise JobFileError(path, field, f"template cannot be rendered: {problem(exc)}") \
+                from None
     if seen is not None:
         seen[text] = template
     return template

@@ -74,6 +74,11 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
      ".__base__.__subclasses__() }}\"\n", {}, "job.yaml", "prompts[0].text: template cannot"),
     ("sandbox-escape-globals", HEAD + "prompts: ['{{ cycler.__init__.__globals__ }}']\n", {},
      "job.yaml", "prompts[0].text: template cannot be rendered"),
+    # an expression on a var value of the wrong kind: one line naming it, never a traceback
+    ("expression-on-wrong-kind", HEAD + "vars: {n: [1, a]}\nprompts: ['{{ n + 1 }}']\n", {},
+     "job.yaml", "prompts[0].text: template cannot be rendered with {'n': 'a'}: TypeError:"),
+    ("expression-divides-by-zero", HEAD + "vars: {n: 0}\nprompts: ['{{ 1 / n }}']\n", {},
+     "job.yaml", "prompts[0].text: template cannot be rendered: ZeroDivisionError:"),
     ("duplicate-prompt-id", HEAD + "prompts: [{id: a, text: x}, {id: a, text: y}]\n", {},
      "job.yaml", "prompts[1].id: duplicate prompt id 'a' (also at prompts[0])"),
     ("duplicate-id-inline-vs-file", HEAD + f"prompts: [{{id: a, text: x}}, {{file: {ROWS}}}]\n",

@@ -117,7 +117,7 @@ def test_a_template_broken_for_every_row_is_still_refused_at_load(
     job.write_text(job.read_text().replace("image: '{{ img }}'", "image: '{{ meta + 1 }}'"))
     assert main(["validate", str(job)]) == 2
     err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and "row 1 of d.jsonl: unsupported operand" in err
+    assert len(err.splitlines()) == 1 and "row 1 of d.jsonl: TypeError: unsupported operand" in err
     assert sim.arrivals() == []
 
 
