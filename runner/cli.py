@@ -7,7 +7,6 @@ Exit codes: 0 the run completed (failed requests are data), 1 a quality threshol
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import shlex
 import sys
@@ -16,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import gc_policy
 from .errors import ConfigError, RunnerError, first_runner_error
 
 EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT, EXIT_OVERSPENT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -276,20 +276,13 @@ class _WarningLines(logging.Handler):
 
 
 def entry() -> int:
-    """The `runner` command as a process of its own (the console script, `python -m runner`).
-
-    A short job's time goes mostly to start-up and exit (issue 11), and a good part of that to
-    the garbage collector: start-up creates ~70,000 objects that all live on (modules, classes,
-    schemas), and CPython 3.11 walks all of them in each full collection while they are made and
-    again at exit. So collections are rarer while the process runs (a young collection every
-    100,000 allocations instead of 700; the engine freezes what set-up made before the first
-    request), and everything is frozen once `main` is done: the interpreter's exit then finds
-    nothing to walk (every file is closed by then; buffered output is flushed by the exit)."""
-    gc.set_threshold(100_000, *gc.get_threshold()[1:])
+    """The `runner` command as a process of its own (the console script, `python -m runner`):
+    `main` with the garbage collector set for a command's start, run and exit (`gc_policy`)."""
+    gc_policy.start_up()
     try:
         return main()
     finally:
-        gc.freeze()
+        gc_policy.at_exit()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

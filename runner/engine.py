@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from . import gc_policy
 from .budget import Budget
 from .collect import PREPARE_ROWS, Collector
 from .config import (
@@ -238,9 +239,7 @@ async def _run(job: Job, plan: Plan | PlanView, limits: Limits, providers: Provi
                 progress.start(planned - len(run.skip))
             if planned - len(run.skip) >= PREPARE_ROWS:
                 collector.prepare()
-            gc.freeze()  # set-up objects live all run: keep them out of every later collection
-            # (no collection first: it would walk ~70,000 objects, 50 ms before the first
-            # request, to free the little garbage that set-up leaves)
+            gc_policy.before_run()
             try:
                 await _pool(run, plan, flush_s, health, pool)
             except BaseExceptionGroup as group:
