@@ -690,6 +690,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await serving
 
+    gc_policy.before_run()  # the usual collector while it serves (its timings are measured)
     try:
         asyncio.run(until_signal())
     except KeyboardInterrupt:

@@ -89,7 +89,7 @@ def _fold(lines: Iterable[bytes]) -> Spent:
                     open_[key] = usd
                 elif open_.pop(key, None) is not None:  # (one without its reservation: none)
                     spent += usd
-        except ValueError:   # UnicodeDecodeError included
+        except (ValueError, IndexError):   # UnicodeDecodeError included; an odd separator
             continue
     return Spent(spent + sum(open_.values()), sessions, len(open_), raised)
 

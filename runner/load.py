@@ -15,6 +15,7 @@ sweep reuses its measured rates instead of measuring them again.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import sys
@@ -155,11 +156,7 @@ async def drive(run: RunState, plan: Plan) -> None:
     # the cap on requests in flight: the job scope of the limits has no limiter (a closed
     # pool is its own cap), and waiting inside the HTTP pool would be counted as latency
     cap = anyio.CapacityLimiter(load.max_concurrency)
-    # a thread holding the GIL (a part flush, see `background`) hands it to the event loop
-    # after this long instead of CPython's 5 ms: a send is due every 2 ms at 500 req/s
-    switch_s = sys.getswitchinterval()
-    sys.setswitchinterval(min(switch_s, SWITCH_INTERVAL_S))
-    try:
+    with _short_switch_interval():
         for step in load.steps:
             if run.stopping or "stopped_by" in facts:
                 break
@@ -167,8 +164,26 @@ async def drive(run: RunState, plan: Plan) -> None:
                 await _stage(run, slots, step, facts, cap)
                 continue
             await _sweep(run, slots, step, load, facts, before, cap)
+
+
+_switch = {"tests": 0, "saved_s": 0.0}  # load tests sending in this process, the usual interval
+
+
+@contextlib.contextmanager
+def _short_switch_interval() -> Iterator[None]:
+    """While any load test of the process sends, a thread holding the GIL (a part flush, see
+    `background`) hands it to the event loop after SWITCH_INTERVAL_S instead of CPython's 5 ms
+    (a send is due every 2 ms at 500 req/s); the last one to end restores the interval."""
+    if _switch["tests"] == 0:
+        _switch["saved_s"] = sys.getswitchinterval()
+        sys.setswitchinterval(min(_switch["saved_s"], SWITCH_INTERVAL_S))
+    _switch["tests"] += 1
+    try:
+        yield
     finally:
-        sys.setswitchinterval(switch_s)
+        _switch["tests"] -= 1
+        if _switch["tests"] == 0:
+            sys.setswitchinterval(_switch["saved_s"])
 
 
 async def _sweep(run: RunState, slots: Slots, sweep: Sweep, load: Load, facts: dict[str, Any],

@@ -38,7 +38,7 @@ class TemplateError(Exception):
 # (`{{ n + 1 }}` with n a string, a division by zero, a missing key or index): the caller names
 # it in a one-line error, never a traceback
 PYTHON_ERRORS: tuple[type[Exception], ...] = (ArithmeticError, TypeError, ValueError,
-                                              LookupError, AttributeError)
+                                              LookupError, AttributeError, RecursionError)
 
 
 def problem(exc: Exception) -> str:
@@ -55,6 +55,13 @@ class TemplateSyntaxError(TemplateError):
 
 # everything rendering a template with some values can raise
 RENDER_ERRORS: tuple[type[Exception], ...] = (TemplateError, *PYTHON_ERRORS)
+
+
+@functools.cache
+def _jinja_error() -> type[Exception]:
+    from jinja2 import TemplateError as JinjaError
+
+    return JinjaError
 
 
 @functools.cache
@@ -103,11 +110,9 @@ class Template:
         STATS.renders += 1
         parts = self.parts
         if parts is None:
-            from jinja2 import TemplateError as JinjaError
-
             try:
                 return str(_compiled(self.source).render(variables))
-            except JinjaError as exc:
+            except _jinja_error() as exc:
                 raise TemplateError(str(exc)) from exc
             except PYTHON_ERRORS as exc:  # an expression on a value of the wrong kind
                 raise TemplateError(problem(exc)) from exc

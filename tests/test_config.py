@@ -77,6 +77,8 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
     # an expression on a var value of the wrong kind: one line naming it, never a traceback
     ("expression-on-wrong-kind", HEAD + "vars: {n: [1, a]}\nprompts: ['{{ n + 1 }}']\n", {},
      "job.yaml", "prompts[0].text: template cannot be rendered with {'n': 'a'}: TypeError:"),
+    ("template-recursion", HEAD + "prompts: ['{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}']"
+     "\n", {}, "job.yaml", "prompts[0].text: template cannot be rendered: RecursionError:"),
     ("expression-divides-by-zero", HEAD + "vars: {n: 0}\nprompts: ['{{ 1 / n }}']\n", {},
      "job.yaml", "prompts[0].text: template cannot be rendered: ZeroDivisionError:"),
     ("duplicate-prompt-id", HEAD + "prompts: [{id: a, text: x}, {id: a, text: y}]\n", {},

@@ -31,7 +31,7 @@ def test_no_journal_is_none_and_a_cut_line_is_skipped(tmp_path: Path) -> None:
     _lines(tmp_path, "r 1 1 0.25\nr 1 2 1.0")
     spent = read_spent(tmp_path)
     assert spent is not None and spent.usd == 0.25
-    _lines(tmp_path, "r 1 1 0.25\ns 1 1 -5\nr 1 2 nan\nr 1 3 0.1\ns 1\n")
+    _lines(tmp_path, "r 1 1 0.25\ns 1 1 -5\nr 1 2 nan\nr 1 3 0.1\ns 1\nf\t2.0\tm\n")
     spent = read_spent(tmp_path)
     assert spent is not None and spent.usd == 0.25 + 0.1  # a negative settle never credits
 

@@ -291,3 +291,20 @@ def test_the_stream_parser_times_each_content_chunk() -> None:
     parser.feed([b'data: {"choices": [], "usage": {"completion_tokens": 3}}'], 0.4)
     assert attempt.content_at_s == [0.1, 0.1, 0.3]
     assert itl_figures(attempt.content_at_s)[2] == pytest.approx(0.2)
+
+
+def test_the_short_switch_interval_lasts_while_any_load_test_sends() -> None:
+    """Two load tests in one process that end in either order: the interpreter's usual switch
+    interval comes back when the last one ends, not when the first does."""
+    import sys
+
+    from runner.load import SWITCH_INTERVAL_S, _short_switch_interval
+
+    usual = sys.getswitchinterval()
+    first, second = _short_switch_interval(), _short_switch_interval()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)   # the first one ends first
+    assert sys.getswitchinterval() == SWITCH_INTERVAL_S
+    second.__exit__(None, None, None)
+    assert sys.getswitchinterval() == usual

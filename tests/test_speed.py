@@ -57,10 +57,12 @@ from runner.cli import entry
 code = entry()
 after_run = (code, gc.get_threshold() == usual, gc.get_freeze_count() > 20_000)
 sys.argv = ["runner", "validate", {str(job)!r}]
-code = entry()   # no run: the start-up's setting stays until the exit
-print(*after_run, code, gc.get_threshold()[0])
+code = entry()   # no run: the usual settings come back at its end all the same
+sys.argv = ["runner", "run", {str(job)!r}, "--quiet"]
+again = entry()  # a second command in the process keeps the first one's usual settings
+print(*after_run, code, again, gc.get_threshold() == usual)
 """], capture_output=True, text=True, check=True, cwd=ROOT)
-    assert out.stdout.splitlines()[-1].split() == ["0", "True", "True", "0", "100000"], \
+    assert out.stdout.splitlines()[-1].split() == ["0", "True", "True", "0", "0", "True"], \
         out.stderr
 
 
