@@ -164,3 +164,10 @@ def parse_factor(value: object) -> float | None:
     except ValueError:
         return None
     return None if number != number else number
+
+
+def covers(budget_usd: float | None, worst_usd: float | None) -> bool | None:
+    """Whether a budget covers a worst case (None: no budget, or the worst case is unknown)."""
+    if budget_usd is None or worst_usd is None:
+        return None
+    return worst_usd <= budget_usd

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
+from .budget import covers
 from .config import Job, Message, Prompt
 from .content import images_only
 from .conversation import turn_weights, worst_prompt_tokens_extra
@@ -62,10 +63,7 @@ class Estimate:
     @property
     def budget_covers(self) -> bool | None:
         """Whether the budget covers the whole worst case (None: no budget or unknown)."""
-        total = self.total_usd
-        if self.budget_usd is None or total is None:
-            return None
-        return total <= self.budget_usd
+        return covers(self.budget_usd, self.total_usd)
 
 
 def prompt_sizes(plan: Plan) -> list[PromptSize]:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .budget import covers
 from .formatting import usd
 from .load_plan import Load, Slots, Sweep
 from .plan import Plan
@@ -74,10 +75,7 @@ class LoadEstimate:
 
     @property
     def budget_covers(self) -> bool | None:
-        worst = self.worst_usd
-        if self.budget_usd is None or worst is None:
-            return None
-        return worst <= self.budget_usd
+        return covers(self.budget_usd, self.worst_usd)
 
     def as_json(self) -> dict[str, Any]:
         """`runner plan --json`'s `load` object."""
