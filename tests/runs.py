@@ -4,11 +4,13 @@ in processes of their own that no test leaves behind (`runner_process`, `reap`).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,20 @@ def runner_process(*args: str, **popen: Any) -> subprocess.Popen[str]:
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, **popen)
     _STARTED.append(proc)
     return proc
+
+
+@contextlib.contextmanager
+def simulator(*flags: str, dialect: str = "OpenAI") -> Iterator[str]:
+    """`runner simulate --port 0 FLAGS` in its own process (reaped like `runner_process`);
+    yields the URL of its `dialect` ("OpenAI": .../v1, "OpenRouter": .../api/v1)."""
+    proc = runner_process("simulate", "--port", "0", *flags, stderr=None)
+    assert proc.stdout is not None
+    try:
+        urls = dict(re.findall(r"(\w+) dialect at (http://[^,\s]+)", proc.stdout.readline()))
+        yield urls[dialect]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
 
 
 def reap() -> None:

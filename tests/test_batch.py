@@ -4,11 +4,9 @@ price, odd output files, `runner batches cancel`, and what is refused."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -22,7 +20,7 @@ from runner.cli import main
 from runner.plan import Plan
 from runner.simulator import read_bill
 
-from .runs import runner_process, wait_for
+from .runs import runner_process, simulator, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-or-v1-TESTSECRET0123456789abcdef0123456789"
@@ -32,20 +30,6 @@ pricing:
   sim/fast-mini: {usd_per_mtok_prompt: 0.10, usd_per_mtok_completion: 0.40}
   sim/balanced: {usd_per_mtok_prompt: 0.50, usd_per_mtok_completion: 1.50}
 """
-
-
-@contextlib.contextmanager
-def _simulate(*flags: str) -> Iterator[str]:
-    """`runner simulate` in its own process; yields its OpenAI-dialect URL (…/v1)."""
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "simulate", "--port", "0", *flags],
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert proc.stdout is not None
-    try:
-        line = proc.stdout.readline()
-        yield line.split("OpenAI dialect at ")[1].split(" ")[0]
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
 
 
 def _runner(*args: str) -> subprocess.Popen[str]:
@@ -89,7 +73,7 @@ def _big_job(write_job: Callable[..., Path], url: str, *, repeats: int = 500,
 def test_a_killed_10k_batch_run_resumes_without_a_second_submission(
         write_job: Callable[..., Path], results_dir: Path, tmp_path: Path) -> None:
     batch_log, bill = tmp_path / "submissions.jsonl", tmp_path / "bill.jsonl"
-    with _simulate("--batch-delay-s", "5", "--batch-log", str(batch_log),
+    with simulator("--batch-delay-s", "5", "--batch-log", str(batch_log),
                    "--bill", str(bill)) as url:
         path = _big_job(write_job, url)
         planned = {r.request_id for r in Plan(runner.load_job(path))}
@@ -133,7 +117,7 @@ def test_a_killed_10k_batch_run_resumes_without_a_second_submission(
 def test_a_batch_taken_over_by_a_resume_settles_at_what_it_cost(
         write_job: Callable[..., Path], results_dir: Path, tmp_path: Path) -> None:
     batch_log, bill = tmp_path / "submissions.jsonl", tmp_path / "bill.jsonl"
-    with _simulate("--batch-delay-s", "2", "--batch-log", str(batch_log),
+    with simulator("--batch-delay-s", "2", "--batch-log", str(batch_log),
                    "--bill", str(bill)) as url:
         path = _big_job(write_job, url, repeats=2)  # 40 requests: one batch
         first = _runner("run", str(path), "--out", str(results_dir), "--quiet")
@@ -161,7 +145,7 @@ def test_a_batch_taken_over_by_a_resume_settles_at_what_it_cost(
 def test_the_budget_reserves_whole_batches_at_the_batch_price(
         write_job: Callable[..., Path], results_dir: Path, tmp_path: Path) -> None:
     bill = tmp_path / "bill.jsonl"
-    with _simulate("--bill", str(bill)) as url:
+    with simulator("--bill", str(bill)) as url:
         path = _big_job(write_job, url, repeats=20, budget_usd=0.002)
         outcome = runner.run(path, out_dir=results_dir)
     df = outcome.rows
@@ -320,7 +304,7 @@ def test_runner_batches_cancel_cancels_what_a_killed_run_left_in_flight(
         write_job: Callable[..., Path], results_dir: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     batch_log = tmp_path / "submissions.jsonl"
-    with _simulate("--batch-delay-s", "600", "--batch-log", str(batch_log)) as url:
+    with simulator("--batch-delay-s", "600", "--batch-log", str(batch_log)) as url:
         path = _big_job(write_job, url, repeats=2)
         first = _runner("run", str(path), "--out", str(results_dir), "--quiet")
         wait_for(lambda: len(_batches(batch_log)) >= 1 or first.poll() is not None)
@@ -396,7 +380,7 @@ def test_input_files_are_split_by_the_providers_limits(write_job: Callable[..., 
 def test_a_resume_without_batch_still_follows_the_batches_in_flight(
         write_job: Callable[..., Path], results_dir: Path, tmp_path: Path) -> None:
     batch_log, chat_log = tmp_path / "submissions.jsonl", tmp_path / "chat.jsonl"
-    with _simulate("--batch-delay-s", "2", "--batch-log", str(batch_log),
+    with simulator("--batch-delay-s", "2", "--batch-log", str(batch_log),
                    "--request-log", str(chat_log)) as url:
         path = write_job(f"""
             name: flag

@@ -22,25 +22,15 @@ from aiohttp import web
 import runner
 from runner.plan import Plan
 
-from .runs import runner_process, wait_for
+from .runs import runner_process, simulator, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@contextlib.contextmanager
-def _simulate(log: Path, *flags: str) -> Iterator[str]:
-    """`runner simulate` in its own process, logging every request it receives; yields its URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", "simulate", "--port", "0", "--ttft-s", "0.02",
-         "--tokens-per-s", "400", "--request-log", str(log), *flags],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert proc.stdout is not None
-    try:
-        line = proc.stdout.readline()
-        yield line.split(" at ")[1].split(",")[0]
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
+def _simulate(log: Path, *flags: str) -> contextlib.AbstractContextManager[str]:
+    """`runner simulate`, logging every request it receives; its OpenRouter-dialect URL."""
+    return simulator("--ttft-s", "0.02", "--tokens-per-s", "400", "--request-log", str(log),
+                     *flags, dialect="OpenRouter")
 
 
 @pytest.fixture
