@@ -1,8 +1,9 @@
 """The only module that talks HTTP to a provider: one `Request` in, one `Attempt` out.
 
 The hot path builds the JSON body itself and reads the SSE stream at the transport level
-(aiohttp + orjson), because the SDK's request transform and its per-chunk pydantic objects cost
-more CPU than the whole rest of the runner and would show up in the latencies we measure.
+(`transport`, our own HTTP/1.1 pool, and orjson), because the SDK's request transform and its
+per-chunk pydantic objects cost more CPU than the whole rest of the runner and would show up in
+the latencies we measure.
 Timestamps are taken right where the bytes are read. Each endpoint also offers an `AsyncOpenAI`
 client configured the same way (`Endpoint.sdk`), built on first use: importing the openai package
 costs about a second (its `types` alone), which a run that never calls it should not pay before
@@ -18,9 +19,9 @@ from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit
 
 import orjson
-from yarl import URL
 
 from .config import (
     DEFAULT_MAX_ERROR_BYTES,
@@ -30,7 +31,6 @@ from .config import (
 )
 from .content import wire
 from .errors import ProviderError
-from .lazy_tls import aiohttp  # aiohttp without reading every CA certificate at import
 from .plan import Request
 from .redact import Redactor, header_secrets, provider_secrets
 from .responses import (
@@ -42,6 +42,7 @@ from .responses import (
     retry_after_s,
     snippet,
 )
+from .transport import ConnectFailed, Pool, Response, Stalled, TimedOut, TransportError
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -61,7 +62,7 @@ LABEL_CHARS = 200            # ids, model names, finish reasons
 PARTIAL_TEXT_CHARS = 65536   # what a too-large answer keeps of its text, for inspection
 CATALOGUE_TIMEOUT_S = 15.0   # GET /models must answer within this
 CATALOGUE_MAX_BYTES = 64 * 1024 * 1024
-USER_AGENT = "runner (aiohttp)"
+USER_AGENT = "runner"
 
 
 def request_headers(provider: Provider, api_key: str) -> dict[str, str]:
@@ -69,7 +70,7 @@ def request_headers(provider: Provider, api_key: str) -> dict[str, str]:
     win, as with the SDK's `default_headers`)."""
     return {"Authorization": f"Bearer {api_key}", "Accept": "application/json",
             "Content-Type": "application/json", "User-Agent": USER_AGENT,
-            **provider.headers}
+            "Accept-Encoding": "gzip, deflate", **provider.headers}
 
 
 def classify_status(status: int) -> str:
@@ -102,11 +103,8 @@ class Endpoint:
         headers = request_headers(provider, api_key)
         self.redact = redactor if redactor is not None else Redactor(
             [*provider_secrets(provider, api_key), *header_secrets(headers)])
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max(connections, 1), ttl_dns_cache=300),
-            headers=headers, json_serialize=lambda o: orjson.dumps(o).decode(),
-            auto_decompress=True,
-        )
+        self._pool = Pool(self._base, headers, connections=connections)
+        self._chat = "chat/completions"
 
     async def __aenter__(self) -> Endpoint:
         return self
@@ -115,7 +113,7 @@ class Endpoint:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._session.close()
+        await self._pool.aclose()
         if self._sdk is not None:
             await self._sdk.close()
 
@@ -140,8 +138,9 @@ class Endpoint:
         `ProviderError` when the endpoint cannot be reached or rejects the key."""
         name, url = self.provider.name, self._base + "/models"
         try:
-            async with self._session.get(url, allow_redirects=False,
-                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            resp = await self._pool.request("GET", "models", timeout_s=timeout_s,
+                                            stall_timeout_s=timeout_s)
+            try:
                 if resp.status == 401:
                     raise ProviderError(f"provider {name!r} rejected the API key in "
                                         f"{self.provider.api_key_env}")
@@ -151,13 +150,15 @@ class Endpoint:
                 if cut:
                     raise self._no_catalogue(url, f"more than {CATALOGUE_MAX_BYTES} bytes")
                 content_type = resp.content_type
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+            finally:
+                resp.release()
+        except (TimedOut, Stalled):
             raise self._no_catalogue(url, f"nothing within {timeout_s:g} s") from None
-        except aiohttp.ClientConnectorError as exc:  # no connection at all (a disconnect
-            raise ProviderError(self.redact.clip(      # later is an odd server: NoCatalogue)
-                f"cannot reach provider {name!r} at {self._base}: {type(exc).__name__}: "
-                f"{snippet(str(exc))}", MESSAGE_CHARS)) from None
-        except aiohttp.ClientError as exc:
+        except ConnectFailed as exc:  # no connection at all (a disconnect later is an odd
+            raise ProviderError(self.redact.clip(  # server: NoCatalogue)
+                f"cannot reach provider {name!r} at {self._base}: {snippet(str(exc))}",
+                MESSAGE_CHARS)) from None
+        except TransportError as exc:
             raise self._no_catalogue(url, f"{type(exc).__name__}: {snippet(str(exc))}") from None
         try:
             body = orjson.loads(raw)
@@ -169,21 +170,20 @@ class Endpoint:
         return [entry for entry in data if type(entry) is dict]
 
     async def call(self, method: str, path: str, *, json_body: Any = None,
-                   form: aiohttp.MultipartWriter | None = None, max_bytes: int,
-                   timeout_s: float) -> tuple[int, bytes]:
+                   data: bytes | None = None, content_type: str | None = None,
+                   max_bytes: int, timeout_s: float) -> tuple[int, bytes]:
         """One call to another route of the provider's API (`files`, `batches`): its status and
-        body, read up to `max_bytes` (decompressed). No answer, a redirect or a larger body is
-        a `ProviderError` of one redacted line; a status is the caller's to judge."""
+        body, read up to `max_bytes` (decompressed). `json_body` is sent as JSON, or `data` as
+        `content_type`. No answer, a redirect or a larger body is a `ProviderError` of one
+        redacted line; a status is the caller's to judge."""
         url = f"{self._base}/{path.lstrip('/')}"
         what = f"{method} {url}"
-        kwargs: dict[str, Any] = {"json": json_body} if json_body is not None else \
-            {"data": form} if form is not None else {}
-        if form is not None:  # not the session's JSON one: the multipart type and boundary
-            kwargs["headers"] = {"Content-Type": form.content_type}
+        headers = {"Content-Type": content_type} if content_type is not None else None
+        body = orjson.dumps(json_body) if json_body is not None else data
         try:
-            async with self._session.request(
-                    method, url, allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=timeout_s), **kwargs) as resp:
+            resp = await self._pool.request(method, path, body, headers, timeout_s=timeout_s,
+                                            stall_timeout_s=timeout_s)
+            try:
                 if 300 <= resp.status < 400:
                     raise ProviderError(self.redact.clip(f"{what}: {_status_text(resp)}; "
                                                          "redirects are not followed",
@@ -192,9 +192,11 @@ class Endpoint:
                 if cut:
                     raise ProviderError(f"{what}: the answer is larger than {max_bytes} bytes")
                 return resp.status, raw
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+            finally:
+                resp.release()
+        except (TimedOut, Stalled):
             raise ProviderError(f"{what}: no answer within {timeout_s:g} s") from None
-        except aiohttp.ClientError as exc:
+        except TransportError as exc:
             raise ProviderError(self.redact.clip(f"{what}: {type(exc).__name__}: "
                                                  f"{snippet(str(exc))}", MESSAGE_CHARS)) from None
 
@@ -210,40 +212,41 @@ class Endpoint:
         """One HTTP attempt; never raises for a failed request (it returns a failed Attempt)."""
         stream = bool(request.params.get("stream", True))
         attempt = Attempt()
-        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_read=stall_timeout_s)
         t0 = self._clock()
+        ended: float | None = None
         try:
-            async with self._session.post(
-                self._url, data=build_body(self.provider, request, stream), timeout=timeout,
-                headers={"X-Runner-Request-Id": request.request_id}, allow_redirects=False,
-            ) as resp:
+            resp = await self._pool.request(
+                "POST", self._chat, build_body(self.provider, request, stream),
+                {"X-Runner-Request-Id": request.request_id}, timeout_s=timeout_s,
+                stall_timeout_s=stall_timeout_s)
+            try:
                 attempt.http_status = resp.status
                 if resp.status != 200:
-                    await self._http_error(resp, attempt, max_error_bytes)
+                    finished = await self._http_error(resp, attempt, max_error_bytes)
                 elif stream or resp.content_type == "text/event-stream":
                     # a stream, asked for or not; a JSON body (whatever the content type
                     # says) is sniffed there and read as a whole completion
-                    await self._read_stream(resp, attempt, t0, max_response_bytes,
-                                            max_stream_events)
+                    finished = await self._read_stream(resp, attempt, t0, max_response_bytes,
+                                                       max_stream_events)
                 else:  # a JSON answer to a plain request
-                    await self._read_body(resp, attempt, b"", max_response_bytes)
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            elapsed = self._clock() - t0
-            kind = "timeout" if elapsed >= timeout_s * 0.99 else "stall"
-            limit = timeout_s if kind == "timeout" else stall_timeout_s
-            attempt.fail(kind, f"no {'answer' if kind == 'timeout' else 'data'} within "
-                         f"{limit:g} s ({type(exc).__name__})")
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-            attempt.fail("disconnect", f"connection closed mid-response: {snippet(str(exc))}")
-        except aiohttp.ClientConnectionError as exc:
-            attempt.fail("connection", f"{type(exc).__name__}: {snippet(str(exc))}")
-        except aiohttp.ClientError as exc:
-            attempt.fail("client_error", f"{type(exc).__name__}: {snippet(str(exc))}")
+                    finished = await self._read_body(resp, attempt, b"", max_response_bytes)
+                ended = self._clock()
+                if finished:  # its last bytes, if late, are not the answer's latency
+                    await resp.drain()
+            finally:
+                resp.release()
+        except TimedOut:
+            attempt.fail("timeout", f"no answer within {timeout_s:g} s")
+        except Stalled:
+            attempt.fail("stall", f"no data within {stall_timeout_s:g} s")
+        except TransportError as exc:
+            what = "connection closed mid-response: " if exc.kind == "disconnect" else ""
+            attempt.fail(exc.kind, f"{what}{snippet(str(exc))}")
         except (ValueError, TypeError, LookupError, AttributeError, OverflowError) as exc:
             # a shape the parser did not foresee must end this request, not the run
             attempt.fail("malformed", f"unreadable answer ({type(exc).__name__}: "
                          f"{snippet(str(exc))})")
-        attempt.latency_s = self._clock() - t0
+        attempt.latency_s = (ended if ended is not None else self._clock()) - t0
         return self._seal(attempt)
 
     def seal(self, attempt: Attempt) -> Attempt:
@@ -273,15 +276,14 @@ class Endpoint:
                                                        LABEL_CHARS)
         return attempt
 
-    async def _http_error(self, resp: aiohttp.ClientResponse, attempt: Attempt,
-                          max_error_bytes: int) -> None:
+    async def _http_error(self, resp: Response, attempt: Attempt,
+                          max_error_bytes: int) -> bool:
         attempt.http_error = True  # no model ran, so nothing was billed
         status = resp.status
-        if 300 <= status < 400:
-            resp.close()  # its body is of no use, and the other host is never asked
+        if 300 <= status < 400:  # its body is of no use, and the other host is never asked
             attempt.fail("redirect", f"{_status_text(resp)}; redirects are not followed "
                          "(set base_url to the address that answers)", status)
-            return
+            return False
         raw, cut = await _read_upto(resp, max_error_bytes)
         message, metadata = error_details(raw)
         message = message or f"HTTP {status}"
@@ -289,29 +291,33 @@ class Endpoint:
             message = f"{message[:300]} (error body cut at {max_error_bytes} bytes)"
         attempt.fail(classify_status(status), message, status)
         attempt.retry_after_s = retry_after_s(resp.headers, metadata, time.time())
+        return not cut
 
-    async def _read_body(self, resp: aiohttp.ClientResponse, attempt: Attempt, head: bytes,
-                         max_bytes: int) -> None:
+    async def _read_body(self, resp: Response, attempt: Attempt, head: bytes,
+                         max_bytes: int) -> bool:
         raw, cut = await _read_upto(resp, max_bytes - len(head))
         if cut:
             attempt.fail("too_large", _too_large(max_bytes))
-            return
+            return False
         parse_body(head + raw if head else raw, attempt)
+        return True
 
-    async def _read_stream(self, resp: aiohttp.ClientResponse, attempt: Attempt, t0: float,
+    async def _read_stream(self, resp: Response, attempt: Attempt, t0: float,
                            max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-                           max_events: int = DEFAULT_MAX_STREAM_EVENTS) -> None:
-        # Block by block, not line by line: aiohttp's readline() costs more per line than the
-        # JSON decoding does, and one read returns every event that has arrived. Each block is
-        # timestamped once, right after the read that returned it.
-        content = resp.content
+                           max_events: int = DEFAULT_MAX_STREAM_EVENTS) -> bool:
+        """Read an SSE answer into `attempt`; whether it was read to its end (then the
+        connection may be kept)."""
+        # Block by block, not line by line: one read returns every event that has arrived, and
+        # splitting a block costs less than a call per line. Each block is timestamped once,
+        # right after the read that returned it.
+        read_any = resp.read_any
         parser = StreamParser(attempt, max_events)
         pending: list[bytes] = []   # an unfinished line, in pieces (joined once it ends)
         received = 0
         sniffed = False
         done: bool | None = None    # True: [DONE] came; False: the stream failed; None: reading
         while done is None:
-            block = await content.readany()
+            block = await read_any()
             if not block:           # EOF; a last line without its newline still counts
                 if pending:
                     done = parser.feed((b"".join(pending),), self._clock() - t0)
@@ -328,8 +334,7 @@ class Endpoint:
                     continue
                 sniffed = True
                 if first[:1] in (b"{", b"["):  # one JSON answer, whatever its content type
-                    await self._read_body(resp, attempt, block, max_bytes)
-                    return
+                    return await self._read_body(resp, attempt, block, max_bytes)
             if b"\n" not in block:
                 pending.append(block)
                 continue
@@ -344,46 +349,53 @@ class Endpoint:
             done = parser.feed(lines, at_s)
         attempt.text = "".join(parser.parts)
         if done is False:
-            resp.close()  # unread bytes may follow: this connection is not reused
-            return
+            return False  # unread bytes may follow: this connection is not reused
         if not done and attempt.finish_reason is None:
             attempt.fail("disconnect", "stream ended before [DONE] without a finish_reason")
-            return
+            return False
         if attempt.finish_reason == "error":
             attempt.fail("stream_error", "the provider ended the stream with finish_reason=error")
-            return
+            return True
         attempt.ok = True
+        return True
 
 
 def _too_large(max_bytes: int) -> str:
     return f"the answer is larger than {max_bytes} bytes (limits.max_response_bytes)"
 
 
-def _status_text(resp: aiohttp.ClientResponse) -> str:
-    """`HTTP 404`, or for a redirect where it pointed (the origin only: no path, no query)."""
+def _status_text(resp: Response) -> str:
+    """`HTTP 404`, or for a redirect where it pointed (the origin only: no path, no query, no
+    user or password)."""
     if not 300 <= resp.status < 400:
         return f"HTTP {resp.status}"
-    location = resp.headers.get("Location", "")
+    location = resp.headers.get("Location") or ""
+    if not location:
+        return f"HTTP {resp.status}: redirected to nowhere"
     try:
-        target = str(resp.url.join(URL(location)).origin()) if location else "nowhere"
+        parts = urlsplit(urljoin(resp.url, location.strip()))
+        port = parts.port
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(location)
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        target = f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
     except ValueError:
         target = "an unreadable address"
     return f"HTTP {resp.status}: redirected to {target}"
 
 
-async def _read_upto(resp: aiohttp.ClientResponse, max_bytes: int) -> tuple[bytes, bool]:
+async def _read_upto(resp: Response, max_bytes: int) -> tuple[bytes, bool]:
     """At most `max_bytes` of the decompressed body, and whether there was more (then the
-    connection is closed: the rest is never read, so a gzip bomb never inflates)."""
+    connection is not reused: the rest is never read, so a gzip bomb never inflates)."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        chunk = await resp.content.readany()
+        chunk = await resp.read_any()
         if not chunk:
             return b"".join(chunks), False
         size += len(chunk)
         if size > max_bytes:
             chunks.append(chunk[:max(0, len(chunk) - (size - max_bytes))])
-            resp.close()
             return b"".join(chunks), True
         chunks.append(chunk)
 

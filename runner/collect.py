@@ -353,7 +353,8 @@ def versions() -> dict[str, str]:
     installed `*.dist-info` folders (importlib.metadata would cost a tenth of a second at start)."""
     import platform
 
-    wanted = ("runner", "openai", "aiohttp", "anyio", "aiolimiter", "pandas", "pyarrow")
+    wanted = ("runner", "openai", "httptools", "aiohttp", "anyio", "aiolimiter", "pandas",
+              "pyarrow")
     found: dict[str, str] = {}
     for folder in sys.path:
         try:

@@ -482,6 +482,9 @@ def api_key(provider: Provider) -> str:
         raise ConfigError(f"provider {provider.name!r} needs an API key: set the environment "
                           f"variable {provider.api_key_env} (e.g. export "
                           f"{provider.api_key_env}=...)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):  # it would break the request's head
+        raise ConfigError(f"the API key in {provider.api_key_env} (provider {provider.name!r}) "
+                          "contains a line break or control character: set it to the key alone")
     return value
 
 

@@ -1,5 +1,8 @@
 """aiohttp imported without loading the system CA certificates at import time: the aiohttp module
-out, with its default SSL contexts loading their certificates on their first TLS handshake.
+out, with its default SSL contexts loading their certificates on their first TLS handshake. The
+embedded simulator (an aiohttp server on plain http) imports aiohttp this way; the runner's own
+HTTP client (`transport`) does not use aiohttp and builds its SSL context on its first https
+connection.
 
 aiohttp builds two SSL contexts when it is imported, and each reads and parses every CA
 certificate of the system (about a fifth of the instructions of a one-request run), whether or
@@ -77,4 +80,3 @@ def import_aiohttp() -> ModuleType:
 
 
 import_aiohttp()
-import aiohttp as aiohttp  # noqa: E402  (the module imported just above, for `client`)

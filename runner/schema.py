@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -59,6 +60,9 @@ class BatchIn(Strict):
     discount: float | None = Field(default=None, ge=0, lt=1)
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110 token)
+
+
 class ProviderIn(Strict):
     """A named endpoint. Built-ins `openrouter` and `simulated` need no entry at all."""
 
@@ -75,8 +79,31 @@ class ProviderIn(Strict):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
+        if value is None:
+            return value
+        if not value.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https:// (got {value!r})")
+        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("must not contain spaces or control characters")
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018  (raises ValueError on a port that is not a number)
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc})") from None
+        if not parts.hostname:
+            raise ValueError(f"has no host name (got {value!r})")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_lines(cls, value: dict[str, str]) -> dict[str, str]:
+        # each must stay one header line of the request (the value is not echoed: it may be a
+        # credential)
+        for name, text in value.items():
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"header name {name[:60]!r} is not a valid HTTP header name")
+            if any(c in "\r\n\0" for c in text):
+                raise ValueError(f"the value of header {name!r} contains a line break or NUL")
         return value
 
     @field_validator("api_key_env")

@@ -179,12 +179,12 @@ def test_body_respects_dialect(write_job) -> None:  # type: ignore[no-untyped-de
 
 
 class _Blocks:
-    """The part of aiohttp's StreamReader the stream parser uses: `readany()`, scripted."""
+    """The part of a `transport.Response` the stream parser uses: `read_any()`, scripted."""
 
     def __init__(self, blocks: list[bytes]) -> None:
         self._blocks = blocks
 
-    async def readany(self) -> bytes:
+    async def read_any(self) -> bytes:
         return self._blocks.pop(0) if self._blocks else b""
 
 
@@ -199,7 +199,7 @@ async def test_events_split_anywhere_across_reads() -> None:
     # cut lines anywhere: mid-"\r\n", mid-"data:", inside the two UTF-8 bytes of "é"
     for size in (1, 2, 7, 64, len(wire)):
         blocks = [wire[i:i + size] for i in range(0, len(wire), size)]
-        response = type("Response", (), {"content": _Blocks(blocks)})()
+        response = _Blocks(blocks)
         attempt = Attempt()
         async with Endpoint(_provider(), "http://127.0.0.1:9/api/v1", "k", connections=1) as ep:
             await ep._read_stream(response, attempt, 0.0)  # type: ignore[arg-type]

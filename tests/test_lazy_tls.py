@@ -1,6 +1,7 @@
-"""The HTTP client reads no CA certificates at import (aiohttp's default SSL contexts load them
-on their first handshake), and https is still verified: a trusted server answers, a server the
-default CAs do not vouch for is refused. Each case runs in a fresh interpreter, where the import
+"""No CA certificates are read at import (the runner's HTTP client builds its SSL context on its
+first https connection; the simulator's aiohttp has its default SSL contexts load them on their
+first handshake), and https is still verified: a trusted server answers, a server the default
+CAs do not vouch for is refused. Each case runs in a fresh interpreter, where the import
 happens (tests/data/tls holds a self-signed certificate for 127.0.0.1, for these tests only)."""
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ def _run(code: str, *args: str, cert_file: Path | None = None) -> str:
     return out.stdout.strip()
 
 
-def test_importing_the_client_reads_no_ca_certificates() -> None:
-    loaded = _run("import ssl, runner.client, aiohttp.connector as c\n"
+def test_importing_the_client_and_the_simulator_reads_no_ca_certificates() -> None:
+    loaded = _run("import ssl, runner.client, runner.simulator, aiohttp.connector as c\n"
                   "print(ssl.SSLContext.cert_store_stats(c._SSL_CONTEXT_VERIFIED)['x509_ca'])",
                   cert_file=TLS / "cert.pem")
     assert loaded == "0"

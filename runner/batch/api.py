@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,6 @@ import orjson
 
 from ..client import Endpoint
 from ..errors import ProviderError
-from ..lazy_tls import aiohttp  # without reading every CA certificate at import
 from ..responses import error_details, label
 from .files import CHAT_URL, Chunk
 from .store import BatchStore, Entry
@@ -36,12 +36,9 @@ STATUSES = frozenset({"validating", "in_progress", "finalizing", "completed", "f
 
 async def create(endpoint: Endpoint, run_id: str, chunk: Chunk) -> str:
     """Upload the chunk's input file and create its batch; the batch id."""
-    form = aiohttp.MultipartWriter("form-data")
-    form.append("batch").set_content_disposition("form-data", name="purpose")
-    form.append(chunk.data, {"Content-Type": "application/jsonl"}).set_content_disposition(
-        "form-data", name="file", filename=f"{chunk.key}.jsonl")
-    file_obj = await call_json(endpoint, "POST", "files", form=form,
-                           timeout_s=CALL_TIMEOUT_S + len(chunk.data) / 1e6)
+    data, content_type = upload_form(chunk.data, f"{chunk.key}.jsonl")
+    file_obj = await call_json(endpoint, "POST", "files", data=data, content_type=content_type,
+                               timeout_s=CALL_TIMEOUT_S + len(chunk.data) / 1e6)
     file_id = safe_id(file_obj.get("id"))
     if not file_id:
         raise ProviderError(f"POST files: no file id in the answer ({_keys(file_obj)})")
@@ -52,6 +49,22 @@ async def create(endpoint: Endpoint, run_id: str, chunk: Chunk) -> str:
     if not batch_id:
         raise ProviderError(f"POST batches: no batch id in the answer ({_keys(batch)})")
     return batch_id
+
+
+def upload_form(data: bytes, filename: str) -> tuple[bytes, str]:
+    """The multipart/form-data body of a `POST /files` (purpose `batch`, the file as JSONL) and
+    its content type. Two fixed parts (RFC 7578) written here: the HTTP client takes bytes, and
+    the libraries that write forms want their own connection to write them to."""
+    boundary = secrets.token_hex(16)
+    while boundary.encode() in data:  # as good as never; a boundary may not occur in a part
+        boundary = secrets.token_hex(16)
+    name = filename.replace('"', "").replace("\r", "").replace("\n", "")
+    body = b"".join([
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/jsonl\r\n\r\n".encode(),
+        data, f"\r\n--{boundary}--\r\n".encode()])
+    return body, f"multipart/form-data; boundary={boundary}"
 
 
 async def find_lost(endpoint: Endpoint, run_id: str, entry: Entry) -> tuple[str | None, bool]:

@@ -8,6 +8,8 @@ loopback endpoint speaking OpenRouter (/api/v1) and plain OpenAI (/v1) out, with
         spent = sim.billed_usd()  # the server's own bill: one `Charge` per request (bill())
 """
 
+# first: aiohttp imported with its CA certificates read only if a TLS handshake needs them
+from runner import lazy_tls  # noqa: F401
 from runner.simulator.account import Account
 from runner.simulator.arrivals import Arrival
 from runner.simulator.bill import Charge, read_bill, total_usd
