@@ -239,9 +239,8 @@ class Endpoint:
             attempt.fail("timeout", f"no answer within {timeout_s:g} s")
         except Stalled:
             attempt.fail("stall", f"no data within {stall_timeout_s:g} s")
-        except TransportError as exc:
-            what = "connection closed mid-response: " if exc.kind == "disconnect" else ""
-            attempt.fail(exc.kind, f"{what}{snippet(str(exc))}")
+        except TransportError as exc:  # (a disconnect's message says when it came)
+            attempt.fail(exc.kind, snippet(str(exc)))
         except (ValueError, TypeError, LookupError, AttributeError, OverflowError) as exc:
             # a shape the parser did not foresee must end this request, not the run
             attempt.fail("malformed", f"unreadable answer ({type(exc).__name__}: "
