@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from runner.client import Endpoint
+from runner.config import Provider
 from runner.transport import (
     HIGH_WATER,
     MAX_HEAD_BYTES,
@@ -451,3 +453,37 @@ async def test_tls_connections_are_reused_and_closed_without_warnings(
                 resp.release()
         await pool.aclose()
     assert served == 5 and connections == 2
+
+
+# ---- what a redirect may put in a row --------------------------------------------------------
+
+# a credential header's value, mixed case as many keys are (a host name is case-insensitive,
+# and a URL parser gives it lower-cased: its redaction must see it as the server wrote it)
+KEY = "TESTSECRETqWeRtYuIoPaSdFgHjKlZxCvBnM"
+
+
+@pytest.mark.parametrize(("location", "shown"), [
+    (f"http://{KEY}:pw@evil.example:8443/p?k={KEY}", "http://evil.example:8443"),
+    (f"https://{KEY}.evil.example/", "https://***.evil.example"),   # host names keep their case
+    (f"http://h\\@{KEY}/", "http://***"),
+    (f"http://evil.example:{KEY}/", "an unreadable address"),
+    ("http://evil.example:99999/", "an unreadable address"),
+    ("//evil.example/x", "http://evil.example"),
+    ("http://[::1]:8080/x", "http://[::1]:8080"),
+    ("javascript:alert(1)", "an unreadable address"),
+])
+async def test_a_redirect_shows_only_its_origin_and_never_the_key(
+        write_job: Any, location: str, shown: str) -> None:
+    def redirect(_: bytes) -> bytes:
+        return (b"HTTP/1.1 307 Temporary Redirect\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n"
+                % location.encode())
+
+    async with serving(keep_alive(redirect)) as server, \
+            Endpoint(Provider("local", server.url, "LOCAL_KEY", {"X-Api-Key": KEY},
+                              openrouter=False, stream_usage=True),
+                     server.url, "sk-or-v1-TESTSECRET", connections=1) as endpoint:
+        attempt = await endpoint.send(request(write_job, server.url), timeout_s=10,
+                                      stall_timeout_s=5)
+    assert attempt.error_type == "redirect"
+    assert attempt.error_message.startswith(f"HTTP 307: redirected to {shown};")
+    assert "testsecret" not in attempt.error_message.lower()
