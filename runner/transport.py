@@ -30,6 +30,7 @@ import httptools
 MAX_HEAD_BYTES = 64 * 1024       # a response's status line and headers, all heads together
 MAX_INFORMATIONAL = 8            # 1xx heads before the real one
 HIGH_WATER = 1024 * 1024         # unread body bytes held: reading pauses above this
+PIECE_BYTES = 48                 # ... counting what holding each piece costs (tiny chunks)
 INFLATE_BLOCK = 1024 * 1024      # decompressed bytes handed out per read
 KEEPALIVE_S = 15.0               # an idle connection older than this is closed, not reused
 DRAIN_S = 0.25                   # a finished answer's last bytes (its closing chunk) may come later
@@ -197,7 +198,7 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
-        self.buffered += len(body)
+        self.buffered += len(body) + PIECE_BYTES
         if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()

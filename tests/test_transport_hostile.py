@@ -15,6 +15,7 @@ import json
 import socket
 import ssl
 import struct
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -379,15 +380,15 @@ async def test_cancelled_and_failed_requests_leave_a_limit_one_pool_serving() ->
 async def test_a_connection_released_unread_while_paused_reads_the_next_answer() -> None:
     # the last bytes of an answer come in one read that takes the held bytes over HIGH_WATER:
     # reading pauses as the answer completes, and the caller releases it unread
-    body = b"x" * (HIGH_WATER + 10)
+    body = b"x" * (HIGH_WATER + 4096)
     last = asyncio.Event()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(plain(body)[:-20])
+        writer.write(plain(body)[:-8192])
         await writer.drain()
         await last.wait()
-        writer.write(body[-20:])
+        writer.write(body[-8192:])  # one segment on loopback
         await writer.drain()
         while await read_request(reader):
             writer.write(plain(b"ok"))
@@ -398,8 +399,9 @@ async def test_a_connection_released_unread_while_paused_reads_the_next_answer()
         resp = await pool.request("GET", "big", timeout_s=10, stall_timeout_s=5)
         conn = resp._conn
         deadline = asyncio.get_running_loop().time() + 10
-        while conn.buffered < len(body) - 20:  # (woken by each read, as a reader is)
+        while sum(map(len, conn.chunks)) < len(body) - 8192:  # (woken by each read)
             await conn.wait(deadline, 5, "data")
+        assert not conn.paused
         last.set()
         while not conn.complete:
             await conn.wait(deadline, 5, "data")
@@ -487,3 +489,26 @@ async def test_a_redirect_shows_only_its_origin_and_never_the_key(
     assert attempt.error_type == "redirect"
     assert attempt.error_message.startswith(f"HTTP 307: redirected to {shown};")
     assert "testsecret" not in attempt.error_message.lower()
+
+
+async def test_a_body_in_one_byte_chunks_holds_no_more_memory_than_the_bound() -> None:
+    # each chunk is a bytes object of its own: a million one-byte chunks held unread weigh
+    # some 40 MB, not 1 MB; reading pauses on what is held, not on the body bytes alone
+    async def tiny(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"1\r\nx\r\n" * 4 * HIGH_WATER + b"0\r\n\r\n")
+        await writer.drain()
+
+    async with serving(tiny) as server:
+        pool = Pool(server.url, {}, connections=1)
+        resp = await pool.request("GET", "x", timeout_s=30, stall_timeout_s=10)
+        conn = resp._conn
+        deadline = asyncio.get_running_loop().time() + 30
+        while not conn.paused:  # nobody reads: the client holds what it may, then pauses
+            await conn.wait(deadline, 10, "data")
+        held = sum(sys.getsizeof(piece) for piece in conn.chunks)
+        assert held <= 3 * HIGH_WATER  # (what was held, and one read more)
+        assert len(await read_all(resp)) == 4 * HIGH_WATER  # and reads on when asked
+        resp.release()
+        await pool.aclose()
