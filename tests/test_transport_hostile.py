@@ -17,9 +17,11 @@ import ssl
 import struct
 import sys
 import zlib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from runner.client import Endpoint
@@ -40,6 +42,7 @@ from .test_transport import (
     SSE_HEAD,
     chunk,
     keep_alive,
+    provider,
     read_request,
     request,
     send,
@@ -512,3 +515,48 @@ async def test_a_body_in_one_byte_chunks_holds_no_more_memory_than_the_bound() -
         assert len(await read_all(resp)) == 4 * HIGH_WATER  # and reads on when asked
         resp.release()
         await pool.aclose()
+
+
+# ---- keep-alive as the server says it ----------------------------------------------------------
+
+@pytest.mark.parametrize(("version", "connection", "kept"), [
+    (b"HTTP/1.0", b"keep-alive", True), (b"HTTP/1.0", b"", False),
+    (b"HTTP/1.1", b"close", False), (b"HTTP/1.1", b"", True),
+])
+async def test_a_connection_is_kept_only_when_the_answer_says_so(
+        write_job: Any, version: bytes, connection: bytes, kept: bool) -> None:
+    def answer(_: bytes) -> bytes:  # the server itself never closes
+        head = b"Connection: %s\r\n" % connection if connection else b""
+        return plain(JSON, head=head).replace(b"HTTP/1.1", version, 1)
+
+    async with serving(keep_alive(answer)) as server:
+        attempts = await send(server, request(write_job, server.url, stream=False), times=3)
+    assert [a.text for a in attempts] == ["whole"] * 3
+    assert server.connections == (1 if kept else 3)
+
+
+async def test_requests_cancelled_by_an_anyio_scope_at_every_wait_leave_the_endpoint_serving(
+        write_job: Any) -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_request(reader):
+            answer = streamed(b"")
+            for at in range(0, len(answer), 50):  # many reads, each a wait of the client
+                writer.write(answer[at:at + 50])
+                await writer.drain()
+                await asyncio.sleep(0)
+
+    async with serving(slow) as server:
+        req = request(write_job, server.url)
+        async with Endpoint(provider(server.url), server.url, "k", connections=1) as endpoint:
+            for steps in range(0, 40, 3):
+                async with anyio.create_task_group() as group:
+                    for _ in range(3):
+                        group.start_soon(partial(endpoint.send, req, timeout_s=10,
+                                                 stall_timeout_s=5))
+                    for _ in range(steps):
+                        await asyncio.sleep(0)
+                    group.cancel_scope.cancel()
+                pool = endpoint._pool
+                assert pool._open <= 1 and not pool._waiting
+            after = await endpoint.send(req, timeout_s=10, stall_timeout_s=5)
+    assert after.ok and after.text == "hi"
