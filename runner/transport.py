@@ -278,8 +278,8 @@ class Response:
     """The answer being read: `status`, `headers`, then `read_any()` until it gives b"".
     `release()` when done (the connection is kept only if the answer was read to its end)."""
 
-    __slots__ = ("_coding", "_conn", "_deadline", "_inflate", "_stall_s", "_tail", "headers",
-                 "status", "url")
+    __slots__ = ("_coding", "_conn", "_deadline", "_full", "_inflate", "_stall_s", "_tail",
+                 "headers", "status", "url")
 
     def __init__(self, conn: _Connection, url: str, deadline: float, stall_s: float) -> None:
         self._conn = conn
@@ -289,6 +289,7 @@ class Response:
         self._deadline = deadline
         self._stall_s = stall_s
         self._tail = b""
+        self._full = False  # the last inflated block was whole: more may wait inside zlib
         self._inflate: zlib._Decompress | None = None
         coding = (conn.headers.get("content-encoding") or "identity").strip().lower()
         self._coding = "gzip" if coding == "x-gzip" else coding
@@ -307,8 +308,8 @@ class Response:
         that arrived before an error are handed out before the error is raised."""
         conn = self._conn
         while True:
-            if self._tail:  # compressed bytes left from the last read go first (what arrived
-                data = self._inflated(b"")  # since waits, and reading pauses if it is much)
+            if self._tail or self._full:  # what is left from the last read goes first (what
+                data = self._inflated(b"")  # arrived since waits; reading pauses if it is much)
                 if data:
                     return data
             if conn.chunks:
@@ -336,6 +337,7 @@ class Response:
         """At most INFLATE_BLOCK bytes of decompressed body; the rest of the input waits in
         `_tail` for the next read (a gzip bomb never inflates past what the caller reads)."""
         data = self._tail + data if self._tail else data
+        self._full = False
         inflate = self._inflate
         if inflate is None:
             if self._coding == "gzip":
@@ -353,6 +355,7 @@ class Response:
         except zlib.error:
             raise BadResponse(f"the body is not valid {self._coding}") from None
         self._tail = inflate.unconsumed_tail
+        self._full = len(out) == INFLATE_BLOCK  # (zlib may hold output of input it took)
         if inflate.eof and inflate.unused_data:
             if self._coding != "gzip":
                 raise BadResponse(f"bytes after the end of the {self._coding} body")

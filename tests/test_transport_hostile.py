@@ -28,6 +28,7 @@ from runner.client import Endpoint
 from runner.config import Provider
 from runner.transport import (
     HIGH_WATER,
+    INFLATE_BLOCK,
     MAX_HEAD_BYTES,
     BadResponse,
     Disconnected,
@@ -560,3 +561,21 @@ async def test_requests_cancelled_by_an_anyio_scope_at_every_wait_leave_the_endp
                 assert pool._open <= 1 and not pool._waiting
             after = await endpoint.send(req, timeout_s=10, stall_timeout_s=5)
     assert after.ok and after.text == "hi"
+
+
+async def test_inflated_bytes_still_inside_the_decompressor_at_a_block_end_are_read() -> None:
+    # raw deflate of a little more than INFLATE_BLOCK bytes: the first read stops at the block
+    # with all input taken, and the last bytes still inside the decompressor
+    body = b"x" * (INFLATE_BLOCK + 100)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    packed = packer.compress(body) + packer.flush()
+
+    async with serving(keep_alive(lambda _: plain(packed, head=b"Content-Encoding: deflate\r\n"))
+                       ) as server:
+        pool = Pool(server.url, {}, connections=1)
+        resp = await pool.request("GET", "x", timeout_s=10, stall_timeout_s=5)
+        try:
+            assert await read_all(resp) == body
+        finally:
+            resp.release()
+            await pool.aclose()
