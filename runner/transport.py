@@ -138,7 +138,8 @@ class _Connection(asyncio.Protocol):
             if self.framing_bytes > MAX_HEAD_BYTES:
                 self._fail(BadResponse(
                     f"the response head is larger than {MAX_HEAD_BYTES} bytes" if not
-                    self.head_done else f"more than {MAX_HEAD_BYTES} bytes of trailers"))
+                    self.head_done else f"more than {MAX_HEAD_BYTES} bytes of trailers or "
+                    "chunk framing without a body byte"))
         if self.error is not None:
             self._close()
         self._wake()
