@@ -229,8 +229,13 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size():  # the rest of a request nobody will answer:
+            transport.abort()                  # close() would hold the socket to send it on
+        elif not transport.is_closing():
+            transport.close()
 
     def _wake(self) -> None:
         waiter = self.waiter

@@ -34,6 +34,7 @@ from runner.transport import (
     Disconnected,
     Pool,
     Response,
+    Stalled,
     TimedOut,
 )
 
@@ -579,3 +580,34 @@ async def test_inflated_bytes_still_inside_the_decompressor_at_a_block_end_are_r
         finally:
             resp.release()
             await pool.aclose()
+
+
+async def test_a_request_body_the_server_never_reads_is_dropped_when_the_request_ends() -> None:
+    # the server takes the head and then neither reads nor answers: when the request ends
+    # (stalled), the rest of its 64 MB body is dropped, not sent on while the socket lives
+    stalled = asyncio.Event()
+    received: list[int] = []
+    done = asyncio.Event()
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await stalled.wait()
+        size = 0
+        try:
+            while data := await reader.read(1 << 20):  # now it reads: what is still coming?
+                size += len(data)
+        except ConnectionError:
+            pass
+        received.append(size)
+        done.set()
+
+    body = b"x" * 64 * 1024 * 1024
+    async with serving(deaf) as server:
+        pool = Pool(server.url, {}, connections=1)
+        with pytest.raises(Stalled):
+            await pool.request("POST", "files", body, timeout_s=30, stall_timeout_s=0.3)
+        stalled.set()
+        await done.wait()
+        await pool.aclose()
+    assert received[0] < len(body) // 2
+    assert pool._open == 0
