@@ -243,7 +243,8 @@ async def test_a_reset_in_an_answer_that_ends_with_the_connection_is_not_its_end
             await pool.aclose()
 
 
-async def test_a_connection_the_server_closed_while_idle_is_not_reused(write_job: Any) -> None:
+async def test_a_hang_up_on_a_reused_connection_is_a_disconnect_before_answering(
+        write_job: Any) -> None:
     # the keep-alive race: the server closes an idle connection as the client reuses it (here
     # it reads the second request and hangs up without a word)
     async def one_then_close(reader: asyncio.StreamReader,
