@@ -239,9 +239,8 @@ class Endpoint:
             attempt.fail("timeout", f"no answer within {timeout_s:g} s")
         except Stalled:
             attempt.fail("stall", f"no data within {stall_timeout_s:g} s")
-        except TransportError as exc:
-            what = "connection closed mid-response: " if exc.kind == "disconnect" else ""
-            attempt.fail(exc.kind, f"{what}{snippet(str(exc))}")
+        except TransportError as exc:  # (a disconnect's message says when it came)
+            attempt.fail(exc.kind, snippet(str(exc)))
         except (ValueError, TypeError, LookupError, AttributeError, OverflowError) as exc:
             # a shape the parser did not foresee must end this request, not the run
             attempt.fail("malformed", f"unreadable answer ({type(exc).__name__}: "
@@ -374,10 +373,14 @@ def _status_text(resp: Response) -> str:
         return f"HTTP {resp.status}: redirected to nowhere"
     try:
         parts = urlsplit(urljoin(resp.url, location.strip()))
-        port = parts.port
+        port = parts.port  # (a ValueError if it is no port)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(location)
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        # the host as the server wrote it: `hostname` is lower-cased, which a secret echoed
+        # there would get past the redactor as
+        host = parts.netloc.rpartition("@")[2]
+        if port is not None:
+            host = host.rpartition(":")[0]
         target = f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
     except ValueError:
         target = "an unreadable address"

@@ -30,6 +30,7 @@ import httptools
 MAX_HEAD_BYTES = 64 * 1024       # a response's status line and headers, all heads together
 MAX_INFORMATIONAL = 8            # 1xx heads before the real one
 HIGH_WATER = 1024 * 1024         # unread body bytes held: reading pauses above this
+PIECE_BYTES = 48                 # ... counting what holding each piece costs (tiny chunks)
 INFLATE_BLOCK = 1024 * 1024      # decompressed bytes handed out per read
 KEEPALIVE_S = 15.0               # an idle connection older than this is closed, not reused
 DRAIN_S = 0.25                   # a finished answer's last bytes (its closing chunk) may come later
@@ -99,6 +100,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.headers = Headers()
         self.head_bytes = 0
+        self.framing_bytes = 0       # bytes in a row without a body byte (heads, trailers)
         self.informational = 0
         self.head_done = False
         self.complete = False
@@ -119,6 +121,7 @@ class _Connection(asyncio.Protocol):
             self.reusable = False
             self._close()
             return
+        body = self.buffered
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -128,6 +131,15 @@ class _Connection(asyncio.Protocol):
                 self._fail(BadResponse(f"unreadable HTTP answer ({_parser_text(exc)})"))
             self.reusable = False  # (bytes after a complete answer: the answer stands)
             self._close()
+        if self.buffered != body or self.complete:
+            self.framing_bytes = 0
+        else:  # no body byte: a head, chunk framing or trailers, where httptools keeps a header
+            self.framing_bytes += len(data)  # line in memory until it ends: bound them all
+            if self.framing_bytes > MAX_HEAD_BYTES:
+                self._fail(BadResponse(
+                    f"the response head is larger than {MAX_HEAD_BYTES} bytes" if not
+                    self.head_done else f"more than {MAX_HEAD_BYTES} bytes of trailers or "
+                    "chunk framing without a body byte"))
         if self.error is not None:
             self._close()
         self._wake()
@@ -135,7 +147,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         if self.busy and not self.complete and self.error is None:
-            if self.head_done and self.until_close:
+            if self.head_done and self.until_close and exc is None:  # (a reset cuts it short)
                 self.complete = True
             else:
                 self.error = Disconnected(
@@ -167,7 +179,10 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        if 100 <= status < 200:  # an informational head; the answer follows
+        if status < 100:
+            self._fail(BadResponse(f"the answer's status is {status:03d}"))
+            return
+        if status < 200:  # an informational head; the answer follows
             self.informational += 1
             if self.informational > MAX_INFORMATIONAL:
                 self._fail(BadResponse(f"more than {MAX_INFORMATIONAL} informational heads"))
@@ -178,17 +193,19 @@ class _Connection(asyncio.Protocol):
         chunked = "chunked" in (headers.get("transfer-encoding") or "").lower()
         self.until_close = (not chunked and "content-length" not in headers
                             and status not in (204, 304))
-        self.head_done = True
+        if status in (204, 304) and (chunked or headers.get("content-length", "0") != "0"):
+            self.reusable = False  # it has no body; what the server sends as one would be
+        self.head_done = True      # read as the next answer
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
-        self.buffered += len(body)
+        self.buffered += len(body) + PIECE_BYTES
         if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
-        if self.status == 0:  # the end of an informational head
+        if not self.head_done:  # the end of an informational head
             return
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()  # (llhttp forgets it on return)
@@ -205,9 +222,20 @@ class _Connection(asyncio.Protocol):
             self.error = error
         self.reusable = False
 
+    def resume(self) -> None:
+        """Read again (the reader took or dropped what was held)."""
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
     def _close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size():  # the rest of a request nobody will answer:
+            transport.abort()                  # close() would hold the socket to send it on
+        elif not transport.is_closing():
+            transport.close()
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -256,8 +284,8 @@ class Response:
     """The answer being read: `status`, `headers`, then `read_any()` until it gives b"".
     `release()` when done (the connection is kept only if the answer was read to its end)."""
 
-    __slots__ = ("_coding", "_conn", "_deadline", "_inflate", "_stall_s", "_tail", "headers",
-                 "status", "url")
+    __slots__ = ("_coding", "_conn", "_deadline", "_full", "_inflate", "_stall_s", "_tail",
+                 "headers", "status", "url")
 
     def __init__(self, conn: _Connection, url: str, deadline: float, stall_s: float) -> None:
         self._conn = conn
@@ -267,6 +295,7 @@ class Response:
         self._deadline = deadline
         self._stall_s = stall_s
         self._tail = b""
+        self._full = False  # the last inflated block was whole: more may wait inside zlib
         self._inflate: zlib._Decompress | None = None
         coding = (conn.headers.get("content-encoding") or "identity").strip().lower()
         self._coding = "gzip" if coding == "x-gzip" else coding
@@ -285,49 +314,65 @@ class Response:
         that arrived before an error are handed out before the error is raised."""
         conn = self._conn
         while True:
+            if self._tail or self._full:  # what is left from the last read goes first (what
+                data = self._inflated(b"")  # arrived since waits; reading pauses if it is much)
+                if data:
+                    return data
             if conn.chunks:
                 chunks = conn.chunks
                 data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 conn.chunks = []
                 conn.buffered = 0
-                if conn.paused and conn.transport is not None:
-                    conn.paused = False
-                    conn.transport.resume_reading()
+                if conn.paused:
+                    conn.resume()
                 if self._coding == "identity":
                     return data
                 data = self._inflated(data)
                 if data:
                     return data
                 continue
-            if self._tail:
-                data = self._inflated(b"")
-                if data:
-                    return data
             if conn.error is not None:
                 raise conn.error
             if conn.complete:
+                if self._coding != "identity":
+                    self._check_end()
                 return b""
             await conn.wait(self._deadline, self._stall_s, "data")
 
     def _inflated(self, data: bytes) -> bytes:
         """At most INFLATE_BLOCK bytes of decompressed body; the rest of the input waits in
         `_tail` for the next read (a gzip bomb never inflates past what the caller reads)."""
+        data = self._tail + data if self._tail else data
+        self._full = False
         inflate = self._inflate
         if inflate is None:
             if self._coding == "gzip":
                 wbits = 16 + zlib.MAX_WBITS
+            elif len(data) < 2 and not self._conn.complete:
+                self._tail = data        # deflate: its first two bytes say which kind
+                return b""
             elif len(data) >= 2 and data[0] & 0x0F == 8 and int.from_bytes(data[:2]) % 31 == 0:
                 wbits = zlib.MAX_WBITS   # deflate as the RFC says: in a zlib wrapper
             else:
                 wbits = -zlib.MAX_WBITS  # deflate as some servers send it: raw
             inflate = self._inflate = zlib.decompressobj(wbits)
-        data = self._tail + data if self._tail else data
         try:
             out = inflate.decompress(data, INFLATE_BLOCK)
         except zlib.error:
             raise BadResponse(f"the body is not valid {self._coding}") from None
         self._tail = inflate.unconsumed_tail
+        self._full = len(out) == INFLATE_BLOCK  # (zlib may hold output of input it took)
+        if inflate.eof and inflate.unused_data:
+            if self._coding != "gzip":
+                raise BadResponse(f"bytes after the end of the {self._coding} body")
+            self._tail = inflate.unused_data  # another gzip member (RFC 1952 allows several)
+            self._inflate = None
         return out
+
+    def _check_end(self) -> None:
+        """A compressed body that ended must have ended its compressed stream too."""
+        if (self._inflate is not None and not self._inflate.eof) or self._tail:
+            raise BadResponse(f"the {self._coding} body is cut short")
 
     async def drain(self) -> None:
         """Wait briefly for the rest of an answer the caller is done with (a stream's closing
@@ -341,6 +386,7 @@ class Response:
                 dropped += conn.buffered
                 conn.chunks = []
                 conn.buffered = 0
+                conn.resume()
                 if dropped > DRAIN_BYTES:
                     conn.reusable = False
                     return
@@ -354,8 +400,14 @@ class Response:
         if not conn.busy:
             return
         conn.busy = False
-        conn.pool._back(conn, reuse=conn.complete and conn.reusable and conn.error is None
-                        and not self._tail and conn.keep_alive)
+        # not kept either while our request is still being written (the server answered
+        # before reading it all): the rest of it would come before the next request
+        reuse = (conn.complete and conn.reusable and conn.error is None and not self._tail
+                 and conn.keep_alive and conn.transport is not None
+                 and not conn.transport.get_write_buffer_size())
+        if reuse:
+            conn.resume()  # (an answer released unread may have paused reading)
+        conn.pool._back(conn, reuse=reuse)
 
 
 class Pool:
@@ -467,6 +519,10 @@ class Pool:
             timer = loop.call_at(deadline, _expire, waiter)
             try:
                 await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and waiter.result() is None:
+                    self._wake_one()  # woken, then cancelled: the next waiter may go instead
+                raise
             finally:
                 timer.cancel()
                 if waiter in self._waiting:
