@@ -60,9 +60,6 @@ class BatchIn(Strict):
     discount: float | None = Field(default=None, ge=0, lt=1)
 
 
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110 token)
-
-
 class ProviderIn(Strict):
     """A named endpoint. Built-ins `openrouter` and `simulated` need no entry at all."""
 
@@ -97,13 +94,10 @@ class ProviderIn(Strict):
     @field_validator("headers")
     @classmethod
     def _header_lines(cls, value: dict[str, str]) -> dict[str, str]:
-        # each must stay one header line of the request (the value is not echoed: it may be a
-        # credential)
+        from .transport import check_header  # what the HTTP client will send, checked now
+
         for name, text in value.items():
-            if not _TOKEN.fullmatch(name):
-                raise ValueError(f"header name {name[:60]!r} is not a valid HTTP header name")
-            if any(c in "\r\n\0" for c in text):
-                raise ValueError(f"the value of header {name!r} contains a line break or NUL")
+            check_header(name, text)
         return value
 
     @field_validator("api_key_env")

@@ -18,6 +18,7 @@ every wait). Anything odd is a `TransportError` whose `kind` is the row's `error
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import zlib
 from collections import deque
@@ -33,6 +34,8 @@ HIGH_WATER = 1024 * 1024         # unread body bytes held: reading pauses above 
 PIECE_BYTES = 48                 # ... counting what holding each piece costs (tiny chunks)
 INFLATE_BLOCK = 1024 * 1024      # decompressed bytes handed out per read
 KEEPALIVE_S = 15.0               # an idle connection older than this is closed, not reused
+KEEPALIVE_MARGIN_S = 1.0         # ... or older than the server's `Keep-Alive: timeout=` less this
+_TIMEOUT = re.compile(r"(?:^|[,;\s])timeout\s*=\s*(\d{1,6})", re.IGNORECASE)
 DRAIN_S = 0.25                   # a finished answer's last bytes (its closing chunk) may come later
 DRAIN_BYTES = 64 * 1024          # ... and may not be more than this
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~?"   # what a request target keeps as it is (quote() the rest)
@@ -73,10 +76,15 @@ class Headers(dict[str, str]):
         return dict.get(self, name.lower(), default)
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110 token)
+
+
 def check_header(name: str, value: str) -> None:
-    """A header we send must not be able to add lines to the request."""
-    if not name or any(c in _FORBIDDEN or c in " :" for c in name):
-        raise ValueError(f"header name {name!r} is not a single token")
+    """A header we send must be one line of the request: a token for a name, a value without a
+    line break or NUL (`ValueError` naming the header, never quoting the value: it may be a
+    credential). The job schema checks `headers:` with it too."""
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"header name {name[:60]!r} is not a valid HTTP header name")
     if any(c in _FORBIDDEN for c in value):
         raise ValueError(f"the value of header {name!r} contains a line break or NUL")
 
@@ -91,6 +99,7 @@ class _Connection(asyncio.Protocol):
         self.lost = False
         self.busy = False
         self.idle_since = 0.0
+        self.idle_limit = KEEPALIVE_S
         self.waiter: asyncio.Future[None] | None = None
         self.begin()
 
@@ -410,6 +419,16 @@ class Response:
         conn.pool._back(conn, reuse=reuse)
 
 
+def _idle_limit(keep_alive: str | None) -> float:
+    """How long an idle connection may wait for its next request: less than the server said it
+    keeps one (`Keep-Alive: timeout=5`, as Node sends), so that it is not closed under a request
+    on its way; without the header, KEEPALIVE_S."""
+    found = _TIMEOUT.search(keep_alive) if keep_alive else None
+    if found is None:
+        return KEEPALIVE_S
+    return min(KEEPALIVE_S, float(found.group(1)) - KEEPALIVE_MARGIN_S)
+
+
 class Pool:
     """Keep-alive connections to one origin, at most `connections` open at once."""
 
@@ -501,7 +520,7 @@ class Pool:
             while self._idle:
                 conn = self._idle.pop()
                 if conn.lost or conn.transport is None or conn.transport.is_closing() \
-                        or loop.time() - conn.idle_since > KEEPALIVE_S:
+                        or loop.time() - conn.idle_since > conn.idle_limit:
                     conn._close()
                     self._open -= 1
                     continue
@@ -555,6 +574,7 @@ class Pool:
     def _back(self, conn: _Connection, *, reuse: bool) -> None:
         if reuse and not self._closed and not conn.lost:
             conn.idle_since = self.loop.time()
+            conn.idle_limit = _idle_limit(conn.headers.get("keep-alive"))
             self._idle.append(conn)
         else:
             conn._close()

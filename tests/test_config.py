@@ -57,6 +57,16 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
     ("api-key-env-is-a-key", "name: t\nproviders:\n  local: {base_url: 'http://x/v1', "
      "api_key_env: 'sk-or-v1-0123456789abcdef'}\nmodels: [m/a]\n" + OK_PROMPTS, {}, "job.yaml",
      "providers.local.api_key_env: must be the NAME of an environment variable"),
+    ("provider-url-no-host", "name: t\nproviders: {local: {base_url: 'http:///v1'}}\n"
+     "models: [m/a]\n" + OK_PROMPTS, {}, "job.yaml", "providers.local.base_url: has no host name"),
+    ("provider-url-port", "name: t\nproviders: {local: {base_url: 'http://x:80a/v1'}}\n"
+     "models: [m/a]\n" + OK_PROMPTS, {}, "job.yaml", "providers.local.base_url: is not a valid"),
+    ("header-line-break", "name: t\nproviders:\n  local: {base_url: 'http://x/v1', headers: "
+     "{X-Title: \"a\\r\\nX-Evil: 1\"}}\nmodels: [m/a]\n" + OK_PROMPTS, {}, "job.yaml",
+     "providers.local.headers: the value of header 'X-Title' contains a line break or NUL"),
+    ("header-name", "name: t\nproviders:\n  local: {base_url: 'http://x/v1', headers: "
+     "{'X Title': a}}\nmodels: [m/a]\n" + OK_PROMPTS, {}, "job.yaml",
+     "providers.local.headers: header name 'X Title' is not a valid HTTP header name"),
     ("simulated-with-url", "name: t\nproviders: {simulated: {base_url: 'http://x/v1'}}\n"
      "models: [m/a]\n" + OK_PROMPTS, {}, "job.yaml", "providers.simulated:"),
     ("undefined-var", HEAD + "prompts: [hi, 'Say {{ word }}']\n", {}, "job.yaml",
@@ -223,7 +233,7 @@ BAD: list[tuple[str, str | None, dict[str, str], str, str]] = [
 ]
 BAD_IDS = [case[0] for case in BAD]
 RUN_TOO = {"missing-job-file", "unknown-top-key", "model-provider", "sandbox-escape",
-           "bad-json-line"}
+           "bad-json-line", "header-line-break"}
 
 
 def write_case(tmp_path: Path, text: str | None, files: dict[str, str]) -> Path:
@@ -457,6 +467,17 @@ def test_blank_openrouter_key_is_missing_and_a_set_key_is_returned(
         api_key(provider)
     monkeypatch.setenv("OPENROUTER_API_KEY", " sk-or-v1-test \n")
     assert api_key(provider) == "sk-or-v1-test"
+
+
+def test_a_key_with_a_line_break_is_refused_without_echoing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # it would add a line to every request's head (a header of the sender's choosing)
+    provider = load(tmp_path, HEAD + OK_PROMPTS).providers["openrouter"]
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-v1-test\r\nX-Injected: 1")
+    with pytest.raises(ConfigError, match="line break") as info:
+        api_key(provider)
+    assert "sk-or-v1-test" not in str(info.value) and "X-Injected" not in str(info.value)
 
 
 def test_keyless_providers(tmp_path: Path) -> None:
