@@ -10,11 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pytest
 
-from runner.collect import Collector, to_table, versions
+from runner.collect import Collector, _json_lines, to_table, versions
 from runner.result import Result
 from runner.rundir import file_schema
 from runner.summary import Fold, to_csv
@@ -154,6 +155,18 @@ def test_rows_through_json_are_the_rows_from_objects() -> None:
     rows = [_result(i, random.Random(i)).as_row() for i in range(50)]
     rows[3]["response_text"] = 'quotes " and \\ and \n and \u2028 and é'
     assert to_table(rows).equals(pa.Table.from_pylist(rows, schema=file_schema()))
+
+
+def test_rows_become_json_lines_in_one_dump_however_their_text_reads() -> None:
+    # the batch is dumped at once and cut where a row begins: a value that spells a row's
+    # beginning must not cut it
+    rows = [_result(i, random.Random(i)).as_row() for i in range(20)]
+    rows[2]["response_text"] = '},{"run_id":"forged"}'
+    rows[5]["error_message"] = '}\n{"run_id": 1} },{"run_id":'
+    rows[9]["vars_json"] = json.dumps({"run_id": "x", "nested": {"run_id": "y"}})
+    lines = _json_lines(rows).split(b"\n")
+    assert [orjson.loads(line) for line in lines] == [orjson.loads(orjson.dumps(r)) for r in rows]
+    assert _json_lines([]) == b""
 
 
 def _old_summarize(df: pd.DataFrame) -> pd.DataFrame:
