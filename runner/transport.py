@@ -293,11 +293,12 @@ class Response:
     """The answer being read: `status`, `headers`, then `read_any()` until it gives b"".
     `release()` when done (the connection is kept only if the answer was read to its end)."""
 
-    __slots__ = ("_coding", "_conn", "_deadline", "_full", "_inflate", "_stall_s", "_tail",
-                 "headers", "status", "url")
+    __slots__ = ("_coding", "_conn", "_deadline", "_full", "_inflate", "_released", "_stall_s",
+                 "_tail", "headers", "status", "url")
 
     def __init__(self, conn: _Connection, url: str, deadline: float, stall_s: float) -> None:
         self._conn = conn
+        self._released = False  # then the connection may carry another request's answer
         self.status = conn.status
         self.headers = conn.headers
         self.url = url
@@ -321,6 +322,8 @@ class Response:
     async def read_any(self) -> bytes:
         """The next bytes of the (decompressed) body as they arrived; b"" at its end. Bytes
         that arrived before an error are handed out before the error is raised."""
+        if self._released:
+            raise RuntimeError("read_any() after release(): the connection is not this answer's")
         conn = self._conn
         while True:
             if self._tail or self._full:  # what is left from the last read goes first (what
@@ -387,6 +390,8 @@ class Response:
         """Wait briefly for the rest of an answer the caller is done with (a stream's closing
         chunk often comes just after its [DONE]) and drop it, so that the connection is kept;
         it is not kept if the rest is long in coming, large, or odd."""
+        if self._released:
+            return
         conn = self._conn
         deadline = min(self._deadline, conn.pool.loop.time() + DRAIN_S)
         dropped = 0
@@ -404,10 +409,12 @@ class Response:
             conn.reusable = False
 
     def release(self) -> None:
-        """Give the connection back: kept if the answer was read to its end, closed if not."""
+        """Give the connection back: kept if the answer was read to its end, closed if not.
+        Once only: a second call must not give back a connection another request now uses."""
         conn = self._conn
-        if not conn.busy:
+        if self._released or not conn.busy:
             return
+        self._released = True
         conn.busy = False
         # not kept either while our request is still being written (the server answered
         # before reading it all): the rest of it would come before the next request

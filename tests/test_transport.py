@@ -385,3 +385,22 @@ async def test_a_connection_idles_less_than_the_server_keeps_it(
         attempts = await send(server, request(write_job, server.url), times=2)
     assert all(a.ok for a in attempts)
     assert server.connections == connections
+
+
+async def test_an_answer_released_twice_or_read_after_release_leaves_the_next_one_alone() -> None:
+    async with serving(keep_alive(streamed)) as server:
+        pool = Pool(server.url, {}, connections=1)
+        first = await pool.request("GET", "a", timeout_s=10, stall_timeout_s=5)
+        while await first.read_any():
+            pass
+        first.release()
+        second = await pool.request("GET", "b", timeout_s=10, stall_timeout_s=5)
+        first.release()  # late: the connection now carries the second answer
+        with pytest.raises(RuntimeError, match="after release"):
+            await first.read_any()
+        body = b""
+        while chunk := await second.read_any():
+            body += chunk
+        second.release()
+        await pool.aclose()
+    assert body.endswith(b"data: [DONE]\n\n") and server.connections == 1
