@@ -131,7 +131,7 @@ async def test_a_closing_chunk_that_comes_after_the_done_keeps_the_connection(
         while await read_request(reader):
             writer.write(SSE_HEAD + chunk(EVENT) + chunk(LAST))
             await writer.drain()
-            await asyncio.sleep(0.05)  # the reader has its [DONE] and has moved on
+            await asyncio.sleep(0.01)  # the reader has its [DONE] and has moved on
             writer.write(b"0\r\n\r\n")
             await writer.drain()
 
@@ -171,18 +171,22 @@ async def test_a_second_answer_to_one_request_is_not_read_as_the_next_one(
 
 
 async def test_bytes_on_an_idle_connection_retire_it(write_job: Any) -> None:
+    retired = asyncio.Event()  # the client closed the connection the bytes came on
+
     async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await read_request(reader):
             writer.write(streamed(b""))
             await writer.drain()
-            await asyncio.sleep(0.02)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")  # unasked
+            if server.connections == 1:
+                await asyncio.sleep(0.02)  # (most likely after the client is done reading)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")  # unasked
+        retired.set()
 
     async with serving(chatty) as server:
         req = request(write_job, server.url)
         async with Endpoint(provider(server.url), server.url, "k", connections=1) as endpoint:
             first = await endpoint.send(req, timeout_s=10, stall_timeout_s=5)
-            await asyncio.sleep(0.1)
+            await asyncio.wait_for(retired.wait(), 10)
             second = await endpoint.send(req, timeout_s=10, stall_timeout_s=5)
     assert first.ok and second.ok and second.text == "hi"
     assert server.connections == 2
